@@ -1,0 +1,65 @@
+"""Tasks: prompts with what their reward functions check, plus the default rewards.
+
+A row is a dict with either `prompt` (str) or `messages` (a chat list of {role, content}); every
+other key (answer, tests, entry_point, schema, ...) passes through to the reward functions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from grpokit.rewards.base import RewardSpec
+
+
+@dataclass
+class Task:
+    """A built-in or user task: training rows, held-out rows and the rewards that score them."""
+
+    name: str
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    rewards: list[RewardSpec] = field(default_factory=list)
+    """Default reward functions for this task (a config's `rewards` list replaces them)."""
+    system_prompt: str | None = None
+    """Default system prompt for this task (a config's `data.system_prompt` replaces it)."""
+
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+_BUILTIN_MODULES = ("grpokit.data.arithmetic", "grpokit.data.countdown", "grpokit.data.humaneval")
+_loaded = False
+
+
+def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Register a factory `factory(**args) -> Task` under a name."""
+
+    def decorator(factory: Callable[..., Task]) -> Callable[..., Task]:
+        _TASKS[name] = factory
+        return factory
+
+    return decorator
+
+
+def task_names() -> list[str]:
+    """Names of the built-in tasks."""
+    global _loaded
+    if not _loaded:
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+    return sorted(_TASKS)
+
+
+def load_task(name: str, **args: Any) -> Task:
+    """Build a built-in task by name with its keyword arguments."""
+    names = task_names()
+    if name not in _TASKS:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown task {name!r}{hint}; built-in tasks: {', '.join(names)}")
+    try:
+        return _TASKS[name](**args)
+    except TypeError as exc:
+        raise ValueError(f"task {name!r}: bad args {args!r}: {exc}") from exc

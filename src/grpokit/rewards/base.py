@@ -1,0 +1,69 @@
+"""The reward contract (DESIGN.md §3): one float or None per completion.
+
+None means "not applicable" (e.g. a row with no tests) or "could not score" (the verifier crashed
+or timed out). It is never turned into 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Union
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completion to score, with what a reward function may need to know about it."""
+
+    completion: str
+    """The generated text, special tokens removed."""
+    row: dict[str, Any]
+    """The dataset row the prompt came from (answer, tests, schema, ...)."""
+    prompt: str = ""
+    """The rendered prompt text the model saw."""
+    num_tokens: int = 0
+    """Number of completion tokens (EOS included)."""
+    finish_reason: str = "stop"
+    """"stop" when the model ended the completion, "length" when it hit max_new_tokens."""
+    max_tokens: int = 0
+    """The max_new_tokens the completion was sampled with (0 when unknown)."""
+    completion_ids: tuple[int, ...] = ()
+    """Completion token ids, for reward functions that need token positions (process rewards)."""
+
+
+@dataclass(frozen=True)
+class StepRewards:
+    """Process supervision: one reward per reasoning step, with the completion-token index where
+    each step ends (DESIGN.md §3, DeepSeekMath §4.1.3)."""
+
+    rewards: tuple[float, ...]
+    ends: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.rewards) != len(self.ends):
+            raise ValueError(
+                f"StepRewards needs one end index per reward, got {len(self.rewards)} rewards "
+                f"and {len(self.ends)} ends"
+            )
+
+
+RewardValue = Union[float, None, StepRewards]
+
+
+class RewardFunction(Protocol):
+    """Scores a batch of samples: returns exactly one value per sample, in order."""
+
+    name: str
+
+    def __call__(self, samples: list[Sample]) -> list[RewardValue]: ...
+
+
+@dataclass
+class RewardSpec:
+    """One entry of the `rewards` config list."""
+
+    name: str
+    """Registered reward function name (see `grpokit.rewards.registry`)."""
+    weight: float = 1.0
+    """Weight w_k in r_i = sum_k w_k r_ik."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to the reward function's factory."""
