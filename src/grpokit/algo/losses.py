@@ -1,0 +1,216 @@
+"""Token log-probs, importance ratios, clipping, KL estimators and aggregation (DESIGN.md §3).
+
+Everything here is computed in fp32 whatever dtype the model ran in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+RATIO_LEVELS = ("token", "sequence")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_sum_norm")
+LOG_RATIO_CLAMP = 20.0
+
+
+@dataclass(frozen=True)
+class LossKnobs:
+    """The independent knobs of the policy loss; presets are values of these."""
+
+    ratio: str = "token"
+    """Importance ratio level: "token" (PPO/GRPO) or "sequence" (GSPO)."""
+    clip_low: float = 0.2
+    """ε_low: the ratio is clipped below at 1 - clip_low."""
+    clip_high: float = 0.2
+    """ε_high: the ratio is clipped above at 1 + clip_high (DAPO clip-higher uses 0.28)."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1: for A < 0 the per-token loss is capped at -c·A (None disables)."""
+    kl: str = "k3"
+    """KL estimator to the reference policy: k1, k2 or k3."""
+    beta: float = 0.0
+    """KL coefficient β; 0 means no reference model is used."""
+    aggregation: str = "seq_mean_token_mean"
+    """How per-token losses become one number: seq_mean_token_mean, token_mean, seq_sum_norm."""
+    max_completion_length: int = 0
+    """The constant length of seq_sum_norm (Dr. GRPO); the sampler's max_new_tokens."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient: the loss subtracts entropy_coef · entropy per token."""
+
+
+def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                    temperature: float, with_entropy: bool) -> torch.Tensor:
+    logits = (hidden @ weight.T).float() / temperature  # (C, V)
+    logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
+    logprobs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logsumexp  # (C,)
+    if not with_entropy:
+        return logprobs.unsqueeze(-1)
+    probs = torch.softmax(logits, dim=-1)  # (C, V)
+    entropy = logsumexp - (probs * logits).sum(dim=-1)  # (C,)
+    return torch.stack([logprobs, entropy], dim=-1)
+
+
+def selective_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of `labels` from final hidden states, `chunk_size` rows at a time.
+
+    hidden (M, H) holds only the positions that predict completion tokens, so the vocabulary
+    projection never runs for prompt or padding positions, and the (M, V) logits exist one chunk at
+    a time: under autograd each chunk is recomputed in backward instead of being stored.
+    """
+    outputs = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        args = (hidden[start:start + chunk_size], weight, labels[start:start + chunk_size],
+                temperature, with_entropy)
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            outputs.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
+        else:
+            outputs.append(_chunk_logprobs(*args))
+    if not outputs:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    out = torch.cat(outputs)  # (M, 1 or 2)
+    return out[:, 0], (out[:, 1] if with_entropy else None)
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of labels from full logits (..., V) -> (...); for small inputs and tests."""
+    logits = logits.float() / temperature
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                     completion_mask: torch.Tensor, *, level: str = "token") -> torch.Tensor:
+    """ρ (N, T): per token exp(logp - old); per sequence (GSPO) exp(mean_t(logp - old)) for every
+    token of the completion, the gradient flowing through the mean. Log-ratios are clamped to ±20."""
+    mask = completion_mask.bool()
+    log_ratio = torch.where(mask, logprobs.float() - old_logprobs.float(), 0.0)  # (N, T)
+    if level == "sequence":
+        lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (N, 1)
+        log_ratio = (log_ratio.sum(dim=1, keepdim=True) / lengths).expand_as(log_ratio)  # (N, T)
+    elif level != "token":
+        raise ValueError(f"ratio level must be one of {RATIO_LEVELS}, got {level!r}")
+    return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, *, clip_low: float,
+                      clip_high: float, dual_clip: float | None = None) -> torch.Tensor:
+    """Per-token loss −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A), with the dual clip cap −c·A for A < 0."""
+    adv = advantages if advantages.ndim == 2 else advantages.unsqueeze(1)  # (N, T) or (N, 1)
+    adv = adv.float()
+    unclipped = ratio * adv  # (N, T)
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv  # (N, T)
+    loss = -torch.minimum(unclipped, clipped)  # (N, T)
+    if dual_clip is not None:
+        loss = torch.where(adv < 0, torch.minimum(loss, -dual_clip * adv), loss)
+    return loss
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, *, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL estimate to the reference, d = ref − logp: k1 = −d, k2 = d²/2, k3 = e^d − d − 1."""
+    d = ref_logprobs.float() - logprobs.float()  # (N, T)
+    if kind == "k1":
+        return -d
+    if kind == "k2":
+        return 0.5 * d * d
+    if kind == "k3":
+        return torch.expm1(d) - d
+    raise ValueError(f"kl estimator must be one of {KL_ESTIMATORS}, got {kind!r}")
+
+
+def aggregate(values: torch.Tensor, completion_mask: torch.Tensor, *, mode: str,
+              num_sequences: int, num_tokens: int, max_completion_length: int) -> torch.Tensor:
+    """One number from a per-token matrix, normalized by the optimizer step's global counts."""
+    mask = completion_mask.float()  # (N, T)
+    masked = values * mask  # (N, T)
+    if mode == "seq_mean_token_mean":
+        per_seq = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (N,)
+        return per_seq.sum() / max(num_sequences, 1)
+    if mode == "token_mean":
+        return masked.sum() / max(num_tokens, 1)
+    if mode == "seq_sum_norm":
+        if max_completion_length < 1:
+            raise ValueError("seq_sum_norm needs max_completion_length >= 1")
+        return masked.sum() / (max(num_sequences, 1) * max_completion_length)
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}")
+
+
+def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                   completion_mask: torch.Tensor, knobs: LossKnobs, *,
+                   ref_logprobs: torch.Tensor | None = None,
+                   entropy: torch.Tensor | None = None) -> torch.Tensor:
+    """Surrogate + β·KL − entropy_coef·entropy at each token (N, T); 0 where the mask is 0."""
+    ratio = importance_ratio(logprobs, old_logprobs, completion_mask, level=knobs.ratio)
+    loss = clipped_surrogate(ratio, advantages, clip_low=knobs.clip_low,
+                             clip_high=knobs.clip_high, dual_clip=knobs.dual_clip)  # (N, T)
+    if knobs.beta != 0.0:
+        if ref_logprobs is None:
+            raise ValueError("beta != 0 needs ref_logprobs")
+        loss = loss + knobs.beta * kl_penalty(logprobs, ref_logprobs, kind=knobs.kl)
+    if knobs.entropy_coef != 0.0:
+        if entropy is None:
+            raise ValueError("entropy_coef != 0 needs the per-token entropy")
+        loss = loss - knobs.entropy_coef * entropy.float()
+    return torch.where(completion_mask.bool(), loss, 0.0)
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                completion_mask: torch.Tensor, knobs: LossKnobs, *,
+                ref_logprobs: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
+                num_sequences: int | None = None,
+                num_tokens: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The aggregated loss of one micro-batch and its metrics.
+
+    num_sequences / num_tokens are the counts of the whole optimizer step (all micro-batches and
+    ranks); they default to this batch's own counts.
+    """
+    mask = completion_mask.bool()
+    num_sequences = mask.shape[0] if num_sequences is None else num_sequences
+    num_tokens = int(mask.sum()) if num_tokens is None else num_tokens
+    per_token = per_token_loss(logprobs, old_logprobs, advantages, mask, knobs,
+                               ref_logprobs=ref_logprobs, entropy=entropy)
+    loss = aggregate(per_token, mask, mode=knobs.aggregation, num_sequences=num_sequences,
+                     num_tokens=num_tokens, max_completion_length=knobs.max_completion_length)
+    with torch.no_grad():
+        metrics = loss_metrics(logprobs, old_logprobs, advantages, mask, knobs,
+                               ref_logprobs=ref_logprobs, entropy=entropy)
+    return loss, metrics
+
+
+def loss_metrics(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs, *,
+                 ref_logprobs=None, entropy=None) -> dict[str, float]:
+    """Token-mean diagnostics of one micro-batch; `tokens` is the weight for averaging them."""
+    tokens = int(mask.sum())
+    if tokens == 0:
+        return {"tokens": 0.0}
+    ratio = importance_ratio(logprobs, old_logprobs, mask, level=knobs.ratio)[mask]  # (M,)
+    adv = (advantages if advantages.ndim == 2 else advantages.unsqueeze(1).expand_as(mask))[mask]
+    low = (ratio < 1.0 - knobs.clip_low) & (adv < 0)
+    high = (ratio > 1.0 + knobs.clip_high) & (adv > 0)
+    metrics = {
+        "tokens": float(tokens),
+        "clip_frac_low": low.float().mean().item(),
+        "clip_frac_high": high.float().mean().item(),
+        "clip_frac": (low | high).float().mean().item(),
+        "ratio_min": ratio.min().item(),
+        "ratio_mean": ratio.mean().item(),
+        "ratio_max": ratio.max().item(),
+        "advantage_mean": adv.float().mean().item(),
+        "advantage_std": adv.float().std(correction=0).item(),
+    }
+    if ref_logprobs is not None:
+        metrics["kl"] = kl_penalty(logprobs, ref_logprobs, kind=knobs.kl)[mask].mean().item()
+    if entropy is not None:
+        metrics["entropy"] = entropy.float()[mask].mean().item()
+    return metrics
