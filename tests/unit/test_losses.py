@@ -58,9 +58,9 @@ def test_token_and_sequence_ratio():
     old = torch.tensor([[-1.5, -2.0, 9.0]])  # the last position is padding
     mask = torch.tensor([[1, 1, 0]]).bool()
     tok = importance_ratio(logp, old, mask, level="token")
-    assert tok.tolist() == pytest.approx([[math.exp(0.5), 1.0, 1.0]])
+    assert tok[0].tolist() == pytest.approx([math.exp(0.5), 1.0, 1.0])
     seq = importance_ratio(logp, old, mask, level="sequence")
-    assert seq.tolist() == pytest.approx([[math.exp(0.25)] * 3])  # mean of (0.5, 0) over 2 tokens
+    assert seq[0].tolist() == pytest.approx([math.exp(0.25)] * 3)  # mean of (0.5, 0) over 2 tokens
 
 
 def test_log_ratio_is_clamped_to_20():
@@ -137,7 +137,7 @@ def test_per_token_loss_adds_kl_and_entropy_bonus():
     loss = per_token_loss(logp, logp, torch.tensor([2.0]), mask, knobs, ref_logprobs=ref,
                           entropy=ent)
     # -ρA + β d²/2 - c H = -2 + 0.1*0.125 - 0.003; masked token is 0
-    assert loss.tolist() == pytest.approx([[-2 + 0.0125 - 0.003, 0.0]])
+    assert loss[0].tolist() == pytest.approx([-2 + 0.0125 - 0.003, 0.0])
     with pytest.raises(ValueError, match="ref_logprobs"):
         per_token_loss(logp, logp, torch.tensor([2.0]), mask, knobs)
 
@@ -162,4 +162,4 @@ def test_on_policy_ratio_is_one_and_gradient_is_minus_advantage():
     loss, _ = policy_loss(logp, logp.detach(), torch.tensor([0.5]), torch.ones(1, 2).bool(), knobs)
     loss.backward()
     assert loss.item() == pytest.approx(-0.5)
-    assert logp.grad.tolist() == pytest.approx([[-0.25, -0.25]])
+    assert logp.grad[0].tolist() == pytest.approx([-0.25, -0.25])
