@@ -1,0 +1,388 @@
+"""The configuration tree: dataclasses with a docstring under every field, YAML in and out, dotted
+command-line overrides. Errors are raised while the config is built, naming the key and listing the
+valid keys or values."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grpokit.algo.presets import PRESETS, preset_values
+from grpokit.rewards.base import RewardSpec
+
+
+def choice(default: Any, *choices: Any) -> Any:
+    """A field whose value must be one of `choices`."""
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train a LoRA adapter instead of all weights (the reference is the base, adapter disabled)."""
+    rank: int = 16
+    """LoRA rank r."""
+    alpha: float = 32.0
+    """LoRA scaling alpha (the update is scaled by alpha / rank)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Names of the linear modules that get adapters."""
+    save_merged: bool = False
+    """Also write the merged model (base + adapter) in checkpoints."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "smollm2-135m-instruct"
+    """A local Hugging Face model folder, a name in the local HF cache, or the embedded alias."""
+    dtype: str = choice("float32", "float32", "bfloat16")
+    """Dtype of the trained weights (fp32 master weights are recommended)."""
+    autocast: str = choice("auto", "auto", "bf16", "off")
+    """bf16 autocast for forward passes: auto = on where the CPU/GPU has bf16 matrix units."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapter settings."""
+
+
+@dataclass
+class DataConfig:
+    task: str | None = "arithmetic"
+    """A built-in task (arithmetic, countdown, humaneval); null when `path` names a dataset."""
+    task_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the built-in task (e.g. digits, train_size)."""
+    path: str | None = None
+    """A user dataset: JSONL, JSON, CSV, parquet file or a datasets.save_to_disk folder."""
+    eval_path: str | None = None
+    """A separate held-out dataset; else `eval_fraction` of `path` is held out."""
+    eval_fraction: float = 0.05
+    """Share of a user dataset held out for evaluation when no eval_path is given."""
+    prompt_column: str = "prompt"
+    """Column holding a plain prompt string."""
+    messages_column: str | None = None
+    """Column holding a chat `messages` list (used instead of prompt_column when set)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Renames dataset columns to the names reward functions read, e.g. {solution: answer}."""
+    system_prompt: str | None = None
+    """System prompt added to every prompt (replaces the task's default)."""
+    max_prompt_length: int = 512
+    """Longest prompt in tokens; a longer prompt is an error naming the row, never truncated."""
+    seed: int = 0
+    """Seed of the prompt order (epochs are seeded permutations)."""
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 8
+    """B: prompts sampled per training step."""
+    group_size: int = 8
+    """G: completions sampled per prompt (at least 2)."""
+    max_new_tokens: int = 128
+    """Largest completion length in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature (training log-probs use the same temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 disables it)."""
+    top_k: int = 0
+    """Top-k sampling (0 disables it)."""
+    engine: str = choice("hf", "hf", "generate")
+    """hf: shared-prefill KV-cache sampler; generate: transformers `generate` (reference path)."""
+
+
+@dataclass
+class AlgoConfig:
+    preset: str = choice("grpo", *PRESETS)
+    """Starting values for every knob below that is left null."""
+    estimator: str | None = choice(None, None, "grpo", "rloo")
+    """Advantage baseline: group mean (grpo) or leave-one-out mean (rloo)."""
+    scale: str | None = choice(None, None, "group", "batch", "none")
+    """Advantage divisor: group std, batch std, or none (Dr. GRPO)."""
+    adv_eps: float = 1e-6
+    """eps added to the std in the advantage denominator."""
+    ratio: str | None = choice(None, None, "token", "sequence")
+    """Importance ratio level: token (GRPO) or sequence (GSPO)."""
+    clip_low: float | None = None
+    """ε_low of the clipped surrogate."""
+    clip_high: float | None = None
+    """ε_high of the clipped surrogate (DAPO clip-higher: 0.28)."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 for negative advantages (null disables)."""
+    beta: float | None = None
+    """KL coefficient; 0 loads no reference model."""
+    kl: str | None = choice(None, None, "k1", "k2", "k3")
+    """KL estimator."""
+    aggregation: str | None = choice(None, None, "seq_mean_token_mean", "token_mean", "seq_sum_norm")
+    """How per-token losses are averaged over an optimizer step."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    tied_groups: str | None = choice(None, None, "keep", "drop_refill", "exclude")
+    """Groups whose rewards tie: keep, drop and refill (DAPO), or exclude from the normalizer."""
+    overlong: str | None = choice(None, None, "keep", "mask", "shape")
+    """Truncated completions: keep, mask out of the loss, or shape with DAPO's overlong reward."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    """Training steps (one rollout batch each)."""
+    epochs_per_batch: int = 1
+    """μ: passes over each rollout batch."""
+    minibatches: int = 1
+    """Optimizer steps per pass over a rollout batch."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward (gradient accumulation inside a minibatch)."""
+    lr: float = 1e-6
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    """AdamW betas."""
+    schedule: str = choice("constant", "constant", "linear", "cosine")
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold (0 disables)."""
+    seed: int = 0
+    """Seed of sampling, initialisation and everything random."""
+    logprob_chunk_size: int = 1024
+    """Positions per chunk of the vocabulary projection."""
+
+
+@dataclass
+class EvalConfig:
+    num_prompts: int = 64
+    """Held-out prompts evaluated (0 disables evaluation)."""
+    samples_per_prompt: int = 1
+    """n completions per prompt (pass@k needs n >= k)."""
+    k: list[int] = field(default_factory=lambda: [1])
+    """k values for pass@k and maj@k."""
+    temperature: float = 0.0
+    """Sampling temperature for evaluation (0 = greedy; needs samples_per_prompt = 1)."""
+    before_and_after: bool = True
+    """`grpokit train` evaluates before training and after it."""
+    every: int = 0
+    """Also evaluate every N steps (0 disables)."""
+
+
+@dataclass
+class LogConfig:
+    output_dir: str = "runs/default"
+    """Folder for metrics, samples, TensorBoard events and checkpoints."""
+    samples_every: int = 5
+    """Write sample completions every N steps (0 disables)."""
+    num_samples: int = 4
+    """Completions written each time samples are logged."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save a checkpoint every N steps (0: only at the end)."""
+    keep_last: int = 2
+    """Keep the last K checkpoints (0 keeps all)."""
+
+
+@dataclass
+class RewardRunnerConfig:
+    max_error_rate: float = 0.1
+    """Stop when more than this share of a batch's samples fail in one reward function."""
+    timeout: float = 120.0
+    """Deadline in seconds for one reward function on one batch."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompts and their reward fields."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling of completions."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """The GRPO variant's knobs."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimization."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out evaluation."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Metrics and samples."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """State on disk."""
+    rewards: list[RewardSpec] | None = None
+    """Reward functions [{name, weight, args}]; null uses the task's defaults."""
+    reward_runner: RewardRunnerConfig = field(default_factory=RewardRunnerConfig)
+    """Error handling and deadlines of reward scoring."""
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid."""
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, building nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads "1e-6" (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def build(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass `cls` from a mapping, failing on unknown keys and invalid values."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, list(fields))}; "
+                              f"valid keys: {', '.join(fields)}")
+        sub = f"{where}.{key}" if where != "config" else key
+        kwargs[key] = _convert(value, hints[key], sub)
+        choices = fields[key].metadata.get("choices")
+        if choices and kwargs[key] not in choices:
+            shown = ", ".join(repr(c) if c is not None else "null" for c in choices)
+            raise ConfigError(f"{sub}: invalid value {kwargs[key]!r}; valid values: {shown}")
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`a.b=value` strings to a nested dict; values are parsed as YAML (numbers, lists, null)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return tree
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_algo(algo: AlgoConfig) -> AlgoConfig:
+    """Fill every knob left null from the preset; explicit values win."""
+    values = preset_values(algo.preset)
+    filled = {k: (getattr(algo, k) if getattr(algo, k) is not None else v) for k, v in values.items()}
+    return dataclasses.replace(algo, **filled)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a single field's type cannot express."""
+    r, t, a = cfg.rollout, cfg.train, cfg.algo
+    checks = [
+        (r.group_size >= 2, f"rollout.group_size must be at least 2 (got {r.group_size}): "
+                            "a group of one has no baseline"),
+        (r.prompts_per_step >= 1, "rollout.prompts_per_step must be at least 1"),
+        (r.max_new_tokens >= 1, "rollout.max_new_tokens must be at least 1"),
+        (r.temperature >= 0, "rollout.temperature must be >= 0"),
+        (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (t.steps >= 0 and t.epochs_per_batch >= 1, "train.steps >= 0 and train.epochs_per_batch >= 1"),
+        (t.minibatches >= 1 and (r.prompts_per_step * r.group_size) % t.minibatches == 0,
+         f"train.minibatches={t.minibatches} must divide the rollout batch of "
+         f"{r.prompts_per_step * r.group_size} completions (prompts_per_step × group_size)"),
+        (t.micro_batch_size >= 1, "train.micro_batch_size must be at least 1"),
+        (t.lr > 0, "train.lr must be positive"),
+        (a.clip_low is None or 0 <= a.clip_low < 1, "algo.clip_low must be in [0, 1)"),
+        (a.clip_high is None or a.clip_high >= 0, "algo.clip_high must be >= 0"),
+        (a.dual_clip is None or a.dual_clip > 1, "algo.dual_clip must be > 1 (or null)"),
+        (a.beta is None or a.beta >= 0, "algo.beta must be >= 0"),
+        (cfg.data.task is not None or cfg.data.path is not None,
+         "data: set either data.task (a built-in task) or data.path (a dataset file)"),
+        (0 <= cfg.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)"),
+        (cfg.eval.temperature > 0 or cfg.eval.samples_per_prompt == 1,
+         "eval.samples_per_prompt > 1 needs eval.temperature > 0 (greedy samples are identical)"),
+        (all(1 <= k <= cfg.eval.samples_per_prompt for k in cfg.eval.k),
+         f"eval.k values must be between 1 and eval.samples_per_prompt "
+         f"({cfg.eval.samples_per_prompt}), got {cfg.eval.k}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (optional), apply dotted overrides, fill the preset and validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    data = _merge(data, parse_overrides(overrides or []))
+    cfg = build(Config, data)
+    cfg.algo = resolve_algo(cfg.algo)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (for YAML and JSON)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML; load_config(path) rebuilds the same config."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
