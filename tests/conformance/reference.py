@@ -1,0 +1,258 @@
+"""A deliberately naive reference for the math of DESIGN.md §3, in plain Python floats.
+
+Every quantity is computed with explicit loops and the `math` module only (no torch, no autograd),
+so that it shares no code and no numerical shortcuts with `grpokit.algo`. The gradient of the loss
+with respect to the log-probs is derived by hand; the formulas are written out next to the code.
+
+Lists stand in for tensors: a (N,) vector is `list[float]`, a (N, T) matrix is
+`list[list[float]]`. `None` marks a reward that is "not applicable / could not score".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+LOG_RATIO_CLAMP = 20.0
+"""The log importance ratio is clamped to ±20 before exp (DESIGN.md §3)."""
+
+Matrix = list[list[float]]
+
+
+def mean(values: list[float]) -> float:
+    total = 0.0
+    for value in values:
+        total += value
+    return total / len(values)
+
+
+def std_bessel(values: list[float]) -> float:
+    """Sample standard deviation with Bessel's correction (divide by n - 1)."""
+    centre = mean(values)
+    total = 0.0
+    for value in values:
+        total += (value - centre) ** 2
+    return math.sqrt(total / (len(values) - 1))
+
+
+def all_tie(values: list[float]) -> bool:
+    return all(value == values[0] for value in values)
+
+
+def combine_rewards(rewards: list[list[float | None]], weights: list[float]) -> list[float | None]:
+    """r_i = Σ_k w_k r_ik over the non-None terms; None when every term is None."""
+    combined: list[float | None] = []
+    for row in rewards:
+        terms = [w * r for w, r in zip(weights, row) if r is not None]
+        combined.append(sum(terms) if terms else None)
+    return combined
+
+
+def group_slices(num: int, group_size: int) -> list[range]:
+    return [range(start, start + group_size) for start in range(0, num, group_size)]
+
+
+def outcome_advantages(
+    reward: list[float | None], group_size: int, estimator: str, scale: str, eps: float
+) -> list[float]:
+    """One advantage per completion: (r_i - baseline_i) / divisor, 0 where there is no baseline.
+
+    baseline: group mean ("grpo") or the mean of the other scorable members ("rloo").
+    divisor: std_g + eps ("group"), std of every scorable reward of the batch + eps ("batch"), 1.
+    Unscorable members are left out of all statistics and get 0; a group with fewer than two
+    scorable members, or whose scorable rewards all tie, gets exactly 0.
+    """
+    scorable_all = [r for r in reward if r is not None]
+    batch_std = std_bessel(scorable_all) if len(scorable_all) > 1 else 0.0
+    advantages = [0.0] * len(reward)
+    for group in group_slices(len(reward), group_size):
+        members = [i for i in group if reward[i] is not None]
+        values = [reward[i] for i in members]
+        if len(values) < 2 or all_tie(values):
+            continue
+        divisor = {"group": std_bessel(values) + eps, "batch": batch_std + eps, "none": 1.0}[scale]
+        for i in members:
+            if estimator == "grpo":
+                baseline = mean(values)
+            else:
+                baseline = mean([reward[j] for j in members if j != i])
+            advantages[i] = (reward[i] - baseline) / divisor
+    return advantages
+
+
+def process_advantages(
+    step_rewards: list[list[list[float]] | None], group_size: int, num_tokens: int, eps: float
+) -> Matrix:
+    """DeepSeekMath §4.1.3: normalize every step reward of a group by the group's mean and std
+    (Bessel, + eps); the advantage of token t is the sum of the normalized rewards of the steps
+    that end at or after t. `step_rewards[i]` is a list of [reward, end_token_index] or None."""
+    advantages = [[0.0] * num_tokens for _ in step_rewards]
+    for group in group_slices(len(step_rewards), group_size):
+        values = [step[0] for i in group if step_rewards[i] for step in step_rewards[i]]
+        if len(values) < 2 or all_tie(values):
+            continue
+        centre, divisor = mean(values), std_bessel(values) + eps
+        for i in group:
+            for reward, end in step_rewards[i] or []:
+                normalized = (reward - centre) / divisor
+                for t in range(min(int(end), num_tokens - 1) + 1):
+                    advantages[i][t] += normalized
+    return advantages
+
+
+def clamp(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
+def log_ratios(logprobs: Matrix, old_logprobs: Matrix, mask: Matrix, level: str) -> Matrix:
+    """Unclamped log importance ratio per token: logp - old ("token"), or for "sequence" (GSPO)
+    the mean of logp - old over the completion's tokens, repeated at every token."""
+    diffs = [[lp - old for lp, old in zip(row, old_row)] for row, old_row in zip(logprobs, old_logprobs)]
+    if level == "token":
+        return diffs
+    result = []
+    for diff_row, mask_row in zip(diffs, mask):
+        length = max(sum(mask_row), 1)
+        seq = sum(d * m for d, m in zip(diff_row, mask_row)) / length
+        result.append([seq] * len(diff_row))
+    return result
+
+
+def surrogate(ratio: float, advantage: float, clip_low: float, clip_high: float,
+              dual_clip: float | None) -> tuple[float, float]:
+    """l = -min(ρA, clip(ρ, 1-ε_low, 1+ε_high) A), capped at -c·A when A < 0 (dual clip).
+
+    Returns (l, dl/dρ). dl/dρ = -A when the unclipped term ρA is the minimum (inside the clip
+    range both terms are equal and both carry slope A), else 0: the clipped term is constant in ρ
+    outside the range, and the dual-clip cap -c·A is constant too.
+    """
+    unclipped = ratio * advantage
+    clipped = clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * advantage
+    if unclipped <= clipped:
+        loss, slope = -unclipped, -advantage
+    else:
+        loss, slope = -clipped, 0.0
+    if dual_clip is not None and advantage < 0 and loss > -dual_clip * advantage:
+        loss, slope = -dual_clip * advantage, 0.0
+    return loss, slope
+
+
+def kl_estimator(logprob: float, ref_logprob: float, kind: str) -> tuple[float, float]:
+    """With d = ref - logp, returns (k, dk/dlogp); dd/dlogp = -1.
+
+    k1 = -d              → dk1/dlogp = 1
+    k2 = d²/2            → dk2/dlogp = -d
+    k3 = exp(d) - d - 1  → dk3/dlogp = -exp(d) + 1
+    """
+    d = ref_logprob - logprob
+    if kind == "k1":
+        return -d, 1.0
+    if kind == "k2":
+        return d * d / 2.0, -d
+    if kind == "k3":
+        return math.exp(d) - d - 1.0, 1.0 - math.exp(d)
+    raise ValueError(f"unknown KL estimator {kind!r}")
+
+
+def aggregation_weights(mask: Matrix, mode: str, num_sequences: int, num_tokens: int,
+                        max_completion_length: int) -> Matrix:
+    """w_{i,t} such that the aggregated loss is Σ_{i,t} w_{i,t} l_{i,t} (w is 0 off the mask).
+
+    seq_mean_token_mean: w = m / (max(Σ_t m_i, 1) · num_sequences)
+    token_mean:          w = m / max(num_tokens, 1)
+    seq_sum_norm:        w = m / (num_sequences · max_completion_length)
+    """
+    weights = []
+    for row in mask:
+        if mode == "seq_mean_token_mean":
+            scale = 1.0 / (max(sum(row), 1) * num_sequences)
+        elif mode == "token_mean":
+            scale = 1.0 / max(num_tokens, 1)
+        elif mode == "seq_sum_norm":
+            scale = 1.0 / (num_sequences * max_completion_length)
+        else:
+            raise ValueError(f"unknown aggregation {mode!r}")
+        weights.append([m * scale for m in row])
+    return weights
+
+
+def token_advantages(advantages: list[float] | Matrix, num_tokens: int) -> Matrix:
+    """Broadcast (N,) outcome advantages to (N, T); (N, T) process advantages pass through."""
+    return [list(a) if isinstance(a, list) else [a] * num_tokens for a in advantages]
+
+
+def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix) -> dict[str, Any]:
+    """Per-token loss, aggregated loss and d loss / d logprobs for one case.
+
+    With x the clamped log-ratio (per token, or the per-sequence mean), ρ = exp(x),
+    s_{i,t} = dl^sur_{i,t}/dρ from `surrogate`, k'_{i,t} from `kl_estimator`, w from
+    `aggregation_weights` and p = 1 when the unclamped log-ratio lies strictly inside ±20 (the clamp
+    passes no gradient outside):
+
+    token ratio:     dL/dlogp_{i,t} = w_{i,t} (s_{i,t} ρ_{i,t} p_{i,t} + β k'_{i,t})
+    sequence ratio:  dL/dlogp_{i,t} = m_{i,t} / max(Σ_t m_i, 1) · p_i ρ_i Σ_{t'} w_{i,t'} s_{i,t'}
+                                      + w_{i,t} β k'_{i,t}
+    because dx_i/dlogp_{i,t} = m_{i,t} / max(Σ_t m_i, 1) and x_i enters every token of sequence i.
+    """
+    knobs, inputs = case["knobs"], case["inputs"]
+    logprobs, old, mask = inputs["logprobs"], inputs["old_logprobs"], inputs["completion_mask"]
+    ref = inputs.get("ref_logprobs")
+    num_seq, num_tok = len(logprobs), len(logprobs[0])
+    adv = token_advantages(advantages, num_tok)
+    raw = log_ratios(logprobs, old, mask, knobs["ratio"])
+    weights = aggregation_weights(mask, knobs["aggregation"], num_seq,
+                                  int(sum(sum(row) for row in mask)), knobs["max_completion_length"])
+    beta = knobs["beta"]
+    per_token, slopes, kl_slopes = _per_token(knobs, raw, adv, logprobs, ref, mask, beta)
+    loss = sum(w * l for w_row, l_row in zip(weights, per_token) for w, l in zip(w_row, l_row))
+    grad = []
+    for i in range(num_seq):
+        ratio_grad = [math.exp(clamp(x, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+                      * (1.0 if abs(x) < LOG_RATIO_CLAMP else 0.0) for x in raw[i]]
+        if knobs["ratio"] == "token":
+            sur = [weights[i][t] * slopes[i][t] * ratio_grad[t] for t in range(num_tok)]
+        else:
+            through_mean = sum(weights[i][t] * slopes[i][t] for t in range(num_tok)) * ratio_grad[0]
+            length = max(sum(mask[i]), 1)
+            sur = [mask[i][t] / length * through_mean for t in range(num_tok)]
+        grad.append([sur[t] + weights[i][t] * beta * kl_slopes[i][t] for t in range(num_tok)])
+    return {"per_token_loss": per_token, "loss": loss, "grad_logprobs": grad}
+
+
+def _per_token(knobs: dict[str, Any], raw: Matrix, adv: Matrix, logprobs: Matrix,
+               ref: Matrix | None, mask: Matrix, beta: float) -> tuple[Matrix, Matrix, Matrix]:
+    """(per-token loss with β·KL, 0 off the mask; dl^sur/dρ; dKL/dlogp) as three (N, T) lists."""
+    per_token, slopes, kl_slopes = [], [], []
+    for i, raw_row in enumerate(raw):
+        loss_row, slope_row, kl_row = [], [], []
+        for t, x in enumerate(raw_row):
+            ratio = math.exp(clamp(x, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+            sur, slope = surrogate(ratio, adv[i][t], knobs["clip_low"], knobs["clip_high"],
+                                   knobs.get("dual_clip"))
+            kl, kl_slope = (0.0, 0.0)
+            if beta != 0.0:
+                kl, kl_slope = kl_estimator(logprobs[i][t], ref[i][t], knobs["kl"])
+            loss_row.append((sur + beta * kl) if mask[i][t] else 0.0)
+            slope_row.append(slope)
+            kl_row.append(kl_slope)
+        per_token.append(loss_row)
+        slopes.append(slope_row)
+        kl_slopes.append(kl_row)
+    return per_token, slopes, kl_slopes
+
+
+def advantages_for(case: dict[str, Any]) -> list[float] | Matrix:
+    """Outcome advantages (N,) from `rewards`, or process advantages (N, T) from `step_rewards`."""
+    knobs, inputs = case["knobs"], case["inputs"]
+    eps = knobs.get("adv_eps", 1e-6)
+    if "step_rewards" in inputs:
+        num_tokens = len(inputs["logprobs"][0])
+        return process_advantages(inputs["step_rewards"], inputs["group_size"], num_tokens, eps)
+    reward = combine_rewards(inputs["rewards"], inputs["reward_weights"])
+    return outcome_advantages(reward, inputs["group_size"], knobs["estimator"], knobs["scale"], eps)
+
+
+def expected(case: dict[str, Any]) -> dict[str, Any]:
+    """Everything a vector pins: advantages, per_token_loss, loss, grad_logprobs."""
+    advantages = advantages_for(case)
+    return {"advantages": advantages, **loss_terms(case, advantages)}
