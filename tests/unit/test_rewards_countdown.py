@@ -1,7 +1,7 @@
 import pytest
 
 from grpokit.rewards.base import Sample
-from grpokit.rewards.countdown import countdown_reward, extract_equation, score_equation
+from grpokit.rewards.countdown import countdown_reward, evaluate, extract_equation, score_equation
 from grpokit.rewards import registry
 
 ROW = {"numbers": [3, 5, 7, 2], "target": 56}
@@ -110,3 +110,14 @@ def test_registered_in_registry():
     fn = registry._FACTORIES["countdown"](max_length=50)
     samples = [Sample("<answer>(3+5)*7</answer>", ROW), Sample("<answer>1</answer>", {})]
     assert fn(samples) == [1.0, None]
+
+
+@pytest.mark.parametrize("expression, value", [("12+35/7", 17), ("10/4", 2.5), ("-(2-5)*2", 6)])
+def test_evaluate(expression, value):
+    assert evaluate(expression) == value
+
+
+@pytest.mark.parametrize("expression", ["2**3", "abs(2)", "1.5", "", "1 +"])
+def test_evaluate_rejects(expression):
+    with pytest.raises(ValueError, match="not an arithmetic expression"):
+        evaluate(expression)

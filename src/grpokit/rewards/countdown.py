@@ -79,6 +79,17 @@ def _evaluate(node: ast.AST) -> Fraction:
     raise _Rejected(type(node).__name__)
 
 
+def evaluate(expression: str) -> Fraction:
+    """Exact value of an arithmetic expression of integers, + - * /, parentheses and unary minus.
+
+    Raises ValueError for anything else and ZeroDivisionError on division by zero.
+    """
+    try:
+        return _evaluate(ast.parse(expression, mode="eval"))
+    except (SyntaxError, _Rejected) as exc:
+        raise ValueError(f"not an arithmetic expression of integers: {expression!r}") from exc
+
+
 def _literals(node: ast.AST) -> list[int]:
     return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and type(n.value) is int]
 

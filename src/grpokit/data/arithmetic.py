@@ -1,0 +1,119 @@
+"""The `arithmetic` task: seeded integer arithmetic problems, answered R1 style.
+
+Operands are integers from 1 to 10**digits - 1 joined by operators drawn from `ops` with the usual
+precedence (* and / before + and -, left to right). Division only appears where it is exact: the
+divisor is drawn from the divisors of the factor it divides, so every answer is an integer.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+
+from grpokit.data.base import Task, register_task
+from grpokit.data.generate import Row, check_size, distinct_rows
+from grpokit.rewards.base import RewardSpec
+from grpokit.rewards.countdown import evaluate
+
+SYSTEM_PROMPT = (
+    "You are a helpful assistant. You first think about the reasoning process inside "
+    "<think> </think> tags, then give the final answer inside <answer> </answer> tags."
+)
+"""Default system prompt of the `arithmetic` task."""
+
+PROMPT_TEMPLATE = (
+    "What is {expression}? Think step by step inside <think> </think>, then write only the "
+    "final integer inside <answer> </answer>."
+)
+"""User prompt of one problem; `{expression}` is the expression with spaces around operators."""
+
+_OPERATORS = "+-*/"
+
+
+def _parse_ops(ops: str | Iterable[str]) -> str:
+    try:
+        chosen = "".join(dict.fromkeys("".join(ops)))
+    except TypeError:
+        chosen = ""
+    if not chosen or any(op not in _OPERATORS for op in chosen):
+        raise ValueError(f"ops must be a non-empty subset of {_OPERATORS!r}, got {ops!r}")
+    return chosen
+
+
+def _divisor(rng: random.Random, value: int) -> int:
+    """A divisor of value other than 1 when there is one (x / 1 teaches nothing)."""
+    divisors = set()
+    for i in range(1, math.isqrt(value) + 1):
+        if value % i == 0:
+            divisors.update((i, value // i))
+    return rng.choice(sorted(divisors - {1}) or [1])
+
+
+def draw_expression(rng: random.Random, digits: int, ops: str, num_operands: int) -> str:
+    """A random expression such as `12+35/7` whose divisions are all exact."""
+    high = 10**digits - 1
+    operand = rng.randint(1, high)
+    tokens = [str(operand)]
+    # `factor` always divides the value of the current * / chain, so dividing by one of its
+    # divisors keeps every intermediate result an integer.
+    factor = operand
+    for _ in range(num_operands - 1):
+        op = rng.choice(ops)
+        if op == "/":
+            operand = _divisor(rng, factor)
+            factor //= operand
+        else:
+            operand = rng.randint(1, high)
+            factor = operand
+        tokens += [op, str(operand)]
+    return "".join(tokens)
+
+
+def make_row(expression: str) -> Row:
+    """The task row of one expression."""
+    value = evaluate(expression)
+    if value.denominator != 1:
+        raise ValueError(f"arithmetic expression {expression!r} has no integer value ({value})")
+    spaced = "".join(f" {ch} " if ch in _OPERATORS else ch for ch in expression)
+    return {
+        "prompt": PROMPT_TEMPLATE.format(expression=spaced),
+        "answer": str(value.numerator),
+        "expression": expression,
+    }
+
+
+@register_task("arithmetic")
+def arithmetic_task(
+    digits: int = 2,
+    ops: str | list[str] = "+-*",
+    num_operands: int = 2,
+    train_size: int = 2000,
+    eval_size: int = 200,
+    seed: int = 0,
+) -> Task:
+    """Integer arithmetic problems; eval rows never repeat a train expression."""
+    check_size("digits", digits, 1)
+    check_size("num_operands", num_operands, 2)
+    check_size("train_size", train_size, 1)
+    check_size("eval_size", eval_size, 0)
+    check_size("seed", seed, 0)
+    chosen = _parse_ops(ops)
+    train, held_out = distinct_rows(
+        lambda rng: make_row(draw_expression(rng, digits, chosen, num_operands)),
+        key=lambda row: row["expression"],
+        train_size=train_size,
+        eval_size=eval_size,
+        seed=seed,
+        task="arithmetic",
+    )
+    return Task(
+        name="arithmetic",
+        train_rows=train,
+        eval_rows=held_out,
+        rewards=[
+            RewardSpec("math", 1.0, {"extract": ["answer_tag", "last_number"]}),
+            RewardSpec("format", 0.2),
+        ],
+        system_prompt=SYSTEM_PROMPT,
+    )
