@@ -155,11 +155,13 @@ CASES: list[dict[str, Any]] = [
      "inputs": {"group_size": 4, "mask": UNEVEN_MASK_8x5, "shift": 0.3, "seed": 16,
                 **outcome([0.0, 1.0, 0.0, 1.0, 1.0, 0.5, 0.0, 0.0])}},
     {"name": "token_log_ratio_clamp",
-     "description": "Token log-ratios beyond +-20 are clamped before exp: a negative advantage "
-                    "with log-ratio 20.5 costs exp(20)|A| and passes no gradient. Run in float64.",
+     "description": "Token log-ratios beyond +-20 are clamped before exp: with A = -5e-9 (reward "
+                    "weight 1e-8, scale none) the token with log-ratio 20.5 costs exp(20)|A| = "
+                    "2.4258, not exp(20.5)|A|, and passes no gradient.",
+     "knobs": {"scale": "none"},
      "requires": ["clamp"],
      "inputs": {"group_size": 2, "mask": [[1, 1, 0], [1, 1, 1]], "shift": 0.1, "seed": 17,
-                "old_overrides": {(1, 1): 20.5}, **outcome([1.0, 0.0])}},
+                "old_overrides": {(1, 1): 20.5}, **outcome([1.0, 0.0], [1e-8])}},
     {"name": "process_supervision_steps",
      "description": "Step rewards normalized by the mean and std of all step rewards of the group; "
                     "a token's advantage is the sum over steps ending at or after it. Completion "

@@ -1,0 +1,288 @@
+"""Run GRPO conformance vectors (docs/conformance.md) through grpokit's own math.
+
+A vector pins the advantages, per-token losses, aggregated loss and d loss / d logprobs of one
+small batch. `run_case` recomputes them with `grpokit.algo` (the gradient with torch autograd,
+advantages and old / reference log-probs held fixed) and compares within the vector's tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grpokit.algo import LossKnobs, combine_rewards, compute_advantages, per_token_loss, policy_loss
+from grpokit.algo import process_advantages
+from grpokit.algo.advantages import ESTIMATORS, SCALES
+from grpokit.algo.losses import AGGREGATIONS, KL_ESTIMATORS, RATIO_LEVELS
+from grpokit.rewards.base import StepRewards
+
+EXPECTED_FIELDS = ("advantages", "per_token_loss", "loss", "grad_logprobs")
+_CHOICES = {"estimator": ESTIMATORS, "scale": SCALES, "ratio": RATIO_LEVELS, "kl": KL_ESTIMATORS,
+            "aggregation": AGGREGATIONS}
+_NUMBERS = ("clip_low", "clip_high", "beta", "max_completion_length")
+
+
+class VectorError(ValueError):
+    """A vector file that does not follow the format; the message names the file and field."""
+
+
+@dataclass
+class CaseResult:
+    """The verdict on one vector."""
+
+    name: str
+    """The vector's `name`."""
+    passed: bool
+    """True when every expected number matches within the vector's tolerance."""
+    max_deviation: float
+    """Largest absolute difference over all expected numbers (inf for NaN or inf)."""
+    failed_field: str | None = None
+    """The expected field with the largest deviation beyond tolerance; None when passed."""
+    deviations: dict[str, float] = field(default_factory=dict)
+    """Largest absolute difference per expected field."""
+    path: str = ""
+    """The file the vector came from."""
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    """Shape of a rectangular nested list of numbers; raises naming `where` otherwise."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return ()
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: expected a non-empty list of numbers, got {value!r}")
+    shapes = {_shape(item, f"{where}[{i}]") for i, item in enumerate(value)}
+    if len(shapes) != 1:
+        raise ValueError(f"{where}: rows have different lengths")
+    return (len(value), *shapes.pop())
+
+
+def _check_knobs(knobs: Any) -> None:
+    if not isinstance(knobs, dict):
+        raise ValueError("knobs: expected an object")
+    for name, choices in _CHOICES.items():
+        if knobs.get(name) not in choices:
+            raise ValueError(f"knobs.{name}: expected one of {choices}, got {knobs.get(name)!r}")
+    for name in _NUMBERS:
+        _shape(knobs.get(name), f"knobs.{name}")
+    for name in ("adv_eps", "dual_clip"):
+        if knobs.get(name) is not None:
+            _shape(knobs[name], f"knobs.{name}")
+
+
+def _check_rewards(inputs: dict[str, Any], num: int) -> None:
+    if "step_rewards" in inputs:
+        steps = inputs["step_rewards"]
+        if not isinstance(steps, list) or len(steps) != num:
+            raise ValueError(f"inputs.step_rewards: expected a list of {num} entries (or null)")
+        for i, row in enumerate(steps):
+            if row is not None and _shape(row, f"inputs.step_rewards[{i}]")[1:] != (2,):
+                raise ValueError(f"inputs.step_rewards[{i}]: expected [[reward, end_index], ...]")
+        return
+    for key in ("rewards", "reward_weights"):
+        if key not in inputs:
+            raise ValueError(f"inputs.{key}: missing (or give inputs.step_rewards)")
+    num_weights = _shape(inputs["reward_weights"], "inputs.reward_weights")[0]
+    rows = inputs["rewards"]
+    if not isinstance(rows, list) or len(rows) != num:
+        raise ValueError(f"inputs.rewards: expected {num} rows")
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != num_weights:
+            raise ValueError(f"inputs.rewards[{i}]: expected {num_weights} values (number or null)")
+        for k, value in enumerate(row):
+            if value is not None:
+                _shape(value, f"inputs.rewards[{i}][{k}]")
+
+
+def _check_inputs(inputs: Any, knobs: dict[str, Any]) -> tuple[int, int]:
+    if not isinstance(inputs, dict):
+        raise ValueError("inputs: expected an object")
+    names = ["logprobs", "old_logprobs", "completion_mask"]
+    if knobs["beta"] != 0:
+        names.append("ref_logprobs")
+    for name in names:
+        if name not in inputs:
+            raise ValueError(f"inputs.{name}: missing")
+    shape = _shape(inputs["logprobs"], "inputs.logprobs")
+    if len(shape) != 2:
+        raise ValueError(f"inputs.logprobs: expected an (N, T) matrix, got shape {shape}")
+    for name in names[1:]:
+        if _shape(inputs[name], f"inputs.{name}") != shape:
+            raise ValueError(f"inputs.{name}: expected shape {shape} like inputs.logprobs")
+    group_size = inputs.get("group_size")
+    if not isinstance(group_size, int) or group_size < 1 or shape[0] % group_size:
+        raise ValueError(f"inputs.group_size: expected a positive divisor of N={shape[0]}, "
+                         f"got {group_size!r}")
+    _check_rewards(inputs, shape[0])
+    return shape
+
+
+def _check_expected(case: dict[str, Any], shape: tuple[int, int]) -> None:
+    expected = case.get("expected")
+    if not isinstance(expected, dict):
+        raise ValueError("expected: missing or not an object")
+    adv_shape = shape if "step_rewards" in case["inputs"] else shape[:1]
+    shapes = {"advantages": adv_shape, "per_token_loss": shape, "loss": (), "grad_logprobs": shape}
+    for name, want in shapes.items():
+        if name not in expected:
+            raise ValueError(f"expected.{name}: missing")
+        if _shape(expected[name], f"expected.{name}") != want:
+            raise ValueError(f"expected.{name}: expected shape {want}")
+
+
+def validate_case(case: Any) -> None:
+    """Raise ValueError naming the first missing or invalid field of a vector."""
+    if not isinstance(case, dict):
+        raise ValueError("expected a JSON object at the top level")
+    if not isinstance(case.get("name"), str) or not case["name"]:
+        raise ValueError("name: missing or not a string")
+    tolerance = case.get("tolerance")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+        raise ValueError(f"tolerance: expected a non-negative number, got {tolerance!r}")
+    _check_knobs(case.get("knobs"))
+    shape = _check_inputs(case.get("inputs"), case["knobs"])
+    _check_expected(case, shape)
+
+
+def load_case(path: str | Path) -> dict[str, Any]:
+    """Read and validate one vector file; VectorError names the file and the bad field."""
+    path = Path(path)
+    try:
+        case = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise VectorError(f"{path}: cannot read a JSON vector: {err}") from err
+    try:
+        validate_case(case)
+    except ValueError as err:
+        raise VectorError(f"{path}: {err}") from err
+    return case
+
+
+def _advantages(case: dict[str, Any]) -> torch.Tensor:
+    knobs, inputs = case["knobs"], case["inputs"]
+    eps = float(knobs.get("adv_eps", 1e-6))
+    if "step_rewards" in inputs:
+        steps = [None if row is None else StepRewards(tuple(float(r) for r, _ in row),
+                                                       tuple(int(end) for _, end in row))
+                 for row in inputs["step_rewards"]]
+        num_tokens = len(inputs["logprobs"][0])
+        return process_advantages(steps, inputs["group_size"], num_tokens, eps=eps)
+    rows = [[math.nan if r is None else float(r) for r in row] for row in inputs["rewards"]]
+    reward = combine_rewards(torch.tensor(rows, dtype=torch.float64), inputs["reward_weights"])
+    return compute_advantages(reward, inputs["group_size"], estimator=knobs["estimator"],
+                              scale=knobs["scale"], eps=eps)
+
+
+def loss_knobs(knobs: dict[str, Any]) -> LossKnobs:
+    """The LossKnobs a vector's `knobs` object describes."""
+    dual = knobs.get("dual_clip")
+    return LossKnobs(ratio=knobs["ratio"], clip_low=float(knobs["clip_low"]),
+                     clip_high=float(knobs["clip_high"]),
+                     dual_clip=None if dual is None else float(dual), kl=knobs["kl"],
+                     beta=float(knobs["beta"]), aggregation=knobs["aggregation"],
+                     max_completion_length=int(knobs["max_completion_length"]))
+
+
+def compute(case: dict[str, Any]) -> dict[str, Any]:
+    """grpokit's numbers for a vector: advantages, per_token_loss, loss, grad_logprobs."""
+    inputs = case["inputs"]
+    knobs = loss_knobs(case["knobs"])
+    logprobs = torch.tensor(inputs["logprobs"], dtype=torch.float64, requires_grad=True)  # (N, T)
+    old = torch.tensor(inputs["old_logprobs"], dtype=torch.float64)  # (N, T)
+    mask = torch.tensor(inputs["completion_mask"]).bool()  # (N, T)
+    ref = None
+    if knobs.beta != 0.0:
+        ref = torch.tensor(inputs["ref_logprobs"], dtype=torch.float64)  # (N, T)
+    advantages = _advantages(case)  # (N,) or (N, T)
+    with torch.no_grad():
+        per_token = per_token_loss(logprobs, old, advantages, mask, knobs, ref_logprobs=ref)
+    loss, _ = policy_loss(logprobs, old, advantages, mask, knobs, ref_logprobs=ref)
+    loss.backward()
+    return {"advantages": advantages.tolist(), "per_token_loss": per_token.tolist(),
+            "loss": loss.item(), "grad_logprobs": logprobs.grad.tolist()}
+
+
+def max_deviation(got: Any, want: Any) -> float:
+    """Largest absolute difference between nested lists of numbers; inf when `got` is not finite."""
+    if isinstance(want, list):
+        if not isinstance(got, list) or len(got) != len(want):
+            return math.inf
+        return max((max_deviation(g, w) for g, w in zip(got, want)), default=0.0)
+    if isinstance(got, list) or not math.isfinite(got):
+        return math.inf
+    return abs(got - want)
+
+
+def run_case(case: dict[str, Any], path: str = "") -> CaseResult:
+    """Compare grpokit's numbers with a validated vector's `expected`."""
+    got = compute(case)
+    tolerance = float(case["tolerance"])
+    deviations = {name: max_deviation(got[name], case["expected"][name]) for name in EXPECTED_FIELDS}
+    worst = max(deviations, key=lambda name: deviations[name])
+    passed = deviations[worst] <= tolerance
+    return CaseResult(name=case["name"], passed=passed, max_deviation=deviations[worst],
+                      failed_field=None if passed else worst, deviations=deviations, path=path)
+
+
+def vector_files(paths: list[str | Path]) -> list[Path]:
+    """The *.json files named, or found under the folders named (recursively), in order."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(path.rglob("*.json"))
+            if not found:
+                raise VectorError(f"{path}: no *.json vector files in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise VectorError(f"{path}: no such file or folder")
+    return files
+
+
+def run_paths(paths: list[str | Path]) -> list[CaseResult]:
+    """Run every vector of the given files and folders; VectorError on a malformed file."""
+    return [run_case(load_case(path), str(path)) for path in vector_files(paths)]
+
+
+def _print_results(results: list[CaseResult]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="GRPO conformance")
+    for column in ("case", "result", "max deviation", "failed field"):
+        table.add_column(column)
+    for result in results:
+        verdict = "[green]pass[/green]" if result.passed else "[red]FAIL[/red]"
+        table.add_row(result.name, verdict, f"{result.max_deviation:.3g}", result.failed_field or "")
+    console = Console()
+    console.print(table)
+    failed = sum(not result.passed for result in results)
+    console.print(f"{len(results) - failed} passed, {failed} failed")
+
+
+def _command(args: argparse.Namespace) -> int:
+    try:
+        results = run_paths(args.paths)
+    except VectorError as err:
+        print(f"error: {err}")
+        return 2
+    _print_results(results)
+    return 0 if all(result.passed for result in results) else 1
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register `grpokit conformance PATH...` on the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "conformance", help="check grpokit's GRPO math against conformance vectors",
+        description="Run GRPO conformance vectors (JSON files, or folders searched for *.json) "
+                    "and report pass/fail per case with the largest deviation.")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="vector file or folder")
+    parser.set_defaults(func=_command)
