@@ -31,7 +31,7 @@ class PromptSampler:
 
     @property
     def epoch(self) -> int:
-        """Index of the epoch the next prompt comes from (0-based)."""
+        """0-based epoch of the most recently drawn prompt (0 before any is drawn)."""
         return self._epoch
 
     @property
