@@ -1,0 +1,81 @@
+"""Shared by the engines: input checks, left padding, and assembling the RolloutBatch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from grpokit.rollout.base import RolloutBatch
+
+
+def check_prompts(prompt_ids: list[list[int]], group_size: int, vocab_size: int) -> None:
+    """Raise a clear error for an empty prompt list, an empty prompt or an out-of-vocab id."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if len(prompt_ids) == 0:
+        raise ValueError("prompt_ids is empty: expected at least one prompt (a list of token ids)")
+    for i, ids in enumerate(prompt_ids):
+        if len(ids) == 0:
+            raise ValueError(f"prompt {i} has no tokens: expected a non-empty list of token ids")
+        if not all(isinstance(t, int) for t in ids):
+            kinds = sorted({type(t).__name__ for t in ids})
+            raise ValueError(f"prompt {i} must be a list of int token ids, got elements of type {kinds}")
+        bad = [t for t in ids if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size}): {bad[:5]}")
+
+
+def left_pad(
+    prompt_ids: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts to (B, P) ids and a bool mask, True on real tokens."""
+    width = max(len(ids) for ids in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.bool)
+    for row, prompt in enumerate(prompt_ids):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = True
+    return ids.to(device), mask.to(device)
+
+
+def stop_ids(tokenizer: Any, model: Any, extra: tuple[int, ...] = ()) -> list[int]:
+    """The token ids that end a completion: the tokenizer's EOS, the generation config's, extras."""
+    ids = set(int(t) for t in extra)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if config_eos is not None:
+        ids.update(int(t) for t in (config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]))
+    if not ids:
+        raise ValueError("no stop token: the tokenizer has no EOS and no extra stop_token_ids were given")
+    return sorted(ids)
+
+
+def assemble(
+    tokenizer: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    stopped: torch.Tensor,
+    group_size: int,
+    sampling_logprobs: torch.Tensor | None,
+) -> RolloutBatch:
+    """Build the RolloutBatch from (N, .) tensors whose groups are already contiguous."""
+    n = completion_ids.shape[0]
+    lengths = completion_mask.sum(-1).tolist()
+    rows = completion_ids.tolist()
+    texts = tokenizer.batch_decode(
+        [row[:length] for row, length in zip(rows, lengths)], skip_special_tokens=True
+    )
+    return RolloutBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        finish_reason=["stop" if s else "length" for s in stopped.tolist()],
+        group_index=torch.arange(n // group_size, device=completion_ids.device).repeat_interleave(group_size),
+        completions=texts,
+        sampling_logprobs=sampling_logprobs,
+    )

@@ -1,0 +1,98 @@
+"""The reference engine: plain `model.generate` on the prompts repeated G times.
+
+It re-runs each prompt's prefill G times; it exists to check and benchmark HFEngine against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from grpokit.models import autocast_context
+from grpokit.rollout.base import RolloutBatch, SamplingParams
+from grpokit.rollout.batching import assemble, check_prompts, left_pad, stop_ids
+from grpokit.rollout.sampling import check_params
+
+
+class GenerateEngine:
+    """Rollouts through transformers' `generate` (seeded from the generator, global RNG untouched)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        stop_token_ids: tuple[int, ...] = (),
+        autocast: bool = False,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids(tokenizer, model, tuple(stop_token_ids))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.autocast = autocast
+        """bf16 autocast where the hardware has bf16 matrix units (see models.autocast_context)."""
+
+    def sync_weights(self) -> None:
+        """Nothing to do: the engine samples from the policy module itself."""
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        group_size: int,
+        params: SamplingParams,
+        generator: torch.Generator,
+    ) -> RolloutBatch:
+        """Sample group_size completions for each prompt (token ids, no padding)."""
+        check_params(params)
+        check_prompts(prompt_ids, group_size, self.model.get_input_embeddings().num_embeddings)
+        device = self.model.get_input_embeddings().weight.device
+        ids, mask = left_pad(prompt_ids, self.pad_id, device)  # (B, P)
+        ids, mask = ids.repeat_interleave(group_size, 0), mask.repeat_interleave(group_size, 0)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                with torch.no_grad(), autocast_context(device, self.autocast):
+                    out = self.model.generate(
+                        input_ids=ids,
+                        attention_mask=mask.long(),
+                        generation_config=self._config(params),
+                    )
+        finally:
+            self.model.train(was_training)
+        return self._to_batch(ids, mask, out, group_size)
+
+    def _config(self, params: SamplingParams) -> Any:
+        from transformers import GenerationConfig
+
+        sample = params.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=params.top_k if sample and params.top_k > 0 else None,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+
+    def _to_batch(
+        self, ids: torch.Tensor, mask: torch.Tensor, out: Any, group_size: int
+    ) -> RolloutBatch:
+        completion = out.sequences[:, ids.shape[1] :]  # (N, T)
+        is_stop = torch.isin(completion, torch.tensor(self.stop_ids, device=completion.device))
+        stopped = is_stop.any(-1)  # (N,)
+        width = completion.shape[1]
+        lengths = torch.where(stopped, is_stop.int().argmax(-1) + 1, width)  # (N,)
+        completion_mask = torch.arange(width, device=completion.device)[None, :] < lengths[:, None]
+        scores = torch.stack(out.scores, dim=1).float()  # (N, T, V) the processed logits
+        logprobs = scores.log_softmax(-1).gather(-1, completion[..., None]).squeeze(-1)
+        logprobs = torch.where(completion_mask, logprobs, 0.0)
+        completion = completion.masked_fill(~completion_mask, self.pad_id)
+        return assemble(
+            self.tokenizer, ids, mask, completion, completion_mask, stopped, group_size, logprobs
+        )

@@ -1,0 +1,57 @@
+"""Next-token sampling: temperature, top-k, top-p, greedy, with the sampler's own log-probs."""
+
+from __future__ import annotations
+
+import torch
+
+from grpokit.rollout.base import SamplingParams
+
+
+def check_params(params: SamplingParams) -> None:
+    """Raise a clear error for sampling parameters out of range."""
+    if params.max_new_tokens < 1:
+        raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {params.max_new_tokens}")
+    if params.temperature < 0:
+        raise ValueError(f"SamplingParams.temperature must be >= 0 (0 = greedy), got {params.temperature}")
+    if not 0.0 < params.top_p <= 1.0:
+        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {params.top_p}")
+    if params.top_k < 0:
+        raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {params.top_k}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k / top-p nucleus to -inf (the most likely token always stays)."""
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (N, V)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass strictly before it already reaches top_p.
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row of `logits` (N, V); return the tokens (N,) and their log-probs (N,).
+
+    The log-prob is taken under the distribution the sampler drew from: temperature-scaled,
+    top-k/top-p truncated and renormalized (equal to the policy's temperature-scaled log-prob when
+    top_p = 1 and top_k = 0). Greedy decoding (temperature 0) reports the unscaled log-prob.
+    """
+    logits = logits.float()
+    if params.temperature == 0:
+        logprobs = logits.log_softmax(-1)  # (N, V)
+        tokens = logits.argmax(-1)  # (N,)
+    else:
+        scaled = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+        logprobs = scaled.log_softmax(-1)  # (N, V)
+        probs = logprobs.exp()
+        if generator.device != probs.device:
+            probs = probs.to(generator.device)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
