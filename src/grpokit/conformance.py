@@ -257,7 +257,8 @@ def _print_results(results: list[CaseResult]) -> None:
     from rich.table import Table
 
     table = Table(title="GRPO conformance")
-    for column in ("case", "result", "max deviation", "failed field"):
+    table.add_column("case", overflow="fold")
+    for column in ("result", "max deviation", "failed field"):
         table.add_column(column)
     for result in results:
         verdict = "[green]pass[/green]" if result.passed else "[red]FAIL[/red]"
