@@ -224,7 +224,8 @@ def run_case(case: dict[str, Any], path: str = "") -> CaseResult:
     """Compare grpokit's numbers with a validated vector's `expected`."""
     got = compute(case)
     tolerance = float(case["tolerance"])
-    deviations = {name: max_deviation(got[name], case["expected"][name]) for name in EXPECTED_FIELDS}
+    expected = case["expected"]
+    deviations = {name: max_deviation(got[name], expected[name]) for name in EXPECTED_FIELDS}
     worst = max(deviations, key=lambda name: deviations[name])
     passed = deviations[worst] <= tolerance
     return CaseResult(name=case["name"], passed=passed, max_deviation=deviations[worst],
@@ -262,7 +263,8 @@ def _print_results(results: list[CaseResult]) -> None:
         table.add_column(column)
     for result in results:
         verdict = "[green]pass[/green]" if result.passed else "[red]FAIL[/red]"
-        table.add_row(result.name, verdict, f"{result.max_deviation:.3g}", result.failed_field or "")
+        deviation = f"{result.max_deviation:.3g}"
+        table.add_row(result.name, verdict, deviation, result.failed_field or "")
     console = Console()
     console.print(table)
     failed = sum(not result.passed for result in results)

@@ -130,7 +130,8 @@ CASES: list[dict[str, Any]] = [
      "knobs": {"beta": 0.1, "kl": "k1"},
      "inputs": {"group_size": 4, "mask": UNEVEN_MASK_8x5[:4], "shift": 0.1, "seed": 14,
                 **outcome([1.0, 0.0, 0.5, 0.0])}},
-    {"name": "kl_k2", "description": "k2 = (ref - logp)^2 / 2 with beta 0.1; dk2/dlogp = logp - ref.",
+    {"name": "kl_k2",
+     "description": "k2 = (ref - logp)^2 / 2 with beta 0.1; dk2/dlogp = logp - ref.",
      "knobs": {"beta": 0.1, "kl": "k2"},
      "inputs": {"group_size": 4, "mask": UNEVEN_MASK_8x5[:4], "shift": 0.1, "seed": 14,
                 **outcome([1.0, 0.0, 0.5, 0.0])}},
@@ -144,7 +145,8 @@ CASES: list[dict[str, Any]] = [
                     "clip 3e-4 / 4e-4; some sequences inside the band, some clipped; the gradient "
                     "flows through the mean, 1/len to each token.",
      "knobs": {"ratio": "sequence", "clip_low": 3e-4, "clip_high": 4e-4},
-     "requires": ["inside", "clipped_pos", "clipped_neg", "unclipped_pos_low", "unclipped_neg_high"],
+     "requires": ["inside", "clipped_pos", "clipped_neg", "unclipped_pos_low",
+                  "unclipped_neg_high"],
      "inputs": {"group_size": 4, "mask": UNEVEN_MASK_8x5, "shift": 0.002, "seed": 16,
                 **outcome([1.0, 0.0, 0.0, 1.0, 0.0, 0.5, 1.0, 0.0])}},
     {"name": "gspo_sequence_ratio_with_kl",
@@ -200,7 +202,8 @@ def draw_logprobs(spec: dict[str, Any]) -> dict[str, list[list[float]]]:
 
 def build_case(entry: dict[str, Any]) -> dict[str, Any]:
     spec = entry["inputs"]
-    knobs = {**DEFAULT_KNOBS, "max_completion_length": len(spec["mask"][0]), **entry.get("knobs", {})}
+    knobs = {**DEFAULT_KNOBS, "max_completion_length": len(spec["mask"][0]),
+             **entry.get("knobs", {})}
     inputs: dict[str, Any] = {"group_size": spec["group_size"], **draw_logprobs(spec),
                               "completion_mask": spec["mask"]}
     for key in ("rewards", "reward_weights", "step_rewards"):

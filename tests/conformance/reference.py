@@ -107,7 +107,8 @@ def clamp(value: float, low: float, high: float) -> float:
 def log_ratios(logprobs: Matrix, old_logprobs: Matrix, mask: Matrix, level: str) -> Matrix:
     """Unclamped log importance ratio per token: logp - old ("token"), or for "sequence" (GSPO)
     the mean of logp - old over the completion's tokens, repeated at every token."""
-    diffs = [[lp - old for lp, old in zip(row, old_row)] for row, old_row in zip(logprobs, old_logprobs)]
+    diffs = [[lp - old for lp, old in zip(row, old_row)]
+             for row, old_row in zip(logprobs, old_logprobs)]
     if level == "token":
         return diffs
     result = []
@@ -200,8 +201,9 @@ def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix) -> dict[s
     num_seq, num_tok = len(logprobs), len(logprobs[0])
     adv = token_advantages(advantages, num_tok)
     raw = log_ratios(logprobs, old, mask, knobs["ratio"])
-    weights = aggregation_weights(mask, knobs["aggregation"], num_seq,
-                                  int(sum(sum(row) for row in mask)), knobs["max_completion_length"])
+    num_tokens = int(sum(sum(row) for row in mask))
+    weights = aggregation_weights(mask, knobs["aggregation"], num_seq, num_tokens,
+                                  knobs["max_completion_length"])
     beta = knobs["beta"]
     per_token, slopes, kl_slopes = _per_token(knobs, raw, adv, logprobs, ref, mask, beta)
     loss = sum(w * l for w_row, l_row in zip(weights, per_token) for w, l in zip(w_row, l_row))
