@@ -127,6 +127,14 @@ class AlgoConfig:
     """Groups whose rewards tie: keep, drop and refill (DAPO), or exclude from the normalizer."""
     overlong: str | None = choice(None, None, "keep", "mask", "shape")
     """Truncated completions: keep, mask out of the loss, or shape with DAPO's overlong reward."""
+    tie_rule: str = choice("equal", "equal", "mean_outside")
+    """A group is tied when its rewards are all equal, or when its mean is outside tie_interval."""
+    tie_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    """Open interval (lo, hi) for tie_rule=mean_outside."""
+    max_refill_rounds: int = 3
+    """drop_refill: extra generation rounds per step before training on fewer groups."""
+    ref_refresh_steps: int = 0
+    """Copy the policy into the reference model every N steps (0: frozen reference)."""
 
 
 @dataclass
@@ -347,6 +355,12 @@ def validate(cfg: Config) -> None:
         (a.clip_high is None or a.clip_high >= 0, "algo.clip_high must be >= 0"),
         (a.dual_clip is None or a.dual_clip > 1, "algo.dual_clip must be > 1 (or null)"),
         (a.beta is None or a.beta >= 0, "algo.beta must be >= 0"),
+        (len(a.tie_interval) == 2 and a.tie_interval[0] < a.tie_interval[1],
+         "algo.tie_interval must be [lo, hi] with lo < hi"),
+        (a.max_refill_rounds >= 0 and a.ref_refresh_steps >= 0,
+         "algo.max_refill_rounds and algo.ref_refresh_steps must be >= 0"),
+        (not (cfg.model.lora.enabled and a.ref_refresh_steps > 0),
+         "algo.ref_refresh_steps needs full fine-tuning: with LoRA the reference is the base model"),
         (cfg.data.task is not None or cfg.data.path is not None,
          "data: set either data.task (a built-in task) or data.path (a dataset file)"),
         (0 <= cfg.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)"),

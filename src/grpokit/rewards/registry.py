@@ -63,7 +63,11 @@ def _load_builtins() -> None:
     global _loaded
     if not _loaded:
         for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:  # TEMPORARY while parts land
+                if exc.name != module:
+                    raise
         _loaded = True
 
 

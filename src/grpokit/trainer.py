@@ -1,0 +1,472 @@
+"""The training loop, plain code that reads top to bottom (DESIGN.md §1).
+
+One step: sample B prompts → G completions each → rewards → (drop tied groups and refill) →
+advantages → μ passes of minibatch updates → log → maybe checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from grpokit import checkpoint as ckpt
+from grpokit import distributed as dist
+from grpokit import scoring
+from grpokit.algo.losses import LossKnobs, policy_loss
+from grpokit.config import Config, ConfigError, to_dict
+from grpokit.data.render import encode_prompts, render_prompt
+from grpokit.data.sampler import PromptSampler
+from grpokit.metrics import reduce_metrics
+from grpokit.policy import batched_logprobs, completion_logprobs, length_sorted_chunks
+from grpokit.rewards.runner import RewardRunner
+from grpokit.rollout.base import SamplingParams
+from grpokit.session import Session, system_prompt
+
+
+class NonFiniteError(RuntimeError):
+    """A reward, loss or gradient was NaN or infinite: the step is stopped, never applied."""
+
+
+@dataclass
+class TrainState:
+    """What changes during a run and is saved in checkpoints."""
+
+    step: int
+    sampler: PromptSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def loss_knobs(cfg: Config) -> LossKnobs:
+    a = cfg.algo
+    return LossKnobs(ratio=a.ratio, clip_low=a.clip_low, clip_high=a.clip_high,
+                     dual_clip=a.dual_clip, kl=a.kl, beta=a.beta, aggregation=a.aggregation,
+                     max_completion_length=cfg.rollout.max_new_tokens, entropy_coef=a.entropy_coef)
+
+
+def lr_lambda(cfg: Config, total_updates: int):
+    """Multiplier of the peak learning rate at optimizer step s: linear warm-up, then the schedule."""
+    t = cfg.train
+
+    def factor(s: int) -> float:
+        if s < t.warmup_steps:
+            return (s + 1) / (t.warmup_steps + 1)
+        progress = (s - t.warmup_steps) / max(total_updates - t.warmup_steps, 1)
+        if t.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if t.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor
+
+
+def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> TrainState:
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas),
+                                  weight_decay=t.weight_decay)
+    total_updates = t.steps * t.epochs_per_batch * t.minibatches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_updates))
+    sampler = PromptSampler(num_rows, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
+    generator = torch.Generator().manual_seed(t.seed + 1_000_003 * dist.rank())
+    return TrainState(0, sampler, optimizer, scheduler, generator)
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+class Rollouts:
+    """Turns prompt indices into scored groups: render, generate, score."""
+
+    def __init__(self, session: Session, rows: list[dict[str, Any]]):
+        cfg = session.cfg
+        self.session, self.rows = session, rows
+        self.system = system_prompt(cfg, session.task)
+        self.params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
+                                     temperature=cfg.rollout.temperature,
+                                     top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
+        r = cfg.reward_runner
+        self.runner = RewardRunner(session.rewards, max_error_rate=r.max_error_rate,
+                                   timeout=r.timeout)
+        self.weights = [s.weight for s in session.rewards]
+        self.names = [s.name for s in session.rewards]
+
+    def score(self, indices: list[int], group_size: int, generator: torch.Generator,
+              params: SamplingParams | None = None) -> scoring.ScoredBatch:
+        rows = [self.rows[i] for i in indices]
+        tok = self.session.tokenizer
+        prompts = [render_prompt(row, tok, self.system) for row in rows]
+        ids = encode_prompts(rows, tok, self.system, self.session.cfg.data.max_prompt_length)
+        params = params or self.params
+        rollout = self.session.engine.generate(ids, group_size, params, generator)
+        rollout.rows = rows
+        samples = scoring.make_samples(rollout, prompts, params.max_new_tokens)
+        result = self.runner.score(samples)
+        reward = scoring.combined(result.rewards, self.weights)
+        return scoring.ScoredBatch(rollout, result.rewards, reward, scoring.step_rewards_of(result))
+
+
+def collect(cfg: Config, rollouts: Rollouts, state: TrainState) -> tuple[scoring.ScoredBatch, dict]:
+    """B groups for this step; with drop_refill, tied groups are replaced by fresh prompts."""
+    a, B, G = cfg.algo, cfg.rollout.prompts_per_step, cfg.rollout.group_size
+    interval = tuple(a.tie_interval)
+    parts, kept, rounds, generated = [], 0, 0, 0
+    indices = state.sampler.next_batch()
+    while True:
+        scored = rollouts.score(indices, G, state.generator)
+        generated += len(indices)
+        tied = scoring.is_tied(scored.reward, G, a.tie_rule, interval)
+        if a.tied_groups != "drop_refill":
+            parts = [scored]
+            break
+        keep = [g for g in range(len(indices)) if not tied[g]][: B - kept]
+        if keep:
+            parts.append(scoring.select_groups(scored, keep))
+            kept += len(keep)
+        if kept >= B or rounds >= a.max_refill_rounds:
+            break
+        rounds += 1
+        indices = state.sampler.take(B - kept)
+    if not parts:  # every group tied in every round: train on nothing, but say so
+        parts = [scored]
+    batch = scoring.concat(parts, rollouts.session.tokenizer.pad_token_id)
+    tied = scoring.is_tied(batch.reward, G, a.tie_rule, interval)
+    batch = scoring.finish(batch, estimator=a.estimator, scale=a.scale, eps=a.adv_eps, tied=tied,
+                           tied_mode=a.tied_groups, overlong=a.overlong)
+    stats = {"groups/tied_frac": tied.float().mean().item(), "groups/refill_rounds": rounds,
+             "groups/prompts_generated": generated,
+             "groups/dropped_frac": 1 - (len(batch.rollout.rows) / generated)}
+    return batch, stats
+
+
+# ---------------------------------------------------------------- the policy update
+
+
+def _reference_logprobs(session: Session, batch: scoring.ScoredBatch) -> torch.Tensor | None:
+    cfg = session.cfg
+    if not cfg.algo.beta:
+        return None  # β = 0: no reference forward at all
+    kw = dict(micro_batch_size=cfg.train.micro_batch_size, temperature=cfg.rollout.temperature,
+              chunk_size=cfg.train.logprob_chunk_size, autocast=session.autocast)
+    if session.reference is not None:
+        return batched_logprobs(session.reference, batch.rollout, **kw)
+    from grpokit.models import disabled_adapter
+
+    with disabled_adapter(session.model):
+        return batched_logprobs(session.model, batch.rollout, **kw)
+
+
+def _minibatches(n: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
+    if count == 1:
+        return [torch.arange(n)]
+    return list(torch.randperm(n, generator=generator).chunk(count))
+
+
+def _micro_step(session, batch, idx, old, ref, knobs, counts) -> dict[str, float]:
+    """Forward and backward of one micro-batch; the loss is normalized by the step's global counts."""
+    cfg, r = session.cfg, batch.rollout
+    with session.autocast():
+        logprobs, entropy = completion_logprobs(
+            session.model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
+            r.completion_mask[idx], temperature=cfg.rollout.temperature,
+            chunk_size=cfg.train.logprob_chunk_size, with_entropy=True)
+    old_lp = logprobs.detach() if old is None else old[idx]
+    if knobs.entropy_coef == 0.0:
+        entropy = entropy.detach()
+    loss, metrics = policy_loss(logprobs, old_lp, batch.advantages[idx], batch.loss_mask[idx],
+                                knobs, ref_logprobs=None if ref is None else ref[idx],
+                                entropy=entropy, num_sequences=counts[0], num_tokens=counts[1])
+    if not torch.isfinite(loss):
+        raise NonFiniteError(f"non-finite loss {loss.item()} in a micro-batch of sequences "
+                             f"{idx.tolist()[:8]}...")
+    loss.backward()
+    metrics["loss"] = loss.item()
+    return metrics
+
+
+def _global_counts(batch: scoring.ScoredBatch, idx: torch.Tensor) -> tuple[int, int]:
+    """Sequences and loss tokens of an optimizer step over every rank (DESIGN.md §3)."""
+    counts = torch.tensor([float(batch.included[idx].sum()), float(batch.loss_mask[idx].sum())])
+    counts = dist.all_reduce_sum(counts)
+    return int(counts[0]), int(counts[1])
+
+
+def _optimizer_step(session: Session, state: TrainState) -> dict[str, float]:
+    params = [p for p in session.model.parameters() if p.requires_grad]
+    dist.all_reduce_gradients(params)
+    max_norm = session.cfg.train.max_grad_norm
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if not torch.isfinite(norm):
+        bad = [n for n, p in session.model.named_parameters()
+               if p.grad is not None and not torch.isfinite(p.grad).all()]
+        state.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"non-finite gradient (norm {norm.item()}) in {bad[:5]}")
+    lr = state.scheduler.get_last_lr()[0]
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    return {"optim/grad_norm": norm.item(), "optim/lr": lr}
+
+
+def update_policy(session: Session, state: TrainState, batch: scoring.ScoredBatch) -> dict[str, float]:
+    """μ passes over the batch, `minibatches` optimizer steps each, micro-batch accumulation."""
+    cfg, t = session.cfg, session.cfg.train
+    knobs = loss_knobs(cfg)
+    session.model.train()
+    on_policy = t.epochs_per_batch == 1 and t.minibatches == 1
+    kw = dict(micro_batch_size=t.micro_batch_size, temperature=cfg.rollout.temperature,
+              chunk_size=t.logprob_chunk_size, autocast=session.autocast)
+    # On-policy, old = logp.detach() inside the loss: no extra forward pass (DESIGN.md §3).
+    old = None if on_policy else batched_logprobs(session.model, batch.rollout, **kw)
+    ref = _reference_logprobs(session, batch)
+    lengths = batch.rollout.prompt_mask.sum(1) + batch.rollout.completion_mask.sum(1)
+    parts, optim = [], []
+    for _ in range(t.epochs_per_batch):
+        for mb in _minibatches(len(lengths), t.minibatches, state.generator):
+            counts = _global_counts(batch, mb)
+            for chunk in length_sorted_chunks(lengths[mb], t.micro_batch_size):
+                parts.append(_micro_step(session, batch, mb[chunk], old, ref, knobs, counts))
+            optim.append(_optimizer_step(session, state))
+    metrics = {f"loss/{k}": v for k, v in reduce_metrics(parts).items() if k != "tokens"}
+    metrics["loss/policy"] = sum(p["loss"] for p in parts) / max(len(optim), 1)
+    metrics.update({k: sum(o[k] for o in optim) / len(optim) for k in optim[0]})
+    metrics["optim/lr"] = optim[-1]["optim/lr"]
+    metrics["train/tokens"] = float(sum(p.get("tokens", 0.0) for p in parts))
+    return metrics
+
+
+# ---------------------------------------------------------------- the run
+
+
+def rollout_metrics(batch: scoring.ScoredBatch, names: list[str]) -> dict[str, float]:
+    r = batch.rollout
+    lengths = r.completion_mask.sum(dim=1).float()
+    finite = batch.reward[~torch.isnan(batch.reward)]
+    metrics = {
+        "reward/mean": finite.mean().item() if finite.numel() else float("nan"),
+        "reward/std": finite.std(correction=0).item() if finite.numel() else float("nan"),
+        "reward/unscorable_frac": torch.isnan(batch.reward).float().mean().item(),
+        "completion/len_mean": lengths.mean().item(),
+        "completion/len_min": lengths.min().item(),
+        "completion/len_max": lengths.max().item(),
+        "completion/truncated_frac": sum(f == "length" for f in r.finish_reason) / len(r.finish_reason),
+        "advantage/mean": batch.advantages.float().mean().item(),
+        "advantage/std": batch.advantages.float().std(correction=0).item(),
+    }
+    for k, name in enumerate(names):
+        col = batch.rewards[:, k]
+        present = col[~torch.isnan(col)]
+        metrics[f"reward/{name}"] = present.mean().item() if present.numel() else float("nan")
+    return metrics
+
+
+def write_samples(path: Path, step: int, batch: scoring.ScoredBatch, names: list[str], n: int) -> None:
+    """A few completions with their prompt row, rewards and advantage, one JSON object each."""
+    r = batch.rollout
+    g = r.group_size
+    with open(path, "a", encoding="utf-8") as f:
+        for i in range(min(n, len(r.completions))):
+            i_seq = i * g if i * g < len(r.completions) else i  # one per group first
+            adv = batch.advantages[i_seq]
+            record = {
+                "step": step, "index": i_seq, "row": r.rows[i_seq // g],
+                "completion": r.completions[i_seq], "finish_reason": r.finish_reason[i_seq],
+                "rewards": {nm: (None if math.isnan(v) else v)
+                            for nm, v in zip(names, batch.rewards[i_seq].tolist())},
+                "reward": None if math.isnan(batch.reward[i_seq]) else batch.reward[i_seq].item(),
+                "advantage": adv.mean().item() if adv.ndim else adv.item(),
+            }
+            f.write(json.dumps(record, default=str) + "\n")
+
+
+def check_output_dir(out: Path, resume: str | Path | None) -> None:
+    if resume is None and (out / "config.yaml").exists():
+        raise ConfigError(f"log.output_dir: {out} already holds a run; resume it with "
+                          f"--resume {out}, or choose another log.output_dir")
+
+
+def _trainer_state(state: TrainState, session: Session) -> dict[str, Any]:
+    saved = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+             "sampler": state.sampler.state_dict(), "generator": state.generator.get_state()}
+    if session.cfg.algo.ref_refresh_steps and session.reference is not None:
+        saved["reference"] = session.reference.state_dict()
+    return saved
+
+
+def _restore(state: TrainState, session: Session, saved: dict[str, Any]) -> None:
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.sampler.load_state_dict(saved["sampler"])
+    state.generator.set_state(saved["generator"])
+    if "reference" in saved:
+        session.reference.load_state_dict(saved["reference"])
+    ckpt.set_rng_state(saved["rng"])
+    state.step = saved["step"]
+
+
+def save(session: Session, state: TrainState, out: Path) -> Path:
+    from grpokit.models import save_model
+
+    cfg = session.cfg
+    merge = cfg.model.lora.enabled and cfg.model.lora.save_merged
+    return ckpt.save_checkpoint(
+        out / "checkpoints", state.step,
+        lambda tmp: save_model(session.model, session.tokenizer, tmp / "model", merge_lora=merge),
+        _trainer_state(state, session), yaml.safe_dump(to_dict(cfg), sort_keys=False),
+        cfg.checkpoint.keep_last)
+
+
+def refresh_reference(session: Session) -> None:
+    """Iterative GRPO: the reference becomes the current policy."""
+    session.reference.load_state_dict(session.model.state_dict())
+
+
+def evaluate(session: Session, rollouts: Rollouts, rows: list[dict[str, Any]], seed: int) -> dict[str, float]:
+    """Held-out evaluation: mean reward per function, pass@k and maj@k over n samples per prompt."""
+    from grpokit.evaluation import correctness, summarize
+    from grpokit.rewards.extract import extract_answers, normalize
+
+    e = session.cfg.eval
+    n, generator = e.samples_per_prompt, torch.Generator().manual_seed(seed)
+    params = SamplingParams(max_new_tokens=rollouts.params.max_new_tokens, temperature=e.temperature,
+                            top_p=rollouts.params.top_p, top_k=rollouts.params.top_k)
+    per_fn = {name: [] for name in rollouts.names}
+    correct, answers = [], []
+    chunk = max(session.cfg.rollout.prompts_per_step * session.cfg.rollout.group_size // n, 1)
+    for start in range(0, len(rows), chunk):
+        sub = list(range(start, min(start + chunk, len(rows))))
+        scored = Rollouts.score(_with_rows(rollouts, rows), sub, n, generator, params)
+        for g in range(len(sub)):
+            block = scored.rewards[g * n:(g + 1) * n]  # (n, K)
+            for k, name in enumerate(rollouts.names):
+                per_fn[name].append([None if math.isnan(v) else v for v in block[:, k].tolist()])
+            correct.append(correctness(per_fn[rollouts.names[0]][-1], 1.0))
+            texts = scored.rollout.completions[g * n:(g + 1) * n]
+            found = [extract_answers(t, ("answer_tag", "boxed", "last_number")) for t in texts]
+            answers.append([normalize(f[-1]) if f else None for f in found])
+    return summarize(per_fn, correct, e.k, answers)
+
+
+def _with_rows(rollouts: Rollouts, rows: list[dict[str, Any]]) -> Rollouts:
+    view = object.__new__(Rollouts)
+    view.__dict__.update(rollouts.__dict__, rows=rows)
+    return view
+
+
+def print_eval(console, title: str, results: dict[str, dict[str, float]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    keys = sorted({k for r in results.values() for k in r})
+    for key in keys:
+        table.add_row(key, *[f"{r.get(key, float('nan')):.4f}" for r in results.values()])
+    console.print(table)
+
+
+def _sinks(cfg: Config, out: Path, console):
+    from grpokit.metrics import ConsoleSink, JsonlSink, MultiSink, TensorBoardSink
+
+    sinks = [JsonlSink(out / "metrics.jsonl")]
+    if cfg.log.tensorboard:
+        sinks.append(TensorBoardSink(out / "tensorboard"))
+    if console is not None:
+        sinks.append(ConsoleSink(cfg.train.steps, console))
+    return MultiSink(sinks)
+
+
+def run_step(session: Session, rollouts: Rollouts, state: TrainState) -> tuple[scoring.ScoredBatch, dict]:
+    """One full training step; returns the batch and its metrics."""
+    cfg = session.cfg
+    t0 = time.perf_counter()
+    batch, stats = collect(cfg, rollouts, state)
+    t_gen = time.perf_counter() - t0
+    metrics = {**stats, **rollout_metrics(batch, rollouts.names)}
+    metrics.update(update_policy(session, state, batch))
+    session.engine.sync_weights()
+    step_time = time.perf_counter() - t0
+    gen_tokens = float(batch.rollout.completion_mask.sum())
+    metrics.update({"perf/gen_time_s": t_gen, "perf/step_time_s": step_time,
+                    "perf/gen_tokens_per_s": gen_tokens / max(t_gen, 1e-9),
+                    "perf/train_tokens_per_s": metrics["train/tokens"] / max(step_time - t_gen, 1e-9)})
+    return batch, metrics
+
+
+def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dict[str, Any]:
+    """Run GRPO as the config says; returns the final metrics and evaluations."""
+    from grpokit.session import build_session, with_task_defaults
+
+    dist.init_from_env()
+    out = Path(cfg.log.output_dir)
+    saved = ckpt.load_state(Path(resume)) if resume is not None else None
+    check_output_dir(out, resume)
+    seed_everything(cfg.train.seed)
+    session = build_session(cfg, resume_from=None if saved is None else saved["path"] / "model")
+    session.cfg = cfg = with_task_defaults(cfg, session.task)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if console is not None:
+        console.print(f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)))
+    rollouts = Rollouts(session, session.task.train_rows)
+    state = make_state(cfg, session.model, len(session.task.train_rows))
+    if saved is not None:
+        _restore(state, session, saved)
+    held_out = session.task.eval_rows[: cfg.eval.num_prompts]
+    results: dict[str, Any] = {}
+    if held_out and cfg.eval.before_and_after and state.step == 0:
+        results["before"] = evaluate(session, rollouts, held_out, cfg.train.seed)
+    sinks = _sinks(cfg, out, console) if dist.is_main() else None
+    try:
+        while state.step < cfg.train.steps:
+            batch, metrics = run_step(session, rollouts, state)
+            state.step += 1
+            _after_step(session, rollouts, state, batch, metrics, sinks, held_out, out)
+    finally:
+        if sinks is not None:
+            sinks.close()
+    if dist.is_main():
+        results["checkpoint"] = str(save(session, state, out))
+    if held_out and cfg.eval.before_and_after:
+        results["after"] = evaluate(session, rollouts, held_out, cfg.train.seed)
+    if dist.is_main():
+        (out / "eval.json").write_text(json.dumps(results, indent=2))
+    if console is not None and "after" in results:
+        shown = {k: results[k] for k in ("before", "after") if k in results}
+        print_eval(console, "held-out evaluation", shown)
+    return results
+
+
+def _after_step(session, rollouts, state, batch, metrics, sinks, held_out, out) -> None:
+    cfg, step = session.cfg, state.step
+    if cfg.algo.ref_refresh_steps and step % cfg.algo.ref_refresh_steps == 0:
+        refresh_reference(session)
+    if cfg.eval.every and held_out and step % cfg.eval.every == 0:
+        metrics.update({f"eval/{k}": v for k, v in
+                        evaluate(session, rollouts, held_out, cfg.train.seed).items()})
+    if sinks is not None:
+        sinks.log(step, metrics)
+        if cfg.log.samples_every and step % cfg.log.samples_every == 0:
+            write_samples(out / "samples.jsonl", step, batch, rollouts.names, cfg.log.num_samples)
+    if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
+        if dist.is_main():
+            save(session, state, out)
