@@ -66,7 +66,9 @@ def test_eval_does_not_overlap_train_and_is_stable():
     assert len(train) == 60 and len(held_out) == 15
     assert not train & held_out
     # The held-out set does not depend on train_size.
-    assert arithmetic_task(digits=1, ops="+", train_size=10, eval_size=15).eval_rows == task.eval_rows
+    assert (
+        arithmetic_task(digits=1, ops="+", train_size=10, eval_size=15).eval_rows == task.eval_rows
+    )
 
 
 def test_task_defaults():

@@ -21,7 +21,11 @@ def test_solution_uses_every_number_once():
     rng = random.Random(0)
     for _ in range(100):
         row = draw_problem(rng, 2, 5, 20, 10_000)
-        literals = sorted(int(t) for t in row["solution"].replace("(", " ").replace(")", " ").split() if t.isdigit())
+        literals = sorted(
+            int(t)
+            for t in row["solution"].replace("(", " ").replace(")", " ").split()
+            if t.isdigit()
+        )
         assert literals == sorted(row["numbers"])
         assert evaluate(row["solution"]) == row["target"]
 
@@ -58,7 +62,10 @@ def test_task_defaults():
         ({"min_numbers": 4, "max_numbers": 3}, "max_numbers must be"),
         ({"max_number": 0}, "max_number must be"),
         ({"max_target": 0}, "max_target must be"),
-        ({"min_numbers": 2, "max_numbers": 2, "max_number": 2, "train_size": 50}, "distinct problems"),
+        (
+            {"min_numbers": 2, "max_numbers": 2, "max_number": 2, "train_size": 50},
+            "distinct problems",
+        ),
     ],
 )
 def test_bad_args(args, message):

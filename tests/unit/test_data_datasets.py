@@ -11,7 +11,10 @@ ROWS = [
 ]
 CHATS = [
     {"chat": [{"role": "user", "content": "hi"}], "answer": "a"},
-    {"chat": [{"role": "system", "content": "s"}, {"role": "user", "content": "yo"}], "answer": "b"},
+    {
+        "chat": [{"role": "system", "content": "s"}, {"role": "user", "content": "yo"}],
+        "answer": "b",
+    },
 ]
 
 
@@ -31,7 +34,9 @@ def write(path, rows):
         if path.suffix == ".parquet":
             dataset.to_parquet(str(path))
         else:
-            datasets.DatasetDict({"train": dataset, "test": dataset.select([0])}).save_to_disk(str(path))
+            datasets.DatasetDict({"train": dataset, "test": dataset.select([0])}).save_to_disk(
+                str(path)
+            )
     return path
 
 
@@ -77,7 +82,10 @@ def test_messages_column(tmp_path, load):
 
 
 def test_messages_column_is_found_by_default(tmp_path, load):
-    path = write(tmp_path / "chat.jsonl", [{"messages": row["chat"], "answer": row["answer"]} for row in CHATS])
+    path = write(
+        tmp_path / "chat.jsonl",
+        [{"messages": row["chat"], "answer": row["answer"]} for row in CHATS],
+    )
     assert load(path)[0]["messages"] == [{"role": "user", "content": "hi"}]
 
 
@@ -89,10 +97,20 @@ def test_missing_file(tmp_path, load):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({}, r"data.jsonl: no column 'prompt' \(prompt_column\); columns present: question, solution, level"),
+        (
+            {},
+            r"data.jsonl: no column 'prompt' \(prompt_column\); "
+            r"columns present: question, solution, level",
+        ),
         ({"messages_column": "chat"}, r"no column 'chat' \(messages_column\)"),
-        ({"prompt_column": "question", "columns": {"answer": "x"}}, "columns maps 'answer', which is not a column"),
-        ({"prompt_column": "question", "columns": {"solution": "level"}}, "would both become 'level'"),
+        (
+            {"prompt_column": "question", "columns": {"answer": "x"}},
+            "columns maps 'answer', which is not a column",
+        ),
+        (
+            {"prompt_column": "question", "columns": {"solution": "level"}},
+            "would both become 'level'",
+        ),
         ({"prompt_column": "question", "limit": 0}, "limit must be a positive integer"),
         ({"prompt_column": "question", "split": "test"}, "could not be read as json"),
     ],
@@ -106,10 +124,22 @@ def test_bad_columns(tmp_path, load, kwargs, message):
 @pytest.mark.parametrize(
     "rows, kwargs, message",
     [
-        ([{"p": "ok"}, {"p": ""}], {}, r"data.jsonl: row 1 \(column 'p'\): 'prompt' must be a non-empty string"),
-        ([{"p": "ok"}, {"p": None}], {}, r"row 1 \(column 'p'\): 'prompt' must be a non-empty string, got None"),
+        (
+            [{"p": "ok"}, {"p": ""}],
+            {},
+            r"data.jsonl: row 1 \(column 'p'\): 'prompt' must be a non-empty string",
+        ),
+        (
+            [{"p": "ok"}, {"p": None}],
+            {},
+            r"row 1 \(column 'p'\): 'prompt' must be a non-empty string, got None",
+        ),
         ([{"p": "ok"}, {"p": "   "}], {}, "row 1"),
-        ([{"p": ["a"]}], {}, r"row 0 \(column 'p'\): 'prompt' must be a non-empty string, got \['a'\]"),
+        (
+            [{"p": ["a"]}],
+            {},
+            r"row 0 \(column 'p'\): 'prompt' must be a non-empty string, got \['a'\]",
+        ),
     ],
 )
 def test_bad_prompt_rows(tmp_path, load, rows, kwargs, message):
@@ -129,7 +159,12 @@ def test_bad_prompt_rows(tmp_path, load, rows, kwargs, message):
 )
 def test_bad_messages_rows(tmp_path, load, chat, message):
     path = tmp_path / "chat.jsonl"
-    path.write_text(json.dumps({"chat": [{"role": "user", "content": "ok"}]}) + "\n" + json.dumps({"chat": chat}) + "\n")
+    path.write_text(
+        json.dumps({"chat": [{"role": "user", "content": "ok"}]})
+        + "\n"
+        + json.dumps({"chat": chat})
+        + "\n"
+    )
     with pytest.raises(ValueError, match=message):
         load(path, messages_column="chat")
 
@@ -174,7 +209,13 @@ def test_split_rows_bad(n, fraction):
 def test_csv_cells_arrive_as_written(tmp_path, load):
     path = tmp_path / "data.csv"
     path.write_text('prompt,answer\n"What is 3+4, then +0?",007\nq2,1.50\n,3\n')
-    with pytest.raises(ValueError, match=r"data.csv: row 2 \(column 'prompt'\): 'prompt' must be a non-empty string, got None"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.csv: row 2 \(column 'prompt'\): 'prompt' must be a non-empty string, got None",
+    ):
         load(path)
     rows = load(path, limit=2)
-    assert rows == [{"prompt": "What is 3+4, then +0?", "answer": "007"}, {"prompt": "q2", "answer": "1.50"}]
+    assert rows == [
+        {"prompt": "What is 3+4, then +0?", "answer": "007"},
+        {"prompt": "q2", "answer": "1.50"},
+    ]

@@ -38,7 +38,11 @@ def make_tokenizer(chat_template=TEMPLATE):
             None,
             "<s>[system]old\n[user]hi\n[assistant]",
         ),
-        ({"prompt": "ignored", "messages": [{"role": "user", "content": "hi"}]}, None, "<s>[user]hi\n[assistant]"),
+        (
+            {"prompt": "ignored", "messages": [{"role": "user", "content": "hi"}]},
+            None,
+            "<s>[user]hi\n[assistant]",
+        ),
     ],
 )
 def test_render_with_chat_template(row, system_prompt, expected):
@@ -50,7 +54,11 @@ def test_render_with_chat_template(row, system_prompt, expected):
     [
         ({"prompt": "hi"}, None, "hi"),
         ({"prompt": "hi"}, "be brief", "be brief\n\nhi"),
-        ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]}, None, "s\n\nhi"),
+        (
+            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]},
+            None,
+            "s\n\nhi",
+        ),
     ],
 )
 def test_render_without_chat_template_uses_raw_text(row, system_prompt, expected):
@@ -66,7 +74,8 @@ def test_render_does_not_modify_the_row():
 def test_encode_prompts():
     tokenizer = make_tokenizer()
     ids = encode_prompts([{"prompt": "ab"}, {"prompt": "a"}], tokenizer, None, max_prompt_length=21)
-    # <s>, [user] (6), ab, newline, [assistant] (11): the template writes <s> once, encoding adds none.
+    # <s>, [user] (6), ab, newline, [assistant] (11): the template writes <s> once and
+    # encoding adds no second one.
     assert ids[0] == tokenizer("<s>[user]ab\n[assistant]", add_special_tokens=False)["input_ids"]
     assert len(ids[0]) == 21 and ids[0].count(tokenizer.bos_token_id) == 1
     assert len(ids[0]) == len(ids[1]) + 1
@@ -74,12 +83,16 @@ def test_encode_prompts():
 
 def test_encode_prompts_too_long_names_the_row():
     rows = [{"prompt": "a"}, {"prompt": "a" * 30}]
-    with pytest.raises(ValueError, match=r"row 1: the prompt is 49 tokens, longer than max_prompt_length=40"):
+    with pytest.raises(
+        ValueError, match=r"row 1: the prompt is 49 tokens, longer than max_prompt_length=40"
+    ):
         encode_prompts(rows, make_tokenizer(), None, max_prompt_length=40)
 
 
 def test_encode_prompts_without_limit():
-    assert len(encode_prompts([{"prompt": "a" * 300}], make_tokenizer(chat_template=None))[0]) == 300
+    assert (
+        len(encode_prompts([{"prompt": "a" * 300}], make_tokenizer(chat_template=None))[0]) == 300
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,8 +103,14 @@ def test_encode_prompts_without_limit():
         ({"prompt": 3}, "row 0: 'prompt' must be a non-empty string, got 3"),
         ({"messages": "hi"}, "row 0: messages must be a non-empty list"),
         ({"messages": []}, "row 0: messages must be a non-empty list"),
-        ({"messages": [{"content": "hi"}]}, r"row 0: messages\[0\] must be a dict with a string 'role'"),
-        ({"messages": [{"role": "user", "content": ["x"]}]}, r"messages\[0\]\['content'\] must be a string"),
+        (
+            {"messages": [{"content": "hi"}]},
+            r"row 0: messages\[0\] must be a dict with a string 'role'",
+        ),
+        (
+            {"messages": [{"role": "user", "content": ["x"]}]},
+            r"messages\[0\]\['content'\] must be a string",
+        ),
         ("hi", "row 0: a row must be a dict"),
     ],
 )

@@ -1,8 +1,8 @@
 import pytest
 
+from grpokit.rewards import registry
 from grpokit.rewards.base import Sample
 from grpokit.rewards.countdown import countdown_reward, evaluate, extract_equation, score_equation
-from grpokit.rewards import registry
 
 ROW = {"numbers": [3, 5, 7, 2], "target": 56}
 

@@ -22,7 +22,8 @@ SYSTEM_PROMPT = (
 PROMPT_TEMPLATE = (
     "Using the numbers {numbers}, create an equation that equals {target}. You may use + - * / "
     "and parentheses, and each number at most once. Think step by step inside <think> </think>, "
-    "then write only the equation inside <answer> </answer>, for example <answer>(1 + 2) * 3</answer>."
+    "then write only the equation inside <answer> </answer>, for example "
+    "<answer>(1 + 2) * 3</answer>."
 )
 """User prompt of one problem."""
 

@@ -29,7 +29,9 @@ def _load_folder(path: Path, split: str | None) -> Any:
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.Dataset):
         if split is not None:
-            raise ValueError(f"{path}: holds a single dataset without splits; split={split!r} is not used")
+            raise ValueError(
+                f"{path}: holds a single dataset without splits; split={split!r} is not used"
+            )
         return loaded
     splits = list(loaded)
     if split is None:
@@ -71,17 +73,27 @@ def _load_file(path: Path, split: str | None, cache_dir: str | None) -> Any:
 
 
 def _destinations(
-    names: list[str], path: Path, prompt_column: str, messages_column: str | None, columns: dict[str, str]
+    names: list[str],
+    path: Path,
+    prompt_column: str,
+    messages_column: str | None,
+    columns: dict[str, str],
 ) -> tuple[str, dict[str, str]]:
     """The column holding the prompt, and the row key each column becomes."""
     present = f"columns present: {', '.join(names)}"
-    if messages_column is None and prompt_column not in names and prompt_column == "prompt" and "messages" in names:
+    if (
+        messages_column is None
+        and prompt_column not in names
+        and prompt_column == "prompt"
+        and "messages" in names
+    ):
         messages_column = "messages"
     source = messages_column or prompt_column
     if source not in names:
         what = "messages_column" if messages_column else "prompt_column"
         raise ValueError(
-            f"{path}: no column {source!r} ({what}); {present}; pass prompt_column= or messages_column="
+            f"{path}: no column {source!r} ({what}); {present}; "
+            "pass prompt_column= or messages_column="
         )
     for name in columns:
         if name not in names:
@@ -92,8 +104,8 @@ def _destinations(
     for name, key in keys.items():
         if key in taken:
             raise ValueError(
-                f"{path}: columns {taken[key]!r} and {name!r} would both become {key!r}; rename one "
-                "with columns={...}"
+                f"{path}: columns {taken[key]!r} and {name!r} would both become {key!r}; "
+                "rename one with columns={...}"
             )
         taken[key] = name
     return source, keys
@@ -130,7 +142,9 @@ def load_rows(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     dataset = _load_folder(path, split) if path.is_dir() else _load_file(path, split, cache_dir)
-    source, keys = _destinations(dataset.column_names, path, prompt_column, messages_column, columns or {})
+    source, keys = _destinations(
+        dataset.column_names, path, prompt_column, messages_column, columns or {}
+    )
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     rows = []
@@ -157,7 +171,8 @@ def split_rows(
         num_eval = max(num_eval, 1)
     if len(rows) - num_eval < 1:
         raise ValueError(
-            f"split_rows: {len(rows)} rows leave no training rows with eval_fraction={eval_fraction}"
+            f"split_rows: {len(rows)} rows leave no training rows with "
+            f"eval_fraction={eval_fraction}"
         )
     held_out = set(random.Random(seed).sample(range(len(rows)), num_eval))
     train = [row for i, row in enumerate(rows) if i not in held_out]

@@ -26,18 +26,25 @@ def check_messages(messages: Any, where: str) -> Messages:
         )
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ValueError(f"{where}: messages[{i}] must be a dict with a string 'role', got {_short(message)}")
+            raise ValueError(
+                f"{where}: messages[{i}] must be a dict with a string 'role', got {_short(message)}"
+            )
         if not isinstance(message.get("content"), str):
             raise ValueError(
-                f"{where}: messages[{i}]['content'] must be a string, got {_short(message.get('content'))}"
+                f"{where}: messages[{i}]['content'] must be a string, "
+                f"got {_short(message.get('content'))}"
             )
     return messages
 
 
-def prompt_messages(row: dict[str, Any], system_prompt: str | None = None, where: str = "row") -> Messages:
+def prompt_messages(
+    row: dict[str, Any], system_prompt: str | None = None, where: str = "row"
+) -> Messages:
     """The chat messages of a row, with `system_prompt` (if any) as the leading system message."""
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: a row must be a dict with 'prompt' or 'messages', got {_short(row)}")
+        raise ValueError(
+            f"{where}: a row must be a dict with 'prompt' or 'messages', got {_short(row)}"
+        )
     if row.get("messages") is not None:
         messages = [dict(m) for m in check_messages(row["messages"], where)]
     elif "prompt" in row:
@@ -55,7 +62,7 @@ def prompt_messages(row: dict[str, Any], system_prompt: str | None = None, where
 
 
 def has_chat_template(tokenizer: Any) -> bool:
-    """Whether the tokenizer formats chats itself (instruct models) or takes raw text (base models)."""
+    """Whether the tokenizer formats chats itself (instruct models) or takes raw text (base)."""
     return bool(getattr(tokenizer, "chat_template", None))
 
 
@@ -77,7 +84,7 @@ def encode_prompts(
     system_prompt: str | None = None,
     max_prompt_length: int | None = None,
 ) -> list[list[int]]:
-    """Token ids of each row's rendered prompt; an error names a row longer than max_prompt_length."""
+    """Token ids of each row's rendered prompt; a row longer than max_prompt_length is an error."""
     # A chat template writes its own special tokens (BOS); adding them again would double them.
     add_special_tokens = not has_chat_template(tokenizer)
     encoded = []

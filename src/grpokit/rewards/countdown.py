@@ -134,7 +134,9 @@ def countdown_reward(sample: Sample, max_length: int = DEFAULT_MAX_LENGTH) -> fl
     if row.get("target") is None:
         return None
     if not isinstance(row.get("numbers"), (list, tuple)):
-        raise ValueError(f"countdown row: numbers must be a list of integers, got {row.get('numbers')!r}")
+        raise ValueError(
+            f"countdown row: numbers must be a list of integers, got {row.get('numbers')!r}"
+        )
     numbers = [_as_int(n, "numbers") for n in row["numbers"]]
     target = _as_int(row["target"], "target")
     equation = extract_equation(sample.completion)
