@@ -103,3 +103,17 @@ def test_ops_as_list():
     task = arithmetic_task(ops=["*"], train_size=20, eval_size=0)
     assert all("*" in row["expression"] for row in task.train_rows)
     assert task.eval_rows == []
+
+
+def test_load_task_and_default_rewards_score_the_answer():
+    from grpokit.data import load_task
+    from grpokit.rewards.base import Sample
+    from grpokit.rewards.registry import build
+
+    task = load_task("arithmetic", train_size=2, eval_size=1)
+    row = task.train_rows[0]
+    good = Sample(f"<think>easy</think> <answer>{row['answer']}</answer>", row)
+    bad = Sample("<think>hm</think> <answer>not a number</answer>", row)
+    assert [build(spec)([good, bad]) for spec in task.rewards] == [[1.0, 0.0], [1.0, 1.0]]
+    with pytest.raises(ValueError, match="task 'arithmetic': bad args"):
+        load_task("arithmetic", digit=2)

@@ -71,3 +71,15 @@ def test_task_defaults():
 def test_bad_args(args, message):
     with pytest.raises(ValueError, match=message):
         countdown_task(**args)
+
+
+def test_load_task_and_default_rewards_score_the_solution():
+    from grpokit.data import load_task
+    from grpokit.rewards.base import Sample
+    from grpokit.rewards.registry import build
+
+    task = load_task("countdown", train_size=2, eval_size=1)
+    row = task.eval_rows[0]
+    good = Sample(f"<think>found it</think><answer>{row['solution']}</answer>", row)
+    bad = Sample(f"<answer>{row['solution']} + 1</answer>", row)
+    assert [build(spec)([good, bad]) for spec in task.rewards] == [[1.0, 0.0], [1.0, 0.0]]
