@@ -88,6 +88,7 @@ def test_task_defaults():
         ({"ops": ""}, "ops must be"),
         ({"ops": 3}, "ops must be"),
         ({"digits": 0}, "digits must be"),
+        ({"digits": 10}, r"digits must be an integer in 1..9, got 10"),
         ({"num_operands": 1}, "num_operands must be"),
         ({"train_size": -1}, "train_size must be"),
         ({"eval_size": 1.5}, "eval_size must be"),

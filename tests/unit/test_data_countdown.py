@@ -12,7 +12,7 @@ def test_every_problem_is_solvable_by_its_solution():
     for row in task.train_rows + task.eval_rows:
         assert 3 <= len(row["numbers"]) <= 4
         assert all(1 <= n <= 99 for n in row["numbers"])
-        assert 1 <= row["target"] <= 999
+        assert 1 <= row["target"] <= 999 and row["target"] not in row["numbers"]
         assert score_equation(row["solution"], row["numbers"], row["target"]) == 1.0
         assert str(row["numbers"]) in row["prompt"] and str(row["target"]) in row["prompt"]
 

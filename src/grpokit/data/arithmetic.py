@@ -93,7 +93,8 @@ def arithmetic_task(
     seed: int = 0,
 ) -> Task:
     """Integer arithmetic problems; eval rows never repeat a train expression."""
-    check_size("digits", digits, 1)
+    # Exact division factors an operand by trial division up to its square root.
+    check_size("digits", digits, 1, 9)
     check_size("num_operands", num_operands, 2)
     check_size("train_size", train_size, 1)
     check_size("eval_size", eval_size, 0)

@@ -2,7 +2,8 @@
 
 Each problem is made by combining its numbers in a random order and tree shape with random
 operators, so a solution using every number exists (it is kept in the row as `solution`). As in
-the game, every intermediate result of that solution is a positive integer.
+the game, every intermediate result of that solution is a positive integer. The target is never
+one of the numbers (the answer would be a copy).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def draw_problem(
             joined = _combine(rng, parts[i], parts[j])
             parts = [p for k, p in enumerate(parts) if k not in (i, j)] + [joined]
         solution, target = parts[0]
-        if target <= max_target:
+        # A target among the numbers would be solved by copying it.
+        if target <= max_target and target not in numbers:
             return make_row(numbers, target, solution.removeprefix("(").removesuffix(")"))
     raise ValueError(
         f"task 'countdown': no target <= max_target={max_target} found in {_MAX_TRIES} draws; "

@@ -12,10 +12,16 @@ Row = dict[str, Any]
 _DRAWS_PER_ROW = 50
 
 
-def check_size(name: str, value: Any, minimum: int = 0) -> int:
-    """An integer argument of a task, with an error naming it when it is not >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def check_size(name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer argument of a task, with an error naming it when it is out of range."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
     return value
 
 
