@@ -32,6 +32,8 @@ def test_boxed_contents(text, expected):
         ("work...\nAnswer: 12\n", ALL, ["12"]),
         ("**Final answer:** $12$.", ALL, ["12"]),
         ("The answer is 3 or 4", ALL, ["3", "4"]),
+        ("So, the answer is 3 or 4.", ALL, ["3", "4"]),
+        ("First answer: 2\nFinal Answer: 2", ALL, ["2"]),
         ("we get 3, then 17 apples", ALL, ["17"]),
         ("no numbers here", ALL, []),
         (r"\boxed{x = 7 = 8 = 42}", ALL, ["7", "8", "42"]),

@@ -34,6 +34,7 @@ def math_reward():
         (r"\boxed{3} \boxed{4}", "3", 0.0),
         (r"\boxed{3} \boxed{3}", "3", 1.0),
         ("the answer is 3 or 4", "3", 0.0),
+        ("So the answer is 3 or 4.", "4", 0.0),
         (r"\boxed{\frac{1}{2} \text{ or } \frac{1}{3}}", r"\frac{1}{2}", 0.0),
         (r"\boxed{" + "1" * 600 + "}", "1", 0.0),
         ("", "3", 0.0),

@@ -18,7 +18,7 @@ STRATEGIES = ("boxed", "answer_tag", "answer_line", "last_number")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ANSWER_LINE = re.compile(
-    r"^[\s>#*_-]*(?:the\s+)?(?:final\s+)?answer(?:\s+is|\s*[:=])[\s*_]*(.+?)\s*$",
+    r"\b(?:final\s+)?answer(?:\s+is|\s*[:=])[\s*_]*(.+?)\s*$",
     re.IGNORECASE | re.MULTILINE,
 )
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
