@@ -76,11 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_sft)
     for module in _COMMAND_MODULES:
-        try:
-            importlib.import_module(module).add_commands(sub)
-        except ModuleNotFoundError as exc:  # TEMPORARY while parts land
-            if exc.name != module:
-                raise
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 

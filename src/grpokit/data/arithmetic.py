@@ -28,6 +28,11 @@ PROMPT_TEMPLATE = (
 )
 """User prompt of one problem; `{expression}` is the expression with spaces around operators."""
 
+SHORT_TEMPLATE = "What is {expression}? Put only the final integer inside <answer> </answer>."
+"""User prompt of the `short` style: no reasoning block, for small models and short runs."""
+
+STYLES = {"r1": PROMPT_TEMPLATE, "short": SHORT_TEMPLATE}
+
 _OPERATORS = "+-*/"
 
 
@@ -70,14 +75,14 @@ def draw_expression(rng: random.Random, digits: int, ops: str, num_operands: int
     return "".join(tokens)
 
 
-def make_row(expression: str) -> Row:
+def make_row(expression: str, style: str = "r1") -> Row:
     """The task row of one expression."""
     value = evaluate(expression)
     if value.denominator != 1:
         raise ValueError(f"arithmetic expression {expression!r} has no integer value ({value})")
     spaced = "".join(f" {ch} " if ch in _OPERATORS else ch for ch in expression)
     return {
-        "prompt": PROMPT_TEMPLATE.format(expression=spaced),
+        "prompt": STYLES[style].format(expression=spaced),
         "answer": str(value.numerator),
         "expression": expression,
     }
@@ -91,8 +96,15 @@ def arithmetic_task(
     train_size: int = 2000,
     eval_size: int = 200,
     seed: int = 0,
+    style: str = "r1",
 ) -> Task:
-    """Integer arithmetic problems; eval rows never repeat a train expression."""
+    """Integer arithmetic problems; eval rows never repeat a train expression.
+
+    style "r1" asks for <think> reasoning then an <answer> (rewards: math + 0.2 R1 format);
+    style "short" asks only for the <answer> (rewards: math), with no system prompt.
+    """
+    if style not in STYLES:
+        raise ValueError(f"task 'arithmetic': style must be one of {sorted(STYLES)}, got {style!r}")
     # Exact division factors an operand by trial division up to its square root.
     check_size("digits", digits, 1, 9)
     check_size("num_operands", num_operands, 2)
@@ -101,7 +113,7 @@ def arithmetic_task(
     check_size("seed", seed, 0)
     chosen = _parse_ops(ops)
     train, held_out = distinct_rows(
-        lambda rng: make_row(draw_expression(rng, digits, chosen, num_operands)),
+        lambda rng: make_row(draw_expression(rng, digits, chosen, num_operands), style),
         key=lambda row: row["expression"],
         train_size=train_size,
         eval_size=eval_size,
@@ -112,9 +124,7 @@ def arithmetic_task(
         name="arithmetic",
         train_rows=train,
         eval_rows=held_out,
-        rewards=[
-            RewardSpec("math", 1.0, {"extract": ["answer_tag", "last_number"]}),
-            RewardSpec("format", 0.2),
-        ],
-        system_prompt=SYSTEM_PROMPT,
+        rewards=[RewardSpec("math", 1.0, {"extract": ["answer_tag", "last_number"]})]
+        + ([RewardSpec("format", 0.2)] if style == "r1" else []),
+        system_prompt=SYSTEM_PROMPT if style == "r1" else None,
     )

@@ -47,11 +47,7 @@ def task_names() -> list[str]:
     global _loaded
     if not _loaded:
         for module in _BUILTIN_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:  # TEMPORARY while parts land
-                if exc.name != module:
-                    raise
+            importlib.import_module(module)
         _loaded = True
     return sorted(_TASKS)
 
