@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
@@ -65,7 +66,8 @@ def _short(value: Any, limit: int = 60) -> str:
 def _arithmetic_target(style: str) -> Callable[[dict[str, Any]], str]:
     if style == "short":
         return lambda row: f"<answer>{row['answer']}</answer>"
-    return lambda row: f"<think>{row['expression']} = {row['answer']}</think> <answer>{row['answer']}</answer>"
+    return lambda row: (f"<think>{row['expression']} = {row['answer']}</think> "
+                        f"<answer>{row['answer']}</answer>")
 
 
 def _countdown_target(row: dict[str, Any]) -> str:
@@ -87,25 +89,25 @@ def split_row(row: dict[str, Any], where: str,
               rule: Callable[[dict], str] | None = None) -> tuple[dict[str, Any], str]:
     """(prompt row, target text): from `completion`, a final assistant message, or the task rule."""
     messages = row.get("messages")
-    ends_with_assistant = (isinstance(messages, list) and messages
-                           and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    ends_with_assistant = isinstance(last, dict) and last.get("role") == "assistant"
     if "completion" in row:
         if ends_with_assistant:
-            raise ValueError(f"{where}: has both 'completion' and messages ending with an assistant "
-                             "turn; keep one target")
+            raise ValueError(f"{where}: has both 'completion' and messages ending with an "
+                             "assistant turn; keep one target")
         prompt_row, target, field = row, row["completion"], "'completion'"
     elif ends_with_assistant:
         if len(messages) < 2:
             raise ValueError(f"{where}: messages hold only the assistant turn; a prompt message "
                              "must come before it")
         prompt_row = {**row, "messages": messages[:-1]}
-        target, field = messages[-1].get("content"), "the last (assistant) message's 'content'"
+        target, field = last.get("content"), "the last (assistant) message's 'content'"
     elif rule is not None:
         prompt_row, target, field = row, rule(row), "the reference solution"
     else:
-        raise ValueError(f"{where}: no SFT target; expected a 'completion' column (rename yours "
-                         "with data.columns={your_column: completion}) or 'messages' ending with an "
-                         f"assistant turn (keys: {sorted(row)})")
+        raise ValueError(f"{where}: no SFT target; expected a 'completion' column (rename "
+                         "yours with data.columns={your_column: completion}) or 'messages' ending "
+                         f"with an assistant turn (keys: {sorted(row)})")
     if not isinstance(target, str) or not target.strip():
         raise ValueError(f"{where}: {field} must be a non-empty string, got {_short(target)}")
     return prompt_row, target
@@ -120,15 +122,17 @@ def encode_example(row: dict[str, Any], tokenizer: Any, *, where: str, system_pr
     prompt_row, target = split_row(row, where, rule)
     text = render_prompt(prompt_row, tokenizer, system_prompt)
     # A chat template writes its own special tokens (BOS); adding them again would double them.
-    prompt_ids = list(tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"])
+    special = not has_chat_template(tokenizer)
+    prompt_ids = list(tokenizer(text, add_special_tokens=special)["input_ids"])
     completion_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
     completion_ids.append(tokenizer.eos_token_id)
     if len(prompt_ids) > max_prompt_length:
         raise ValueError(f"{where}: the prompt is {len(prompt_ids)} tokens, longer than "
-                         f"data.max_prompt_length={max_prompt_length}; raise it or shorten the prompt")
+                         f"data.max_prompt_length={max_prompt_length}; raise it or shorten the "
+                         "prompt")
     if len(completion_ids) > max_completion_length:
-        raise ValueError(f"{where}: the target is {len(completion_ids)} tokens with EOS, longer than "
-                         f"rollout.max_new_tokens={max_completion_length} (targets are never cut); "
+        raise ValueError(f"{where}: the target is {len(completion_ids)} tokens with EOS, longer "
+                         f"than rollout.max_new_tokens={max_completion_length} (never cut); "
                          "raise it or shorten the target")
     return SFTExample(prompt_ids, completion_ids)
 
@@ -138,7 +142,8 @@ def encode_example(row: dict[str, Any], tokenizer: Any, *, where: str, system_pr
 
 def collate(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-padded prompts and right-padded completions with their masks."""
-    prompt_ids, prompt_mask = left_pad([e.prompt_ids for e in examples], pad_id, torch.device("cpu"))
+    prompt_ids, prompt_mask = left_pad([e.prompt_ids for e in examples], pad_id,
+                                       torch.device("cpu"))  # (N, P)
     width = max(len(e.completion_ids) for e in examples)
     completion_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (N, T)
     completion_mask = torch.zeros((len(examples), width), dtype=torch.bool)  # (N, T)
@@ -165,9 +170,9 @@ def _chunks(examples: list[SFTExample], size: int):
         yield [examples[i] for i in idx.tolist()]
 
 
-def _optimizer_step(model: torch.nn.Module, state: SFTState, max_grad_norm: float) -> dict[str, float]:
+def _optimizer_step(model: torch.nn.Module, state: SFTState, max_norm: float) -> dict[str, float]:
     params = [p for p in model.parameters() if p.requires_grad]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     if not torch.isfinite(norm):
         state.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(f"non-finite gradient norm {norm.item()} at SFT step {state.step + 1}")
@@ -216,37 +221,44 @@ def evaluate_loss(model: torch.nn.Module, examples: list[SFTExample], pad_id: in
 # ---------------------------------------------------------------- the run
 
 
+def _encode_rows(rows: list[dict[str, Any]], where: str, tokenizer: Any, cfg: Config,
+                 system_prompt: str | None, rule: Callable[[dict], str] | None = None,
+                 ) -> list[SFTExample]:
+    return [encode_example(row, tokenizer, where=f"{where} {i}", system_prompt=system_prompt,
+                           max_prompt_length=cfg.data.max_prompt_length,
+                           max_completion_length=cfg.rollout.max_new_tokens, rule=rule)
+            for i, row in enumerate(rows)]
+
+
 def load_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[SFTExample]]:
     """(train, held-out) examples. A dataset is split like `grpokit train` splits it (same seed and
     fraction), so the GRPO stage evaluates on rows SFT never saw; errors name the file row."""
+    from grpokit.data import datasets as ds
+    from grpokit.data.base import load_task
     from grpokit.session import system_prompt
 
-    d = cfg.data
-    limits = dict(max_prompt_length=d.max_prompt_length, max_completion_length=cfg.rollout.max_new_tokens)
+    d, limit = cfg.data, cfg.eval.num_prompts
     if d.path is None:
-        from grpokit.data.base import load_task
-
         rule = task_target_rule(d.task, d.task_args)
         if rule is None:
-            raise ConfigError(f"data.task: task {d.task!r} has no rule that writes a target completion "
-                              "(arithmetic and countdown do); give a dataset with targets in data.path")
+            raise ConfigError(f"data.task: task {d.task!r} has no rule that writes a target "
+                              "completion (arithmetic and countdown do); give a dataset with "
+                              "targets in data.path")
         task = load_task(d.task, **d.task_args)
-        system = system_prompt(cfg, task)
-        encode = lambda rows, kind: [  # noqa: E731
-            encode_example(row, tokenizer, where=f"task {task.name!r}: {kind} row {i}",
-                           system_prompt=system, rule=rule, **limits) for i, row in enumerate(rows)]
-        return encode(task.train_rows, "train"), encode(task.eval_rows[: cfg.eval.num_prompts], "eval")
-    from grpokit.data import datasets as ds
-
-    columns = dict(prompt_column=d.prompt_column, messages_column=d.messages_column, columns=d.columns)
-    encode_file = lambda path: [  # noqa: E731
-        encode_example(row, tokenizer, where=f"{path}: row {i}", system_prompt=d.system_prompt, **limits)
-        for i, row in enumerate(ds.load_rows(path, **columns))]
-    examples = encode_file(d.path)
+        where, system = f"task {task.name!r}:", system_prompt(cfg, task)
+        return (_encode_rows(task.train_rows, f"{where} train row", tokenizer, cfg, system, rule),
+                _encode_rows(task.eval_rows[:limit], f"{where} eval row", tokenizer, cfg, system,
+                             rule))
+    columns = {"prompt_column": d.prompt_column, "messages_column": d.messages_column,
+               "columns": d.columns}
+    examples = _encode_rows(ds.load_rows(d.path, **columns), f"{d.path}: row", tokenizer, cfg,
+                            d.system_prompt)
     if d.eval_path is not None:
-        return examples, encode_file(d.eval_path)[: cfg.eval.num_prompts]
+        held_out = _encode_rows(ds.load_rows(d.eval_path, **columns), f"{d.eval_path}: row",
+                                tokenizer, cfg, d.system_prompt)
+        return examples, held_out[:limit]
     train, held_out = ds.split_rows(examples, eval_fraction=d.eval_fraction, seed=d.seed)
-    return train, held_out[: cfg.eval.num_prompts]
+    return train, held_out[:limit]
 
 
 def load_model(cfg: Config, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
@@ -272,14 +284,15 @@ def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> SFTState:
     """AdamW over the trainable weights, the warm-up + schedule of `train`, the seeded row order."""
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas),
+                                  weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, t.steps))
     sampler = PromptSampler(num_rows, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
     return SFTState(0, sampler, optimizer, scheduler)
 
 
 def save(model: torch.nn.Module, tokenizer: Any, state: SFTState, cfg: Config, out: Path) -> Path:
-    """A checkpoint in the layout of `grpokit train`: checkpoints/step-NNNNNN/{model, trainer.pt}."""
+    """A checkpoint in the layout of `grpokit train`: checkpoints/step-NNNNNN/model + trainer.pt."""
     from grpokit.models import save_model
 
     merge = cfg.model.lora.enabled and cfg.model.lora.save_merged
@@ -354,8 +367,8 @@ class _HeldOut:
 
     def __call__(self) -> float:
         t = self.cfg.train
-        return evaluate_loss(self.model, self.examples, self.pad_id, micro_batch_size=t.micro_batch_size,
-                             chunk_size=t.logprob_chunk_size, autocast=self.autocast)
+        return evaluate_loss(self.model, self.examples, self.pad_id, autocast=self.autocast,
+                             micro_batch_size=t.micro_batch_size, chunk_size=t.logprob_chunk_size)
 
 
 def run_sft(cfg: Config, console: Any = None) -> dict[str, Any]:
@@ -365,20 +378,22 @@ def run_sft(cfg: Config, console: Any = None) -> dict[str, Any]:
 
     out = Path(cfg.log.output_dir)
     if (out / "config.yaml").exists():
-        raise ConfigError(f"log.output_dir: {out} already holds a run; choose another log.output_dir")
+        raise ConfigError(f"log.output_dir: {out} already holds a run; choose another "
+                          "log.output_dir")
     seed_everything(cfg.train.seed)
     model, tokenizer = load_model(cfg)
     train_examples, eval_examples = load_examples(cfg, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     mode = cfg.model.autocast
-    autocast = lambda: autocast_context("cpu", mode != "off", force=mode == "bf16")  # noqa: E731
+    autocast = lambda: autocast_context("cpu", mode != "off", force=mode == "bf16")
     evaluate = _HeldOut(model, eval_examples, tokenizer.pad_token_id, cfg, autocast)
     before_after = bool(eval_examples) and cfg.eval.before_and_after
     results: dict[str, Any] = {"before": {"loss": evaluate()}} if before_after else {}
     if console is not None:
-        console.print(f"[bold]grpokit sft[/]: {len(train_examples)} training rows, {cfg.train.steps} "
-                      f"steps of {cfg.rollout.prompts_per_step} rows, {len(eval_examples)} held out")
+        console.print(f"[bold]grpokit sft[/]: {len(train_examples)} training rows, "
+                      f"{cfg.train.steps} steps of {cfg.rollout.prompts_per_step} rows, "
+                      f"{len(eval_examples)} held out")
     state = make_state(cfg, model, len(train_examples))
     results["train_loss"] = _train_loop(cfg, model, tokenizer, state, train_examples, evaluate,
                                         out, console)
