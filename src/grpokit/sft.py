@@ -261,15 +261,10 @@ def load_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[S
     return train, held_out[:limit]
 
 
-def load_model(cfg: Config, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
-    """The trainable model (LoRA-wrapped when configured) and its tokenizer; no reference model."""
+def load_model(cfg: Config, path: Path, device: str = "cpu") -> torch.nn.Module:
+    """The trainable model (LoRA-wrapped when configured); SFT loads no reference model."""
     from grpokit import models
 
-    try:
-        path = models.resolve_model(cfg.model.path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"model.path: {exc}") from exc
-    tokenizer = models.load_tokenizer(path)
     model = models.load_policy(path, dtype=cfg.model.dtype, device=device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -277,7 +272,16 @@ def load_model(cfg: Config, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
     if lora.enabled:
         model = models.apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
                                   target_modules=lora.target_modules)
-    return model, tokenizer
+    return model
+
+
+def _resolve(cfg: Config) -> Path:
+    from grpokit.models import resolve_model
+
+    try:
+        return resolve_model(cfg.model.path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"model.path: {exc}") from exc
 
 
 def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> SFTState:
@@ -374,15 +378,18 @@ class _HeldOut:
 def run_sft(cfg: Config, console: Any = None) -> dict[str, Any]:
     """Supervised fine-tuning as the config says; writes checkpoints and `<output_dir>/final`
     (merged when LoRA) for `grpokit train model.path=<output_dir>/final`. Returns the results."""
-    from grpokit.models import autocast_context, save_model
+    from grpokit.models import autocast_context, load_tokenizer, save_model
 
     out = Path(cfg.log.output_dir)
     if (out / "config.yaml").exists():
         raise ConfigError(f"log.output_dir: {out} already holds a run; choose another "
                           "log.output_dir")
     seed_everything(cfg.train.seed)
-    model, tokenizer = load_model(cfg)
+    path = _resolve(cfg)
+    tokenizer = load_tokenizer(path)
+    # Every row is checked before the weights load: a bad row fails in seconds, not minutes.
     train_examples, eval_examples = load_examples(cfg, tokenizer)
+    model = load_model(cfg, path)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     mode = cfg.model.autocast
