@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from grpokit.algo.advantages import combine_rewards, compute_advantages, process_advantages
+from grpokit.config import Config
+from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.rewards.base import Sample, StepRewards
-from grpokit.rollout.base import RolloutBatch
+from grpokit.rewards.runner import RewardRunner
+from grpokit.rollout.base import RolloutBatch, SamplingParams
+
+if TYPE_CHECKING:
+    from grpokit.session import Session
 
 
 @dataclass
@@ -145,3 +152,69 @@ def step_rewards_of(result) -> list[StepRewards | None] | None:
 
 def combined(matrix: torch.Tensor, weights: list[float]) -> torch.Tensor:
     return combine_rewards(matrix, weights).to(torch.float32)
+
+
+class Rollouts:
+    """Turns prompt indices into scored groups: render, generate, score."""
+
+    def __init__(self, session: "Session", rows: list[dict[str, Any]]):
+        cfg = session.cfg
+        self.session, self.rows = session, rows
+        from grpokit.session import system_prompt
+
+        self.system = system_prompt(cfg, session.task)
+        self.params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
+                                     temperature=cfg.rollout.temperature,
+                                     top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
+        r = cfg.reward_runner
+        self.runner = RewardRunner(session.rewards, max_error_rate=r.max_error_rate,
+                                   timeout=r.timeout)
+        self.weights = [s.weight for s in session.rewards]
+        self.names = [s.name for s in session.rewards]
+
+    def score(self, indices: list[int], group_size: int, generator: torch.Generator,
+              params: SamplingParams | None = None) -> ScoredBatch:
+        rows = [self.rows[i] for i in indices]
+        tok = self.session.tokenizer
+        prompts = [render_prompt(row, tok, self.system) for row in rows]
+        ids = encode_prompts(rows, tok, self.system, self.session.cfg.data.max_prompt_length)
+        params = params or self.params
+        rollout = self.session.engine.generate(ids, group_size, params, generator)
+        rollout.rows = rows
+        samples = make_samples(rollout, prompts, params.max_new_tokens)
+        result = self.runner.score(samples)
+        reward = combined(result.rewards, self.weights)
+        return ScoredBatch(rollout, result.rewards, reward, step_rewards_of(result))
+
+
+def collect(cfg: Config, rollouts: Rollouts, sampler, generator: torch.Generator) -> tuple[ScoredBatch, dict]:
+    """B groups for this step; with drop_refill, tied groups are replaced by fresh prompts."""
+    a, B, G = cfg.algo, cfg.rollout.prompts_per_step, cfg.rollout.group_size
+    interval = tuple(a.tie_interval)
+    parts, kept, rounds, generated = [], 0, 0, 0
+    indices = sampler.next_batch()
+    while True:
+        scored = rollouts.score(indices, G, generator)
+        generated += len(indices)
+        tied = is_tied(scored.reward, G, a.tie_rule, interval)
+        if a.tied_groups != "drop_refill":
+            parts = [scored]
+            break
+        keep = [g for g in range(len(indices)) if not tied[g]][: B - kept]
+        if keep:
+            parts.append(select_groups(scored, keep))
+            kept += len(keep)
+        if kept >= B or rounds >= a.max_refill_rounds:
+            break
+        rounds += 1
+        indices = sampler.take(B - kept)
+    if not parts:  # every group tied in every round: train on nothing, but say so
+        parts = [scored]
+    batch = concat(parts, rollouts.session.tokenizer.pad_token_id)
+    tied = is_tied(batch.reward, G, a.tie_rule, interval)
+    batch = finish(batch, estimator=a.estimator, scale=a.scale, eps=a.adv_eps, tied=tied,
+                           tied_mode=a.tied_groups, overlong=a.overlong)
+    stats = {"groups/tied_frac": tied.float().mean().item(), "groups/refill_rounds": rounds,
+             "groups/prompts_generated": generated,
+             "groups/dropped_frac": 1 - (len(batch.rollout.rows) / generated)}
+    return batch, stats

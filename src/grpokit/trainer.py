@@ -23,13 +23,12 @@ from grpokit import distributed as dist
 from grpokit import scoring
 from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.config import Config, ConfigError, to_dict
-from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.data.sampler import PromptSampler
 from grpokit.metrics import reduce_metrics
 from grpokit.policy import batched_logprobs, completion_logprobs, length_sorted_chunks
-from grpokit.rewards.runner import RewardRunner
-from grpokit.rollout.base import SamplingParams
-from grpokit.session import Session, system_prompt
+from grpokit.evaluate_cmd import evaluate, print_eval
+from grpokit.scoring import Rollouts, collect
+from grpokit.session import Session
 
 
 class NonFiniteError(RuntimeError):
@@ -88,73 +87,6 @@ def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> TrainState
     sampler = PromptSampler(num_rows, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
     generator = torch.Generator().manual_seed(t.seed + 1_000_003 * dist.rank())
     return TrainState(0, sampler, optimizer, scheduler, generator)
-
-
-# ---------------------------------------------------------------- rollouts
-
-
-class Rollouts:
-    """Turns prompt indices into scored groups: render, generate, score."""
-
-    def __init__(self, session: Session, rows: list[dict[str, Any]]):
-        cfg = session.cfg
-        self.session, self.rows = session, rows
-        self.system = system_prompt(cfg, session.task)
-        self.params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
-                                     temperature=cfg.rollout.temperature,
-                                     top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
-        r = cfg.reward_runner
-        self.runner = RewardRunner(session.rewards, max_error_rate=r.max_error_rate,
-                                   timeout=r.timeout)
-        self.weights = [s.weight for s in session.rewards]
-        self.names = [s.name for s in session.rewards]
-
-    def score(self, indices: list[int], group_size: int, generator: torch.Generator,
-              params: SamplingParams | None = None) -> scoring.ScoredBatch:
-        rows = [self.rows[i] for i in indices]
-        tok = self.session.tokenizer
-        prompts = [render_prompt(row, tok, self.system) for row in rows]
-        ids = encode_prompts(rows, tok, self.system, self.session.cfg.data.max_prompt_length)
-        params = params or self.params
-        rollout = self.session.engine.generate(ids, group_size, params, generator)
-        rollout.rows = rows
-        samples = scoring.make_samples(rollout, prompts, params.max_new_tokens)
-        result = self.runner.score(samples)
-        reward = scoring.combined(result.rewards, self.weights)
-        return scoring.ScoredBatch(rollout, result.rewards, reward, scoring.step_rewards_of(result))
-
-
-def collect(cfg: Config, rollouts: Rollouts, state: TrainState) -> tuple[scoring.ScoredBatch, dict]:
-    """B groups for this step; with drop_refill, tied groups are replaced by fresh prompts."""
-    a, B, G = cfg.algo, cfg.rollout.prompts_per_step, cfg.rollout.group_size
-    interval = tuple(a.tie_interval)
-    parts, kept, rounds, generated = [], 0, 0, 0
-    indices = state.sampler.next_batch()
-    while True:
-        scored = rollouts.score(indices, G, state.generator)
-        generated += len(indices)
-        tied = scoring.is_tied(scored.reward, G, a.tie_rule, interval)
-        if a.tied_groups != "drop_refill":
-            parts = [scored]
-            break
-        keep = [g for g in range(len(indices)) if not tied[g]][: B - kept]
-        if keep:
-            parts.append(scoring.select_groups(scored, keep))
-            kept += len(keep)
-        if kept >= B or rounds >= a.max_refill_rounds:
-            break
-        rounds += 1
-        indices = state.sampler.take(B - kept)
-    if not parts:  # every group tied in every round: train on nothing, but say so
-        parts = [scored]
-    batch = scoring.concat(parts, rollouts.session.tokenizer.pad_token_id)
-    tied = scoring.is_tied(batch.reward, G, a.tie_rule, interval)
-    batch = scoring.finish(batch, estimator=a.estimator, scale=a.scale, eps=a.adv_eps, tied=tied,
-                           tied_mode=a.tied_groups, overlong=a.overlong)
-    stats = {"groups/tied_frac": tied.float().mean().item(), "groups/refill_rounds": rounds,
-             "groups/prompts_generated": generated,
-             "groups/dropped_frac": 1 - (len(batch.rollout.rows) / generated)}
-    return batch, stats
 
 
 # ---------------------------------------------------------------- the policy update
@@ -339,51 +271,6 @@ def refresh_reference(session: Session) -> None:
     session.reference.load_state_dict(session.model.state_dict())
 
 
-def evaluate(session: Session, rollouts: Rollouts, rows: list[dict[str, Any]], seed: int) -> dict[str, float]:
-    """Held-out evaluation: mean reward per function, pass@k and maj@k over n samples per prompt."""
-    from grpokit.evaluation import correctness, summarize
-    from grpokit.rewards.extract import extract_answers, normalize
-
-    e = session.cfg.eval
-    n, generator = e.samples_per_prompt, torch.Generator().manual_seed(seed)
-    params = SamplingParams(max_new_tokens=rollouts.params.max_new_tokens, temperature=e.temperature,
-                            top_p=rollouts.params.top_p, top_k=rollouts.params.top_k)
-    per_fn = {name: [] for name in rollouts.names}
-    correct, answers = [], []
-    chunk = max(session.cfg.rollout.prompts_per_step * session.cfg.rollout.group_size // n, 1)
-    for start in range(0, len(rows), chunk):
-        sub = list(range(start, min(start + chunk, len(rows))))
-        scored = Rollouts.score(_with_rows(rollouts, rows), sub, n, generator, params)
-        for g in range(len(sub)):
-            block = scored.rewards[g * n:(g + 1) * n]  # (n, K)
-            for k, name in enumerate(rollouts.names):
-                per_fn[name].append([None if math.isnan(v) else v for v in block[:, k].tolist()])
-            correct.append(correctness(per_fn[rollouts.names[0]][-1], 1.0))
-            texts = scored.rollout.completions[g * n:(g + 1) * n]
-            found = [extract_answers(t, ("answer_tag", "boxed", "last_number")) for t in texts]
-            answers.append([normalize(f[-1]) if f else None for f in found])
-    return summarize(per_fn, correct, e.k, answers)
-
-
-def _with_rows(rollouts: Rollouts, rows: list[dict[str, Any]]) -> Rollouts:
-    view = object.__new__(Rollouts)
-    view.__dict__.update(rollouts.__dict__, rows=rows)
-    return view
-
-
-def print_eval(console, title: str, results: dict[str, dict[str, float]]) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in results:
-        table.add_column(name, justify="right")
-    keys = sorted({k for r in results.values() for k in r})
-    for key in keys:
-        table.add_row(key, *[f"{r.get(key, float('nan')):.4f}" for r in results.values()])
-    console.print(table)
-
-
 def _sinks(cfg: Config, out: Path, console):
     from grpokit.metrics import ConsoleSink, JsonlSink, MultiSink, TensorBoardSink
 
@@ -399,7 +286,7 @@ def run_step(session: Session, rollouts: Rollouts, state: TrainState) -> tuple[s
     """One full training step; returns the batch and its metrics."""
     cfg = session.cfg
     t0 = time.perf_counter()
-    batch, stats = collect(cfg, rollouts, state)
+    batch, stats = collect(cfg, rollouts, state.sampler, state.generator)
     t_gen = time.perf_counter() - t0
     metrics = {**stats, **rollout_metrics(batch, rollouts.names)}
     metrics.update(update_policy(session, state, batch))
@@ -435,6 +322,9 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
     results: dict[str, Any] = {}
     if held_out and cfg.eval.before_and_after and state.step == 0:
         results["before"] = evaluate(session, rollouts, held_out, cfg.train.seed)
+        if console is not None:
+            print_eval(console, f"held-out evaluation before training ({len(held_out)} prompts)",
+                       {"before": results["before"]})
     sinks = _sinks(cfg, out, console) if dist.is_main() else None
     try:
         while state.step < cfg.train.steps:

@@ -52,9 +52,9 @@ def test_operands_have_at_most_digits(digits):
 
 
 def test_deterministic_and_seeded():
-    a = arithmetic_task(train_size=40, eval_size=10, seed=3)
-    b = arithmetic_task(train_size=40, eval_size=10, seed=3)
-    c = arithmetic_task(train_size=40, eval_size=10, seed=4)
+    a = arithmetic_task(digits=2, train_size=40, eval_size=10, seed=3)
+    b = arithmetic_task(digits=2, train_size=40, eval_size=10, seed=3)
+    c = arithmetic_task(digits=2, train_size=40, eval_size=10, seed=4)
     assert a.train_rows == b.train_rows and a.eval_rows == b.eval_rows
     assert a.train_rows != c.train_rows
 
@@ -72,13 +72,23 @@ def test_eval_does_not_overlap_train_and_is_stable():
 
 
 def test_task_defaults():
-    task = arithmetic_task(train_size=5, eval_size=2)
+    task = arithmetic_task()
     assert task.name == "arithmetic"
-    assert [spec.name for spec in task.rewards] == ["math", "format"]
+    assert (len(task.train_rows), len(task.eval_rows)) == (100, 62)  # all 162 one-digit +/- problems
+    assert [spec.name for spec in task.rewards] == ["math"]
     assert task.rewards[0].args == {"extract": ["answer_tag", "last_number"]}
-    assert task.rewards[1].weight == 0.2
-    assert "<think>" in task.system_prompt
+    assert task.system_prompt is None
+    assert "<answer>" in task.train_rows[0]["prompt"] and "<think>" not in task.train_rows[0]["prompt"]
     assert base._TASKS["arithmetic"] is arithmetic_task
+
+
+def test_r1_style():
+    task = arithmetic_task(digits=2, ops="+-*", style="r1", train_size=5, eval_size=2)
+    assert [spec.name for spec in task.rewards] == ["math", "format"]
+    assert task.rewards[1].weight == 0.2
+    assert "<think>" in task.system_prompt and "<think>" in task.train_rows[0]["prompt"]
+    with pytest.raises(ValueError, match="style must be one of"):
+        arithmetic_task(style="long")
 
 
 @pytest.mark.parametrize(
@@ -93,6 +103,7 @@ def test_task_defaults():
         ({"train_size": -1}, "train_size must be"),
         ({"eval_size": 1.5}, "eval_size must be"),
         ({"digits": 1, "ops": "*", "train_size": 100}, "only 81 distinct"),
+        ({"digits": 1, "ops": "+-", "train_size": 200}, "only 162 distinct"),
     ],
 )
 def test_bad_args(args, message):
@@ -111,7 +122,7 @@ def test_load_task_and_default_rewards_score_the_answer():
     from grpokit.rewards.base import Sample
     from grpokit.rewards.registry import build
 
-    task = load_task("arithmetic", train_size=2, eval_size=1)
+    task = load_task("arithmetic", style="r1", train_size=2, eval_size=1)
     row = task.train_rows[0]
     good = Sample(f"<think>easy</think> <answer>{row['answer']}</answer>", row)
     bad = Sample("<think>hm</think> <answer>not a number</answer>", row)

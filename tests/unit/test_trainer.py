@@ -1,0 +1,100 @@
+"""The training loop on a tiny random model: CLI run, artifacts, exact resume, guards."""
+
+import json
+
+import pytest
+import torch
+
+from grpokit.cli import main
+from grpokit.config import ConfigError, load_config
+
+TINY = [
+    "train.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=4",
+    "rollout.max_new_tokens=12", "eval.num_prompts=4", "data.max_prompt_length=1024",
+    "train.micro_batch_size=3", "log.samples_every=1", "train.lr=1e-3",
+    "data.task_args={digits: 1, ops: '+', train_size: 20, eval_size: 8, style: short}",
+]
+
+
+def _overrides(model_dir, out, *extra):
+    return [f"model.path={model_dir}", f"log.output_dir={out}", *TINY, *extra]
+
+
+def test_cli_train_writes_metrics_samples_tensorboard_and_a_loadable_checkpoint(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    assert main(["train", *_overrides(tiny_model_dir, out)]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]
+    for key in ("reward/mean", "reward/math", "groups/tied_frac", "completion/len_mean",
+                "loss/kl", "loss/entropy", "loss/clip_frac", "optim/grad_norm", "optim/lr",
+                "perf/gen_tokens_per_s", "perf/step_time_s"):
+        assert key in lines[0], key
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"completion", "rewards", "advantage", "row"} <= set(samples[0])
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = out / "checkpoints" / "step-000002"
+    model = AutoModelForCausalLM.from_pretrained(ckpt / "model")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    results = json.loads((out / "eval.json").read_text())
+    assert "pass@1" in results["before"] and "pass@1" in results["after"]
+
+
+def _state(out):
+    from safetensors.torch import load_file
+
+    ckpt = sorted((out / "checkpoints").iterdir())[-1]
+    weights = load_file(ckpt / "model" / "model.safetensors")
+    trainer = torch.load(ckpt / "trainer.pt", weights_only=False)
+    return weights, trainer
+
+
+def test_exact_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    from grpokit.trainer import train
+
+    extra = ["train.steps=4", "eval.before_and_after=false", "checkpoint.keep_last=0",
+             "rollout.temperature=1.0"]
+    straight = tmp_path / "straight"
+    train(load_config(overrides=_overrides(tiny_model_dir, straight, *extra)))
+    split = tmp_path / "split"
+    train(load_config(overrides=_overrides(tiny_model_dir, split, *extra, "train.steps=2")))
+    train(load_config(overrides=_overrides(tiny_model_dir, split, *extra)), resume=split)
+    w1, s1 = _state(straight)
+    w2, s2 = _state(split)
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        assert torch.equal(w1[key], w2[key]), key
+    assert s1["sampler"] == s2["sampler"] and s1["step"] == s2["step"] == 4
+    for a, b in zip(s1["optimizer"]["state"].values(), s2["optimizer"]["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    steps = lambda out: [json.loads(x)["reward/mean"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps(straight) == steps(split)  # same data order and samples
+
+
+def test_output_dir_holding_a_run_is_refused(tiny_model_dir, tmp_path):
+    from grpokit.trainer import train
+
+    out = tmp_path / "run"
+    cfg = load_config(overrides=_overrides(tiny_model_dir, out, "train.steps=1",
+                                           "eval.before_and_after=false"))
+    train(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+
+
+def test_missing_model_path_names_the_field(tmp_path):
+    from grpokit.trainer import train
+
+    cfg = load_config(overrides=[f"model.path={tmp_path / 'nope'}", f"log.output_dir={tmp_path / 'o'}"])
+    with pytest.raises(ConfigError, match="model.path"):
+        train(cfg)
+
+
+def test_prompt_longer_than_max_prompt_length_is_an_error(tiny_model_dir, tmp_path):
+    from grpokit.trainer import train
+
+    cfg = load_config(overrides=_overrides(tiny_model_dir, tmp_path / "o", "data.max_prompt_length=5",
+                                           "eval.before_and_after=false"))
+    with pytest.raises(ValueError, match="max_prompt_length|longer"):
+        train(cfg)
