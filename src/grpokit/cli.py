@@ -80,10 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """grpokit prints its own progress; silence per-file loading bars of the model libraries."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     from grpokit.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "eval", "sft"):
+        _quiet_libraries()
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -14,7 +14,8 @@ from rich.console import Console
 CONSOLE_KEYS = (
     ("reward/mean", "reward"), ("reward/std", "±"), ("groups/tied_frac", "tied"),
     ("completion/len_mean", "len"), ("completion/truncated_frac", "trunc"), ("loss/kl", "kl"),
-    ("loss/entropy", "ent"), ("loss/clip_frac", "clip"), ("optim/grad_norm", "gnorm"),
+    ("loss/entropy", "ent"), ("loss/clip_frac", "clip"), ("loss/sft", "loss"),
+    ("optim/grad_norm", "gnorm"),
     ("perf/gen_tokens_per_s", "gen tok/s"), ("perf/step_time_s", "s/step"),
 )
 
