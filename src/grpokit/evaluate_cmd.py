@@ -30,7 +30,7 @@ def run_eval(cfg: Config, console=None) -> dict[str, Any]:
     rows = session.task.eval_rows[: cfg.eval.num_prompts]
     if not rows:
         raise ValueError(f"task {session.task.name!r} has no held-out rows to evaluate")
-    results = evaluate(session, Rollouts(session, rows), rows, cfg.train.seed)
+    results = evaluate(session, Rollouts(session, rows), cfg.train.seed)
     results["num_prompts"] = float(len(rows))
     results["samples_per_prompt"] = float(cfg.eval.samples_per_prompt)
     if console is not None:
@@ -39,36 +39,31 @@ def run_eval(cfg: Config, console=None) -> dict[str, Any]:
     return results
 
 
-def evaluate(session: "Session", rollouts: Rollouts, rows: list[dict[str, Any]], seed: int) -> dict[str, float]:
+def evaluate(session: "Session", view: Rollouts, seed: int) -> dict[str, float]:
     """Held-out evaluation: mean reward per function, pass@k and maj@k over n samples per prompt."""
     from grpokit.evaluation import correctness, summarize
     from grpokit.rewards.extract import extract_answers, normalize
 
     e = session.cfg.eval
     n, generator = e.samples_per_prompt, torch.Generator().manual_seed(seed)
-    params = SamplingParams(max_new_tokens=rollouts.params.max_new_tokens, temperature=e.temperature,
-                            top_p=rollouts.params.top_p, top_k=rollouts.params.top_k)
-    per_fn = {name: [] for name in rollouts.names}
+    params = SamplingParams(max_new_tokens=view.params.max_new_tokens, temperature=e.temperature,
+                            top_p=view.params.top_p, top_k=view.params.top_k)
+    rows, names = view.rows, view.names
+    per_fn = {name: [] for name in names}
     correct, answers = [], []
     chunk = max(session.cfg.rollout.prompts_per_step * session.cfg.rollout.group_size // n, 1)
     for start in range(0, len(rows), chunk):
         sub = list(range(start, min(start + chunk, len(rows))))
-        scored = Rollouts.score(_with_rows(rollouts, rows), sub, n, generator, params)
+        scored = view.score(sub, n, generator, params)
         for g in range(len(sub)):
             block = scored.rewards[g * n:(g + 1) * n]  # (n, K)
-            for k, name in enumerate(rollouts.names):
+            for k, name in enumerate(names):
                 per_fn[name].append([None if math.isnan(v) else v for v in block[:, k].tolist()])
-            correct.append(correctness(per_fn[rollouts.names[0]][-1], 1.0))
+            correct.append(correctness(per_fn[names[0]][-1], 1.0))
             texts = scored.rollout.completions[g * n:(g + 1) * n]
             found = [extract_answers(t, ("answer_tag", "boxed", "last_number")) for t in texts]
             answers.append([normalize(f[-1]) if f else None for f in found])
     return summarize(per_fn, correct, e.k, answers)
-
-
-def _with_rows(rollouts: Rollouts, rows: list[dict[str, Any]]) -> Rollouts:
-    view = object.__new__(Rollouts)
-    view.__dict__.update(rollouts.__dict__, rows=rows)
-    return view
 
 
 def print_eval(console, title: str, results: dict[str, dict[str, float]]) -> None:

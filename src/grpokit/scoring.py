@@ -155,33 +155,38 @@ def combined(matrix: torch.Tensor, weights: list[float]) -> torch.Tensor:
 
 
 class Rollouts:
-    """Turns prompt indices into scored groups: render, generate, score."""
+    """Turns prompt indices into scored groups: generate, score.
 
-    def __init__(self, session: "Session", rows: list[dict[str, Any]]):
-        cfg = session.cfg
-        self.session, self.rows = session, rows
+    Every prompt is rendered and tokenized once, up front, so a prompt longer than
+    data.max_prompt_length is an error before training starts, naming the row.
+    """
+
+    def __init__(self, session: "Session", rows: list[dict[str, Any]],
+                 runner: RewardRunner | None = None):
         from grpokit.session import system_prompt
 
-        self.system = system_prompt(cfg, session.task)
+        cfg = session.cfg
+        self.session, self.rows = session, rows
+        system = system_prompt(cfg, session.task)
+        tok = session.tokenizer
+        self.prompts = [render_prompt(row, tok, system) for row in rows]
+        self.prompt_ids = encode_prompts(rows, tok, system, cfg.data.max_prompt_length)
         self.params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
                                      temperature=cfg.rollout.temperature,
                                      top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
         r = cfg.reward_runner
-        self.runner = RewardRunner(session.rewards, max_error_rate=r.max_error_rate,
-                                   timeout=r.timeout)
+        self.runner = runner or RewardRunner(session.rewards, max_error_rate=r.max_error_rate,
+                                             timeout=r.timeout)
         self.weights = [s.weight for s in session.rewards]
         self.names = [s.name for s in session.rewards]
 
     def score(self, indices: list[int], group_size: int, generator: torch.Generator,
               params: SamplingParams | None = None) -> ScoredBatch:
-        rows = [self.rows[i] for i in indices]
-        tok = self.session.tokenizer
-        prompts = [render_prompt(row, tok, self.system) for row in rows]
-        ids = encode_prompts(rows, tok, self.system, self.session.cfg.data.max_prompt_length)
         params = params or self.params
+        ids = [self.prompt_ids[i] for i in indices]
         rollout = self.session.engine.generate(ids, group_size, params, generator)
-        rollout.rows = rows
-        samples = make_samples(rollout, prompts, params.max_new_tokens)
+        rollout.rows = [self.rows[i] for i in indices]
+        samples = make_samples(rollout, [self.prompts[i] for i in indices], params.max_new_tokens)
         result = self.runner.score(samples)
         reward = combined(result.rewards, self.weights)
         return ScoredBatch(rollout, result.rewards, reward, step_rewards_of(result))

@@ -318,12 +318,13 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
     state = make_state(cfg, session.model, len(session.task.train_rows))
     if saved is not None:
         _restore(state, session, saved)
-    held_out = session.task.eval_rows[: cfg.eval.num_prompts]
+    rows = session.task.eval_rows[: cfg.eval.num_prompts]
+    held_out = Rollouts(session, rows, runner=rollouts.runner) if rows else None
     results: dict[str, Any] = {}
     if held_out and cfg.eval.before_and_after and state.step == 0:
-        results["before"] = evaluate(session, rollouts, held_out, cfg.train.seed)
+        results["before"] = evaluate(session, held_out, cfg.train.seed)
         if console is not None:
-            print_eval(console, f"held-out evaluation before training ({len(held_out)} prompts)",
+            print_eval(console, f"held-out evaluation before training ({len(rows)} prompts)",
                        {"before": results["before"]})
     sinks = _sinks(cfg, out, console) if dist.is_main() else None
     try:
@@ -337,7 +338,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
     if dist.is_main():
         results["checkpoint"] = str(save(session, state, out))
     if held_out and cfg.eval.before_and_after:
-        results["after"] = evaluate(session, rollouts, held_out, cfg.train.seed)
+        results["after"] = evaluate(session, held_out, cfg.train.seed)
     if dist.is_main():
         (out / "eval.json").write_text(json.dumps(results, indent=2))
     if console is not None and "after" in results:
@@ -352,7 +353,7 @@ def _after_step(session, rollouts, state, batch, metrics, sinks, held_out, out) 
         refresh_reference(session)
     if cfg.eval.every and held_out and step % cfg.eval.every == 0:
         metrics.update({f"eval/{k}": v for k, v in
-                        evaluate(session, rollouts, held_out, cfg.train.seed).items()})
+                        evaluate(session, held_out, cfg.train.seed).items()})
     if sinks is not None:
         sinks.log(step, metrics)
         if cfg.log.samples_every and step % cfg.log.samples_every == 0:

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from grpokit.rewards.base import RewardSpec, Sample, StepRewards
+from grpokit.rewards.base import RewardSpec, Sample
 from grpokit.rewards.runner import RewardError, RewardResult, RewardRunner
 
 

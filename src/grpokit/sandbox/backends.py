@@ -21,7 +21,6 @@ import functools
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
