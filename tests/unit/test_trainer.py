@@ -98,3 +98,24 @@ def test_prompt_longer_than_max_prompt_length_is_an_error(tiny_model_dir, tmp_pa
                                            "eval.before_and_after=false"))
     with pytest.raises(ValueError, match="max_prompt_length|longer"):
         train(cfg)
+
+
+def test_non_finite_loss_stops_the_step_before_any_update(tiny_model_dir, tmp_path, monkeypatch):
+    import grpokit.trainer as trainer
+    from grpokit.session import build_session
+
+    cfg = load_config(overrides=_overrides(tiny_model_dir, tmp_path / "o", "eval.before_and_after=false"))
+    session = build_session(cfg)
+    rollouts = trainer.Rollouts(session, session.task.train_rows)
+    state = trainer.make_state(cfg, session.model, len(session.task.train_rows))
+    before = [p.detach().clone() for p in session.model.parameters()]
+    real = trainer.completion_logprobs
+
+    def poisoned(*args, **kwargs):
+        lp, ent = real(*args, **kwargs)
+        return lp * float("nan"), ent
+
+    monkeypatch.setattr(trainer, "completion_logprobs", poisoned)
+    with pytest.raises(trainer.NonFiniteError, match="non-finite loss"):
+        trainer.run_step(session, rollouts, state)
+    assert all(torch.equal(a, b) for a, b in zip(before, session.model.parameters()))
