@@ -45,6 +45,20 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum over ranks (a copy)."""
+    out = tensor.clone()
+    if is_distributed():
+        tdist.all_reduce(out, op=tdist.ReduceOp.MAX)
+    return out
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if is_distributed():
+        tdist.barrier()
+
+
 def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
     """Sum gradients over ranks in one flat buffer: the losses already use global normalizers."""
     if not is_distributed():

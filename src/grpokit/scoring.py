@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from grpokit import distributed as dist
 from grpokit.algo.advantages import combine_rewards, compute_advantages, process_advantages
 from grpokit.config import Config
 from grpokit.data.render import encode_prompts, render_prompt
@@ -192,12 +193,35 @@ class Rollouts:
         return ScoredBatch(rollout, result.rewards, reward, step_rewards_of(result))
 
 
+def check_world(cfg: Config, world: int) -> None:
+    """What a run over `world` ranks needs: an even split of prompts, rank-local statistics."""
+    if world == 1:
+        return
+    B = cfg.rollout.prompts_per_step
+    if B % world:
+        raise ValueError(f"rollout.prompts_per_step={B} must be divisible by the world size "
+                         f"{world}: each rank generates an equal, contiguous share of the prompts")
+    if cfg.algo.scale == "batch":
+        raise ValueError("algo.scale='batch' is not supported with more than one rank (the batch "
+                         "std would be rank-local); use 'group' or 'none'")
+    if cfg.algo.tied_groups == "drop_refill":
+        raise ValueError("algo.tied_groups='drop_refill' is not supported with more than one rank "
+                         "(refills would desynchronize the ranks' prompt order); use 'keep' or "
+                         "'exclude'")
+
+
 def collect(cfg: Config, rollouts: Rollouts, sampler, generator: torch.Generator) -> tuple[ScoredBatch, dict]:
-    """B groups for this step; with drop_refill, tied groups are replaced by fresh prompts."""
+    """B groups for this step; with drop_refill, tied groups are replaced by fresh prompts.
+
+    Every rank draws the same B prompts from its sampler (the order stays identical) and
+    generates and scores only its contiguous share of them.
+    """
     a, B, G = cfg.algo, cfg.rollout.prompts_per_step, cfg.rollout.group_size
+    check_world(cfg, dist.world_size())
+    B //= dist.world_size()
     interval = tuple(a.tie_interval)
     parts, kept, rounds, generated = [], 0, 0, 0
-    indices = sampler.next_batch()
+    indices = dist.shard(sampler.next_batch())
     while True:
         scored = rollouts.score(indices, G, generator)
         generated += len(indices)
@@ -213,13 +237,14 @@ def collect(cfg: Config, rollouts: Rollouts, sampler, generator: torch.Generator
             break
         rounds += 1
         indices = sampler.take(B - kept)
-    if not parts:  # every group tied in every round: train on nothing, but say so
-        parts = [scored]
-    batch = concat(parts, rollouts.session.tokenizer.pad_token_id)
+    # Every group tied in every round: the last round is returned for its metrics, and
+    # groups/informative = 0 tells the trainer to skip the update (there is no signal).
+    batch = concat(parts or [scored], rollouts.session.tokenizer.pad_token_id)
     tied = is_tied(batch.reward, G, a.tie_rule, interval)
     batch = finish(batch, estimator=a.estimator, scale=a.scale, eps=a.adv_eps, tied=tied,
-                           tied_mode=a.tied_groups, overlong=a.overlong)
+                   tied_mode=a.tied_groups, overlong=a.overlong)
     stats = {"groups/tied_frac": tied.float().mean().item(), "groups/refill_rounds": rounds,
              "groups/prompts_generated": generated,
-             "groups/dropped_frac": 1 - (len(batch.rollout.rows) / generated)}
+             "groups/informative": float((~tied).sum()),
+             "groups/dropped_frac": 1 - (len(batch.rollout.rows) if parts else 0) / generated}
     return batch, stats

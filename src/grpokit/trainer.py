@@ -181,33 +181,65 @@ def update_policy(session: Session, state: TrainState, batch: scoring.ScoredBatc
     metrics["loss/policy"] = sum(p["loss"] for p in parts) / max(len(optim), 1)
     metrics.update({k: sum(o[k] for o in optim) / len(optim) for k in optim[0]})
     metrics["optim/lr"] = optim[-1]["optim/lr"]
-    metrics["train/tokens"] = float(sum(p.get("tokens", 0.0) for p in parts))
+    tokens = torch.tensor(float(sum(p.get("tokens", 0.0) for p in parts)), dtype=torch.float64)
+    metrics["train/tokens"] = dist.all_reduce_sum(tokens).item()  # the step's, over every rank
     return metrics
 
 
 # ---------------------------------------------------------------- the run
 
 
+def _sum_count(values: torch.Tensor) -> list[float]:
+    """[Σx, Σx², count] over the finite entries, to be summed over ranks."""
+    v = values.double()[~torch.isnan(values)]
+    return [v.sum().item(), (v * v).sum().item(), float(v.numel())]
+
+
+def _mean_std(s: float, sq: float, n: float) -> tuple[float, float]:
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = s / n
+    return mean, math.sqrt(max(sq / n - mean * mean, 0.0))
+
+
 def rollout_metrics(batch: scoring.ScoredBatch, names: list[str]) -> dict[str, float]:
+    """Reward, length and advantage statistics over the whole step (every rank's share)."""
     r = batch.rollout
-    lengths = r.completion_mask.sum(dim=1).float()
-    finite = batch.reward[~torch.isnan(batch.reward)]
+    lengths = r.completion_mask.sum(dim=1).double()  # (N,)
+    truncated = torch.tensor([f == "length" for f in r.finish_reason], dtype=torch.float64)
+    columns = [batch.reward, lengths, truncated, batch.advantages.double().reshape(-1)]
+    columns += [batch.rewards[:, k] for k in range(len(names))]
+    sums = dist.all_reduce_sum(torch.tensor(
+        [x for col in columns for x in _sum_count(col)] + [float(len(lengths))], dtype=torch.float64))
+    extremes = dist.all_reduce_max(torch.stack([lengths.max(), -lengths.min()]))
+    triples = sums[:-1].view(-1, 3).tolist()
+    reward_mean, reward_std = _mean_std(*triples[0])
+    adv_mean, adv_std = _mean_std(*triples[3])
     metrics = {
-        "reward/mean": finite.mean().item() if finite.numel() else float("nan"),
-        "reward/std": finite.std(correction=0).item() if finite.numel() else float("nan"),
-        "reward/unscorable_frac": torch.isnan(batch.reward).float().mean().item(),
-        "completion/len_mean": lengths.mean().item(),
-        "completion/len_min": lengths.min().item(),
-        "completion/len_max": lengths.max().item(),
-        "completion/truncated_frac": sum(f == "length" for f in r.finish_reason) / len(r.finish_reason),
-        "advantage/mean": batch.advantages.float().mean().item(),
-        "advantage/std": batch.advantages.float().std(correction=0).item(),
+        "reward/mean": reward_mean, "reward/std": reward_std,
+        "reward/unscorable_frac": 1.0 - triples[0][2] / sums[-1].item(),
+        "completion/len_mean": triples[1][0] / triples[1][2],
+        "completion/len_min": -extremes[1].item(),
+        "completion/len_max": extremes[0].item(),
+        "completion/truncated_frac": triples[2][0] / triples[2][2],
+        "advantage/mean": adv_mean, "advantage/std": adv_std,
     }
-    for k, name in enumerate(names):
-        col = batch.rewards[:, k]
-        present = col[~torch.isnan(col)]
-        metrics[f"reward/{name}"] = present.mean().item() if present.numel() else float("nan")
+    for name, triple in zip(names, triples[4:]):
+        metrics[f"reward/{name}"] = _mean_std(*triple)[0]
     return metrics
+
+
+def global_group_stats(stats: dict[str, float]) -> dict[str, float]:
+    """Group counters of collect() summed over ranks (fractions re-weighted by group counts)."""
+    if dist.world_size() == 1:
+        return stats
+    keys = ["groups/prompts_generated", "groups/informative"]
+    total = dist.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64))
+    out = dict(stats)
+    out.update({k: v for k, v in zip(keys, total.tolist())})
+    out["groups/tied_frac"] = dist.all_reduce_sum(
+        torch.tensor(stats["groups/tied_frac"], dtype=torch.float64)).item() / dist.world_size()
+    return out
 
 
 def write_samples(path: Path, step: int, batch: scoring.ScoredBatch, names: list[str], n: int) -> None:
@@ -288,9 +320,15 @@ def run_step(session: Session, rollouts: Rollouts, state: TrainState) -> tuple[s
     t0 = time.perf_counter()
     batch, stats = collect(cfg, rollouts, state.sampler, state.generator)
     t_gen = time.perf_counter() - t0
-    metrics = {**stats, **rollout_metrics(batch, rollouts.names)}
-    metrics.update(update_policy(session, state, batch))
-    session.engine.sync_weights()
+    metrics = {**global_group_stats(stats), **rollout_metrics(batch, rollouts.names)}
+    if stats["groups/informative"] == 0 and cfg.algo.tied_groups == "drop_refill":
+        # Every group tied in every refill round: no signal, so no optimizer step (which would
+        # still move the weights through AdamW's momentum and weight decay).
+        metrics.update({"train/skipped": 1.0, "train/tokens": 0.0})
+    else:
+        metrics.update(update_policy(session, state, batch))
+        metrics["train/skipped"] = 0.0
+        session.engine.sync_weights()
     step_time = time.perf_counter() - t0
     gen_tokens = float(batch.rollout.completion_mask.sum())
     metrics.update({"perf/gen_time_s": t_gen, "perf/step_time_s": step_time,
@@ -304,14 +342,17 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
     from grpokit.session import build_session, with_task_defaults
 
     dist.init_from_env()
+    scoring.check_world(cfg, dist.world_size())
     out = Path(cfg.log.output_dir)
     saved = ckpt.load_state(Path(resume)) if resume is not None else None
     check_output_dir(out, resume)
+    dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     seed_everything(cfg.train.seed)
     session = build_session(cfg, resume_from=None if saved is None else saved["path"] / "model")
     session.cfg = cfg = with_task_defaults(cfg, session.task)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if console is not None:
         console.print(f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)))
     rollouts = Rollouts(session, session.task.train_rows)
