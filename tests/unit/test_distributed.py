@@ -1,0 +1,148 @@
+"""Rank-split invariance through the real code path, and the world-size checks.
+
+Two gloo processes on 127.0.0.1 each run one `update_policy` on their contiguous half of a fixed
+scored batch; the summed gradients (read off the parameters after one plain SGD step) must equal
+the single-process update on the whole batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import pytest
+import torch
+
+from grpokit import distributed as dist
+from grpokit.config import load_config
+from grpokit.scoring import ScoredBatch, check_world, finish, select_groups
+
+B, G, P, T = 4, 2, 5, 6
+PROMPT_LENGTHS = [5, 5, 3, 3, 4, 4, 2, 2]
+COMPLETION_LENGTHS = [6, 2, 4, 1, 6, 3, 5, 5]
+REWARDS = [1.0, 0.0, 0.5, 0.5, 0.2, 0.9, 1.0, 0.0]  # group 1 ties: excluded from the normalizer
+LR = 0.1
+
+
+def _config(model_dir, *extra):
+    return load_config(overrides=[
+        f"model.path={model_dir}", "model.autocast='off'", f"rollout.prompts_per_step={B}",
+        f"rollout.group_size={G}", f"rollout.max_new_tokens={T}", "train.micro_batch_size=3",
+        "train.max_grad_norm=0", "algo.beta=0.04", "algo.tied_groups=exclude", *extra])
+
+
+def _scored_batch(groups: list[int]) -> ScoredBatch:
+    """A fixed batch of B groups (random token ids, uneven lengths), cut to `groups`."""
+    from grpokit.rollout.base import RolloutBatch
+
+    gen = torch.Generator().manual_seed(0)
+    n = B * G
+    prompt_mask = torch.tensor([[j >= P - k for j in range(P)] for k in PROMPT_LENGTHS])
+    completion_mask = torch.tensor([[j < k for j in range(T)] for k in COMPLETION_LENGTHS])
+    rollout = RolloutBatch(
+        prompt_ids=torch.where(prompt_mask, torch.randint(10, 90, (n, P), generator=gen), 0),
+        prompt_mask=prompt_mask,
+        completion_ids=torch.where(completion_mask, torch.randint(10, 90, (n, T), generator=gen), 0),
+        completion_mask=completion_mask,
+        finish_reason=["length" if k == T else "stop" for k in COMPLETION_LENGTHS],
+        group_index=torch.arange(B).repeat_interleave(G), completions=[""] * n,
+        rows=[{"id": g} for g in range(B)])
+    reward = torch.tensor(REWARDS)
+    full = ScoredBatch(rollout, reward.unsqueeze(1), reward)
+    part = select_groups(full, groups)
+    tied = torch.tensor([REWARDS[g * G] == REWARDS[g * G + 1] for g in groups])
+    return finish(part, estimator="grpo", scale="group", eps=1e-6, tied=tied,
+                  tied_mode="exclude", overlong="keep")
+
+
+def _one_update(model_dir, groups: list[int]) -> dict[str, torch.Tensor]:
+    """One update_policy on `groups` with SGD(lr=LR); returns the updated parameters."""
+    from grpokit import models, trainer
+    from grpokit.data.sampler import PromptSampler
+    from grpokit.session import Session
+
+    cfg = _config(model_dir)
+    torch.manual_seed(0)
+    model = models.load_policy(model_dir, dtype="float32", device="cpu")
+    reference = models.load_reference(model_dir, dtype="float32", device="cpu")
+    session = Session(cfg, model, None, reference, None, [], None, contextlib.nullcontext,
+                      model_dir)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    state = trainer.TrainState(0, PromptSampler(B, B), optimizer, scheduler,
+                               torch.Generator().manual_seed(0))
+    metrics = trainer.update_policy(session, state, _scored_batch(groups))
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    params["__tokens"] = torch.tensor(metrics["train/tokens"])
+    return params
+
+
+def _worker(rank: int, world: int, port: int, model_dir, out_dir) -> None:
+    import torch.distributed as tdist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        share = dist.shard(list(range(B)))  # this rank's contiguous groups, as collect takes them
+        torch.save(_one_update(model_dir, share), f"{out_dir}/rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # two spawned interpreters: ~15 s on two cores
+def test_two_ranks_update_equals_the_single_process_update(tiny_model_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    single = _one_update(tiny_model_dir, list(range(B)))
+    mp.spawn(_worker, args=(2, _free_port(), tiny_model_dir, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    before = {k: v for k, v in _fresh_params(tiny_model_dir).items()}
+    for key, value in single.items():
+        if key == "__tokens":
+            continue
+        assert not torch.equal(value, before[key]) or key.endswith("norm.weight"), key
+        for r in ranks:  # every rank applied the same summed gradient
+            torch.testing.assert_close(r[key], value, rtol=0, atol=1e-6, msg=key)
+    assert ranks[0]["__tokens"] == ranks[1]["__tokens"] == single["__tokens"] == sum(
+        k for i, k in enumerate(COMPLETION_LENGTHS) if i // G != 1)
+
+
+def _fresh_params(model_dir) -> dict[str, torch.Tensor]:
+    from grpokit import models
+
+    return dict(models.load_policy(model_dir, dtype="float32", device="cpu").named_parameters())
+
+
+def test_shard_takes_contiguous_equal_shares_and_rejects_uneven_splits(monkeypatch):
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    assert dist.shard([0, 1, 2, 3], of_rank=0) == [0, 1]
+    assert dist.shard([0, 1, 2, 3], of_rank=1) == [2, 3]
+    with pytest.raises(ValueError, match="do not split evenly over 2 ranks"):
+        dist.shard([0, 1, 2])
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["rollout.prompts_per_step=3"], "prompts_per_step=3 must be divisible by the world size 2"),
+    (["algo.scale=batch"], "scale='batch' is not supported with more than one rank"),
+    (["algo.tied_groups=drop_refill"], "drop_refill' is not supported with more than one rank"),
+])
+def test_world_checks_name_the_field(tiny_model_dir, extra, match):
+    cfg = _config(tiny_model_dir, *extra)
+    check_world(cfg, 1)  # one process: anything goes
+    with pytest.raises(ValueError, match=match):
+        check_world(cfg, 2)
+
+
+def test_single_process_helpers_are_identities():
+    x = torch.tensor([1.0, -2.0])
+    assert torch.equal(dist.all_reduce_sum(x), x) and torch.equal(dist.all_reduce_max(x), x)
+    dist.barrier()
+    assert dist.rank() == 0 and dist.world_size() == 1 and dist.is_main()
