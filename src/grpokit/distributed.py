@@ -53,6 +53,15 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_gather_tensor(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's copy of a same-shaped tensor, in rank order ([tensor] in a single process)."""
+    if not is_distributed():
+        return [tensor.clone()]
+    out = [torch.empty_like(tensor) for _ in range(world_size())]
+    tdist.all_gather(out, tensor.contiguous())
+    return out
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if is_distributed():

@@ -268,34 +268,44 @@ def check_output_dir(out: Path, resume: str | Path | None) -> None:
 
 
 def _trainer_state(state: TrainState, session: Session) -> dict[str, Any]:
+    # Each rank samples with its own generator: all of them are saved, in rank order.
+    generators = dist.all_gather_tensor(state.generator.get_state())
     saved = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-             "sampler": state.sampler.state_dict(), "generator": state.generator.get_state()}
+             "sampler": state.sampler.state_dict(), "generator": generators[0],
+             "rank_generators": generators}
     if session.cfg.algo.ref_refresh_steps and session.reference is not None:
         saved["reference"] = session.reference.state_dict()
     return saved
 
 
 def _restore(state: TrainState, session: Session, saved: dict[str, Any]) -> None:
+    generators = saved.get("rank_generators", [saved["generator"]])
+    if len(generators) != dist.world_size():  # checked first: nothing is restored on error
+        raise ValueError(f"the checkpoint was written by {len(generators)} rank(s); resume it "
+                         f"with the same number of ranks, not {dist.world_size()}")
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
     state.sampler.load_state_dict(saved["sampler"])
-    state.generator.set_state(saved["generator"])
+    state.generator.set_state(generators[dist.rank()])
     if "reference" in saved:
         session.reference.load_state_dict(saved["reference"])
     ckpt.set_rng_state(saved["rng"])
     state.step = saved["step"]
 
 
-def save(session: Session, state: TrainState, out: Path) -> Path:
+def save(session: Session, state: TrainState, out: Path) -> Path | None:
+    """Called on every rank (the generators are gathered); rank 0 writes and returns the path."""
     from grpokit.models import save_model
 
     cfg = session.cfg
     merge = cfg.model.lora.enabled and cfg.model.lora.save_merged
+    trainer_state = _trainer_state(state, session)
+    if not dist.is_main():
+        return None
     return ckpt.save_checkpoint(
         out / "checkpoints", state.step,
         lambda tmp: save_model(session.model, session.tokenizer, tmp / "model", merge_lora=merge),
-        _trainer_state(state, session), yaml.safe_dump(to_dict(cfg), sort_keys=False),
-        cfg.checkpoint.keep_last)
+        trainer_state, yaml.safe_dump(to_dict(cfg), sort_keys=False), cfg.checkpoint.keep_last)
 
 
 def refresh_reference(session: Session) -> None:
@@ -376,8 +386,9 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
     finally:
         if sinks is not None:
             sinks.close()
-    if dist.is_main():
-        results["checkpoint"] = str(save(session, state, out))
+    path = save(session, state, out)
+    if path is not None:
+        results["checkpoint"] = str(path)
     if held_out and cfg.eval.before_and_after:
         results["after"] = evaluate(session, held_out, cfg.train.seed)
     if dist.is_main():
@@ -400,5 +411,4 @@ def _after_step(session, rollouts, state, batch, metrics, sinks, held_out, out) 
         if cfg.log.samples_every and step % cfg.log.samples_every == 0:
             write_samples(out / "samples.jsonl", step, batch, rollouts.names, cfg.log.num_samples)
     if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
-        if dist.is_main():
-            save(session, state, out)
+        save(session, state, out)
