@@ -25,6 +25,15 @@ REWARDS = [1.0, 0.0, 0.5, 0.5, 0.2, 0.9, 1.0, 0.0]  # group 1 ties: excluded fro
 LR = 0.1
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: one intra-op thread avoids thread-pool spinning on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _config(model_dir, *extra):
     return load_config(overrides=[
         f"model.path={model_dir}", "model.autocast='off'", f"rollout.prompts_per_step={B}",
@@ -146,3 +155,15 @@ def test_single_process_helpers_are_identities():
     assert torch.equal(dist.all_reduce_sum(x), x) and torch.equal(dist.all_reduce_max(x), x)
     dist.barrier()
     assert dist.rank() == 0 and dist.world_size() == 1 and dist.is_main()
+
+
+def test_checkpoint_holds_every_rank_generator_and_refuses_another_world_size(monkeypatch):
+    from grpokit import trainer
+
+    gen = torch.Generator().manual_seed(7)
+    state = trainer.TrainState(3, None, None, None, gen)
+    generators = dist.all_gather_tensor(gen.get_state())
+    assert len(generators) == 1 and torch.equal(generators[0], gen.get_state())
+    saved = {"generator": generators[0], "rank_generators": generators * 2}
+    with pytest.raises(ValueError, match="written by 2 rank\\(s\\); resume it with the same"):
+        trainer._restore(state, None, saved)
