@@ -15,6 +15,7 @@ CONSOLE_KEYS = (
     ("reward/mean", "reward"), ("reward/std", "±"), ("groups/tied_frac", "tied"),
     ("completion/len_mean", "len"), ("completion/truncated_frac", "trunc"), ("loss/kl", "kl"),
     ("loss/entropy", "ent"), ("loss/clip_frac", "clip"), ("loss/sft", "loss"),
+    ("eval/loss", "eval loss"),
     ("optim/grad_norm", "gnorm"),
     ("perf/gen_tokens_per_s", "gen tok/s"), ("perf/step_time_s", "s/step"),
 )
@@ -122,3 +123,13 @@ def reduce_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
             out[key] = sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
     out["tokens"] = total
     return out
+
+
+def make_sinks(cfg: Any, out: Path, console: Console | None) -> MultiSink:
+    """The run's sinks: metrics.jsonl, TensorBoard (unless disabled), the console when given."""
+    sinks: list[Any] = [JsonlSink(out / "metrics.jsonl")]
+    if cfg.log.tensorboard:
+        sinks.append(TensorBoardSink(out / "tensorboard"))
+    if console is not None:
+        sinks.append(ConsoleSink(cfg.train.steps, console))
+    return MultiSink(sinks)

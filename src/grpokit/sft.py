@@ -32,7 +32,8 @@ from grpokit.data.render import has_chat_template, render_prompt
 from grpokit.data.sampler import PromptSampler
 from grpokit.policy import completion_logprobs, length_sorted_chunks
 from grpokit.rollout.batching import left_pad
-from grpokit.trainer import NonFiniteError, lr_lambda, seed_everything
+from grpokit.metrics import make_sinks
+from grpokit.trainer import NonFiniteError, lr_lambda, optimizer_step, seed_everything
 
 
 @dataclass
@@ -170,19 +171,6 @@ def _chunks(examples: list[SFTExample], size: int):
         yield [examples[i] for i in idx.tolist()]
 
 
-def _optimizer_step(model: torch.nn.Module, state: SFTState, max_norm: float) -> dict[str, float]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-    if not torch.isfinite(norm):
-        state.optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteError(f"non-finite gradient norm {norm.item()} at SFT step {state.step + 1}")
-    lr = state.scheduler.get_last_lr()[0]
-    state.optimizer.step()
-    state.scheduler.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    return {"optim/grad_norm": norm.item(), "optim/lr": lr}
-
-
 def train_step(model: torch.nn.Module, examples: list[SFTExample], state: SFTState, cfg: Config,
                pad_id: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
     """One optimizer step on `examples`, micro-batched and length-sorted; returns its metrics."""
@@ -197,7 +185,8 @@ def train_step(model: torch.nn.Module, examples: list[SFTExample], state: SFTSta
             raise NonFiniteError(f"non-finite SFT loss {loss.item()} at step {state.step + 1}")
         loss.backward()
         total += loss.item()
-    metrics = {"loss/sft": total, **_optimizer_step(model, state, cfg.train.max_grad_norm)}
+    metrics = {"loss/sft": total, **optimizer_step(model, state.optimizer, state.scheduler,
+                                                   cfg.train.max_grad_norm)}
     elapsed = time.perf_counter() - start
     metrics.update({"train/tokens": float(num_tokens), "perf/step_time_s": elapsed,
                     "perf/train_tokens_per_s": num_tokens / max(elapsed, 1e-9)})
@@ -308,39 +297,9 @@ def save(model: torch.nn.Module, tokenizer: Any, state: SFTState, cfg: Config, o
         saved, yaml.safe_dump(to_dict(cfg), sort_keys=False), cfg.checkpoint.keep_last)
 
 
-class SFTConsoleSink:
-    """One line per step: the GRPO console line shows rewards, which SFT has none of."""
-
-    def __init__(self, total_steps: int, console: Any):
-        self.total = total_steps
-        self.console = console
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        m = metrics
-        line = (f"sft step {step}/{self.total}  loss {m['loss/sft']:.4g}  lr {m['optim/lr']:.3g}  "
-                f"gnorm {m['optim/grad_norm']:.3g}  tok/s {m['perf/train_tokens_per_s']:.0f}")
-        if "eval/loss" in m:
-            line += f"  eval loss {m['eval/loss']:.4g}"
-        self.console.print(line, highlight=False)
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
-def _sinks(cfg: Config, out: Path, console: Any):
-    from grpokit.metrics import JsonlSink, MultiSink, TensorBoardSink
-
-    sinks: list[Any] = [JsonlSink(out / "metrics.jsonl")]
-    if cfg.log.tensorboard:
-        sinks.append(TensorBoardSink(out / "tensorboard"))
-    if console is not None:
-        sinks.append(SFTConsoleSink(cfg.train.steps, console))
-    return MultiSink(sinks)
-
-
 def _train_loop(cfg, model, tokenizer, state, train_examples, evaluate, out, console) -> float:
     """Steps until train.steps; logs each and checkpoints every checkpoint.every; the last loss."""
-    sinks = _sinks(cfg, out, console)
+    sinks = make_sinks(cfg, out, console)
     loss = float("nan")
     try:
         while state.step < cfg.train.steps:

@@ -24,7 +24,7 @@ from grpokit import scoring
 from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.config import Config, ConfigError, to_dict
 from grpokit.data.sampler import PromptSampler
-from grpokit.metrics import reduce_metrics
+from grpokit.metrics import make_sinks, reduce_metrics
 from grpokit.policy import batched_logprobs, completion_logprobs, length_sorted_chunks
 from grpokit.evaluate_cmd import evaluate, print_eval
 from grpokit.scoring import Rollouts, collect
@@ -141,20 +141,21 @@ def _global_counts(batch: scoring.ScoredBatch, idx: torch.Tensor) -> tuple[int, 
     return int(counts[0]), int(counts[1])
 
 
-def _optimizer_step(session: Session, state: TrainState) -> dict[str, float]:
-    params = [p for p in session.model.parameters() if p.requires_grad]
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, max_norm: float) -> dict[str, float]:
+    """Sum gradients over ranks, clip, refuse non-finite gradients, step, zero."""
+    params = [p for p in model.parameters() if p.requires_grad]
     dist.all_reduce_gradients(params)
-    max_norm = session.cfg.train.max_grad_norm
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     if not torch.isfinite(norm):
-        bad = [n for n, p in session.model.named_parameters()
+        bad = [n for n, p in model.named_parameters()
                if p.grad is not None and not torch.isfinite(p.grad).all()]
-        state.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(f"non-finite gradient (norm {norm.item()}) in {bad[:5]}")
-    lr = state.scheduler.get_last_lr()[0]
-    state.optimizer.step()
-    state.scheduler.step()
-    state.optimizer.zero_grad(set_to_none=True)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
     return {"optim/grad_norm": norm.item(), "optim/lr": lr}
 
 
@@ -176,7 +177,8 @@ def update_policy(session: Session, state: TrainState, batch: scoring.ScoredBatc
             counts = _global_counts(batch, mb)
             for chunk in length_sorted_chunks(lengths[mb], t.micro_batch_size):
                 parts.append(_micro_step(session, batch, mb[chunk], old, ref, knobs, counts))
-            optim.append(_optimizer_step(session, state))
+            optim.append(optimizer_step(session.model, state.optimizer, state.scheduler,
+                                        t.max_grad_norm))
     metrics = {f"loss/{k}": v for k, v in reduce_metrics(parts).items() if k != "tokens"}
     metrics["loss/policy"] = sum(p["loss"] for p in parts) / max(len(optim), 1)
     metrics.update({k: sum(o[k] for o in optim) / len(optim) for k in optim[0]})
@@ -313,17 +315,6 @@ def refresh_reference(session: Session) -> None:
     session.reference.load_state_dict(session.model.state_dict())
 
 
-def _sinks(cfg: Config, out: Path, console):
-    from grpokit.metrics import ConsoleSink, JsonlSink, MultiSink, TensorBoardSink
-
-    sinks = [JsonlSink(out / "metrics.jsonl")]
-    if cfg.log.tensorboard:
-        sinks.append(TensorBoardSink(out / "tensorboard"))
-    if console is not None:
-        sinks.append(ConsoleSink(cfg.train.steps, console))
-    return MultiSink(sinks)
-
-
 def run_step(session: Session, rollouts: Rollouts, state: TrainState) -> tuple[scoring.ScoredBatch, dict]:
     """One full training step; returns the batch and its metrics."""
     cfg = session.cfg
@@ -377,7 +368,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
         if console is not None:
             print_eval(console, f"held-out evaluation before training ({len(rows)} prompts)",
                        {"before": results["before"]})
-    sinks = _sinks(cfg, out, console) if dist.is_main() else None
+    sinks = make_sinks(cfg, out, console) if dist.is_main() else None
     try:
         while state.step < cfg.train.steps:
             batch, metrics = run_step(session, rollouts, state)
