@@ -93,7 +93,7 @@ class RolloutConfig:
     max_new_tokens: int = 32
     """Largest completion length in tokens."""
     temperature: float = 1.0
-    """Sampling temperature (training log-probs use the same temperature)."""
+    """Sampling temperature, > 0 (training log-probs use the same temperature)."""
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 disables it)."""
     top_k: int = 0
@@ -348,7 +348,8 @@ def validate(cfg: Config) -> None:
                             "a group of one has no baseline"),
         (r.prompts_per_step >= 1, "rollout.prompts_per_step must be at least 1"),
         (r.max_new_tokens >= 1, "rollout.max_new_tokens must be at least 1"),
-        (r.temperature >= 0, "rollout.temperature must be >= 0"),
+        (r.temperature > 0, "rollout.temperature must be > 0: greedy completions of one prompt "
+                            "are identical, so every group ties (eval.temperature may be 0)"),
         (0 < r.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (t.steps >= 0 and t.epochs_per_batch >= 1, "train.steps >= 0 and train.epochs_per_batch >= 1"),
         (t.minibatches >= 1 and (r.prompts_per_step * r.group_size) % t.minibatches == 0,

@@ -46,6 +46,7 @@ def test_dotted_overrides_parse_yaml_values():
         ("bogus.x=1", "unknown key 'bogus'"),
         ("algo.dual_clip=0.5", "dual_clip must be > 1"),
         ("novalue", "key.path=value"),
+        ("rollout.temperature=0", "temperature must be > 0"),
     ],
 )
 def test_invalid_config_errors_name_the_key(override, message):
