@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random Llama saved once per session, no downloads."""
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -8,3 +9,16 @@ def tiny_model_dir(tmp_path_factory):
     from grpokit.models import save_tiny_llama
 
     return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request):
+    """Tiny matrices: one intra-op thread avoids thread-pool spinning, most of all on a busy
+    machine. Slow tests (the real model) keep torch's default."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

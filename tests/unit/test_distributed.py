@@ -25,15 +25,6 @@ REWARDS = [1.0, 0.0, 0.5, 0.5, 0.2, 0.9, 1.0, 0.0]  # group 1 ties: excluded fro
 LR = 0.1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread avoids thread-pool spinning on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _config(model_dir, *extra):
     return load_config(overrides=[
         f"model.path={model_dir}", "model.autocast='off'", f"rollout.prompts_per_step={B}",

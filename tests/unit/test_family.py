@@ -22,15 +22,6 @@ from grpokit.rewards.registry import per_item
 from grpokit.session import build_session, with_task_defaults
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread avoids thread-pool spinning on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @per_item("family_tie_even")
 def _tie_even(sample, **_):
     """Groups of even answers tie at 1.0; the others score the completion length's parity."""
