@@ -140,6 +140,9 @@ class AlgoConfig:
     """drop_refill: extra generation rounds per step before training on fewer groups."""
     ref_refresh_steps: int = 0
     """Copy the policy into the reference model every N steps (0: frozen reference)."""
+    top_entropy_fraction: float = 1.0
+    """Train only on this share of tokens with the highest entropy (1.0: all tokens); costs one
+    no-grad forward pass per step to find the batch's threshold."""
 
 
 @dataclass
@@ -363,6 +366,7 @@ def validate(cfg: Config) -> None:
         (a.beta is None or a.beta >= 0, "algo.beta must be >= 0"),
         (len(a.tie_interval) == 2 and a.tie_interval[0] < a.tie_interval[1],
          "algo.tie_interval must be [lo, hi] with lo < hi"),
+        (0 < a.top_entropy_fraction <= 1, "algo.top_entropy_fraction must be in (0, 1]"),
         (a.max_refill_rounds >= 0 and a.ref_refresh_steps >= 0,
          "algo.max_refill_rounds and algo.ref_refresh_steps must be >= 0"),
         (not (cfg.model.lora.enabled and a.ref_refresh_steps > 0),

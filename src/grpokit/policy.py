@@ -76,14 +76,20 @@ def length_sorted_chunks(lengths: torch.Tensor, size: int) -> Iterator[torch.Ten
 
 @torch.no_grad()
 def batched_logprobs(model, batch, *, micro_batch_size: int, temperature: float,
-                     chunk_size: int, autocast=contextlib.nullcontext) -> torch.Tensor:
-    """No-grad log-probs for a whole batch (old or reference log-probs), micro-batch by micro-batch."""
-    out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)
+                     chunk_size: int, autocast=contextlib.nullcontext,
+                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """No-grad log-probs (and entropies) for a whole batch, micro-batch by micro-batch: the old or
+    reference log-probs, or the entropies of top-entropy token selection."""
+    logprobs = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)  # (N, T)
+    entropy = torch.zeros_like(logprobs) if with_entropy else None  # (N, T)
     lengths = batch.prompt_mask.sum(1) + batch.completion_mask.sum(1)
     for idx in length_sorted_chunks(lengths, micro_batch_size):
         with autocast():
-            lp, _ = completion_logprobs(model, batch.prompt_ids[idx], batch.prompt_mask[idx],
-                                        batch.completion_ids[idx], batch.completion_mask[idx],
-                                        temperature=temperature, chunk_size=chunk_size)
-        out[idx] = lp
-    return out
+            lp, ent = completion_logprobs(model, batch.prompt_ids[idx], batch.prompt_mask[idx],
+                                          batch.completion_ids[idx], batch.completion_mask[idx],
+                                          temperature=temperature, chunk_size=chunk_size,
+                                          with_entropy=with_entropy)
+        logprobs[idx] = lp
+        if entropy is not None:
+            entropy[idx] = ent
+    return logprobs, entropy

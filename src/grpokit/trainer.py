@@ -6,6 +6,7 @@ advantages → μ passes of minibatch updates → log → maybe checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -21,7 +22,7 @@ import yaml
 from grpokit import checkpoint as ckpt
 from grpokit import distributed as dist
 from grpokit import scoring
-from grpokit.algo.losses import LossKnobs, policy_loss
+from grpokit.algo.losses import LossKnobs, policy_loss, top_entropy_mask
 from grpokit.config import Config, ConfigError, to_dict
 from grpokit.data.sampler import PromptSampler
 from grpokit.metrics import make_sinks, reduce_metrics
@@ -99,11 +100,11 @@ def _reference_logprobs(session: Session, batch: scoring.ScoredBatch) -> torch.T
     kw = dict(micro_batch_size=cfg.train.micro_batch_size, temperature=cfg.rollout.temperature,
               chunk_size=cfg.train.logprob_chunk_size, autocast=session.autocast)
     if session.reference is not None:
-        return batched_logprobs(session.reference, batch.rollout, **kw)
+        return batched_logprobs(session.reference, batch.rollout, **kw)[0]
     from grpokit.models import disabled_adapter
 
     with disabled_adapter(session.model):
-        return batched_logprobs(session.model, batch.rollout, **kw)
+        return batched_logprobs(session.model, batch.rollout, **kw)[0]
 
 
 def _minibatches(n: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -167,8 +168,16 @@ def update_policy(session: Session, state: TrainState, batch: scoring.ScoredBatc
     on_policy = t.epochs_per_batch == 1 and t.minibatches == 1
     kw = dict(micro_batch_size=t.micro_batch_size, temperature=cfg.rollout.temperature,
               chunk_size=t.logprob_chunk_size, autocast=session.autocast)
-    # On-policy, old = logp.detach() inside the loss: no extra forward pass (DESIGN.md §3).
-    old = None if on_policy else batched_logprobs(session.model, batch.rollout, **kw)
+    # On-policy, old = logp.detach() inside the loss: no extra forward pass (DESIGN.md §3),
+    # unless top-entropy selection needs the batch's entropies before the first update.
+    select = cfg.algo.top_entropy_fraction < 1.0
+    old, entropy = (None, None)
+    if select or not on_policy:
+        old, entropy = batched_logprobs(session.model, batch.rollout, with_entropy=select, **kw)
+        old = None if on_policy else old
+    if select:
+        batch = dataclasses.replace(batch, loss_mask=top_entropy_mask(
+            entropy, batch.loss_mask, cfg.algo.top_entropy_fraction))
     ref = _reference_logprobs(session, batch)
     lengths = batch.rollout.prompt_mask.sum(1) + batch.rollout.completion_mask.sum(1)
     parts, optim = [], []

@@ -201,8 +201,8 @@ def test_lora_reference_is_the_base_model_and_no_second_model_is_loaded(tiny_mod
     base = models.load_policy(tiny_model_dir, dtype="float32", device="cpu")
     kw = dict(micro_batch_size=3, temperature=1.0, chunk_size=1024)
     ref = trainer._reference_logprobs(session, batch)
-    torch.testing.assert_close(ref, batched_logprobs(base, batch.rollout, **kw), rtol=0, atol=1e-5)
-    policy = batched_logprobs(session.model, batch.rollout, **kw)
+    torch.testing.assert_close(ref, batched_logprobs(base, batch.rollout, **kw)[0], rtol=0, atol=1e-5)
+    policy = batched_logprobs(session.model, batch.rollout, **kw)[0]
     assert not torch.allclose(policy, ref, atol=1e-4)
 
 
@@ -343,3 +343,27 @@ def test_aggregation_weight_of_a_token_through_the_update(tiny_model_dir, preset
     expected = torch.cat([p.grad.reshape(-1) for p in session.model.parameters()])
     session.model.zero_grad(set_to_none=True)
     torch.testing.assert_close(_grad(session, batch), expected, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- top-entropy tokens
+
+
+def test_top_entropy_fraction_trains_only_the_highest_entropy_tokens(tiny_model_dir):
+    import dataclasses
+
+    from grpokit.algo.losses import top_entropy_mask
+    from grpokit.policy import batched_logprobs
+
+    session, rollouts, state = _session(tiny_model_dir, "algo.beta=0", "rollout.max_new_tokens=8")
+    batch, _ = _collect(session, rollouts, state)
+    _, entropy = batched_logprobs(session.model, batch.rollout, micro_batch_size=3,
+                                  temperature=1.0, chunk_size=64, with_entropy=True)
+    top = top_entropy_mask(entropy, batch.loss_mask, 0.5)
+    assert 0 < top.sum() < batch.loss_mask.sum()
+    selected = _grad(session, dataclasses.replace(batch, loss_mask=top))
+    session.cfg = dataclasses.replace(session.cfg, algo=dataclasses.replace(
+        session.cfg.algo, top_entropy_fraction=0.5))
+    torch.testing.assert_close(_grad(session, batch), selected, rtol=1e-4, atol=1e-6)
+    session.cfg = dataclasses.replace(session.cfg, algo=dataclasses.replace(
+        session.cfg.algo, top_entropy_fraction=1.0))
+    assert not torch.allclose(_grad(session, batch), selected, atol=1e-6)

@@ -5,6 +5,7 @@ Everything here is computed in fp32 whatever dtype the model ran in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -213,3 +214,16 @@ def loss_metrics(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs, *,
     if entropy is not None:
         metrics["entropy"] = entropy.float()[mask].mean().item()
     return metrics
+
+
+def top_entropy_mask(entropy: torch.Tensor, completion_mask: torch.Tensor,
+                     fraction: float) -> torch.Tensor:
+    """Keep only the `fraction` of masked tokens with the highest entropy (the high-entropy
+    "forking" tokens of Wang et al., 2025); ties at the threshold are kept."""
+    mask = completion_mask.bool()
+    values = entropy[mask].float()  # (M,)
+    if fraction >= 1.0 or values.numel() == 0:
+        return mask
+    k = max(1, math.ceil(fraction * values.numel()))
+    threshold = values.topk(k).values.min()
+    return mask & (entropy.float() >= threshold)  # (N, T)
