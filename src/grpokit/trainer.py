@@ -25,9 +25,11 @@ from grpokit import scoring
 from grpokit.algo.losses import LossKnobs, policy_loss, top_entropy_mask
 from grpokit.config import Config, ConfigError, to_dict
 from grpokit.data.sampler import PromptSampler
-from grpokit.metrics import make_sinks, reduce_metrics
-from grpokit.policy import batched_logprobs, completion_logprobs, length_sorted_chunks
+from grpokit.metrics import (
+    global_group_stats, make_sinks, reduce_metrics, rollout_metrics, write_samples,
+)
 from grpokit.evaluate_cmd import evaluate, print_eval
+from grpokit.policy import batched_logprobs, completion_logprobs, length_sorted_chunks
 from grpokit.scoring import Rollouts, collect
 from grpokit.session import Session
 
@@ -198,78 +200,6 @@ def update_policy(session: Session, state: TrainState, batch: scoring.ScoredBatc
 
 
 # ---------------------------------------------------------------- the run
-
-
-def _sum_count(values: torch.Tensor) -> list[float]:
-    """[Σx, Σx², count] over the finite entries, to be summed over ranks."""
-    v = values.double()[~torch.isnan(values)]
-    return [v.sum().item(), (v * v).sum().item(), float(v.numel())]
-
-
-def _mean_std(s: float, sq: float, n: float) -> tuple[float, float]:
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = s / n
-    return mean, math.sqrt(max(sq / n - mean * mean, 0.0))
-
-
-def rollout_metrics(batch: scoring.ScoredBatch, names: list[str]) -> dict[str, float]:
-    """Reward, length and advantage statistics over the whole step (every rank's share)."""
-    r = batch.rollout
-    lengths = r.completion_mask.sum(dim=1).double()  # (N,)
-    truncated = torch.tensor([f == "length" for f in r.finish_reason], dtype=torch.float64)
-    columns = [batch.reward, lengths, truncated, batch.advantages.double().reshape(-1)]
-    columns += [batch.rewards[:, k] for k in range(len(names))]
-    sums = dist.all_reduce_sum(torch.tensor(
-        [x for col in columns for x in _sum_count(col)] + [float(len(lengths))], dtype=torch.float64))
-    extremes = dist.all_reduce_max(torch.stack([lengths.max(), -lengths.min()]))
-    triples = sums[:-1].view(-1, 3).tolist()
-    reward_mean, reward_std = _mean_std(*triples[0])
-    adv_mean, adv_std = _mean_std(*triples[3])
-    metrics = {
-        "reward/mean": reward_mean, "reward/std": reward_std,
-        "reward/unscorable_frac": 1.0 - triples[0][2] / sums[-1].item(),
-        "completion/len_mean": triples[1][0] / triples[1][2],
-        "completion/len_min": -extremes[1].item(),
-        "completion/len_max": extremes[0].item(),
-        "completion/truncated_frac": triples[2][0] / triples[2][2],
-        "advantage/mean": adv_mean, "advantage/std": adv_std,
-    }
-    for name, triple in zip(names, triples[4:]):
-        metrics[f"reward/{name}"] = _mean_std(*triple)[0]
-    return metrics
-
-
-def global_group_stats(stats: dict[str, float]) -> dict[str, float]:
-    """Group counters of collect() summed over ranks (fractions re-weighted by group counts)."""
-    if dist.world_size() == 1:
-        return stats
-    keys = ["groups/prompts_generated", "groups/informative"]
-    total = dist.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64))
-    out = dict(stats)
-    out.update({k: v for k, v in zip(keys, total.tolist())})
-    out["groups/tied_frac"] = dist.all_reduce_sum(
-        torch.tensor(stats["groups/tied_frac"], dtype=torch.float64)).item() / dist.world_size()
-    return out
-
-
-def write_samples(path: Path, step: int, batch: scoring.ScoredBatch, names: list[str], n: int) -> None:
-    """A few completions with their prompt row, rewards and advantage, one JSON object each."""
-    r = batch.rollout
-    g = r.group_size
-    with open(path, "a", encoding="utf-8") as f:
-        for i in range(min(n, len(r.completions))):
-            i_seq = i * g if i * g < len(r.completions) else i  # one per group first
-            adv = batch.advantages[i_seq]
-            record = {
-                "step": step, "index": i_seq, "row": r.rows[i_seq // g],
-                "completion": r.completions[i_seq], "finish_reason": r.finish_reason[i_seq],
-                "rewards": {nm: (None if math.isnan(v) else v)
-                            for nm, v in zip(names, batch.rewards[i_seq].tolist())},
-                "reward": None if math.isnan(batch.reward[i_seq]) else batch.reward[i_seq].item(),
-                "advantage": adv.mean().item() if adv.ndim else adv.item(),
-            }
-            f.write(json.dumps(record, default=str) + "\n")
 
 
 def check_output_dir(out: Path, resume: str | Path | None) -> None:
