@@ -78,3 +78,18 @@ def test_every_field_has_a_docstring():
                 assert isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant), (
                     f"{cls.name}.{node.target.id} has no docstring")
     assert Config  # the tree is importable
+
+
+@pytest.mark.parametrize("name", ["dapo_countdown", "r1_arithmetic", "humaneval_lora"])
+def test_example_configs_load(name):
+    from pathlib import Path
+
+    from grpokit.data.base import load_task
+
+    path = Path(__file__).parents[2] / "configs" / f"{name}.yaml"
+    cfg = load_config(path)
+    from grpokit.rewards.registry import build
+
+    task = load_task(cfg.data.task, **cfg.data.task_args)  # the task args are valid too
+    assert all(build(spec) for spec in cfg.rewards or task.rewards)  # and the reward args
+    assert task.train_rows and cfg.log.output_dir.startswith("runs/")
