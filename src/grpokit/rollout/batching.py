@@ -79,3 +79,20 @@ def assemble(
         completions=texts,
         sampling_logprobs=sampling_logprobs,
     )
+
+
+class EngineBase:
+    """What both engines hold: the policy module itself (so there are no weights to sync), its
+    tokenizer, the stop and pad ids, and whether to run under bf16 autocast."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, stop_token_ids: tuple[int, ...] = (),
+                 autocast: bool = False) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids(tokenizer, model, tuple(stop_token_ids))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.autocast = autocast
+        """bf16 autocast where the hardware has bf16 matrix units (see models.autocast_context)."""
+
+    def sync_weights(self) -> None:
+        """Nothing to do: the engine samples from the policy module itself."""

@@ -11,29 +11,12 @@ import torch
 
 from grpokit.models import autocast_context
 from grpokit.rollout.base import RolloutBatch, SamplingParams
-from grpokit.rollout.batching import assemble, check_prompts, left_pad, stop_ids
+from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
 from grpokit.rollout.sampling import check_params
 
 
-class GenerateEngine:
+class GenerateEngine(EngineBase):
     """Rollouts through transformers' `generate` (seeded from the generator, global RNG untouched)."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Any,
-        stop_token_ids: tuple[int, ...] = (),
-        autocast: bool = False,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.stop_ids = stop_ids(tokenizer, model, tuple(stop_token_ids))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self.autocast = autocast
-        """bf16 autocast where the hardware has bf16 matrix units (see models.autocast_context)."""
-
-    def sync_weights(self) -> None:
-        """Nothing to do: the engine samples from the policy module itself."""
 
     def generate(
         self,

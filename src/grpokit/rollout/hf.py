@@ -16,11 +16,11 @@ import torch
 
 from grpokit.models import autocast_context
 from grpokit.rollout.base import RolloutBatch, SamplingParams
-from grpokit.rollout.batching import assemble, check_prompts, left_pad, stop_ids
+from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
 from grpokit.rollout.sampling import check_params, sample_next
 
 
-class HFEngine:
+class HFEngine(EngineBase):
     """Rollouts from a transformers causal LM (the policy module itself, so no weight sync)."""
 
     def __init__(
@@ -33,17 +33,9 @@ class HFEngine:
     ) -> None:
         if not 0.0 < compact_fraction <= 1.0:
             raise ValueError(f"compact_fraction must be in (0, 1], got {compact_fraction}")
-        self.model = model
-        self.tokenizer = tokenizer
-        self.stop_ids = stop_ids(tokenizer, model, tuple(stop_token_ids))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self.autocast = autocast
-        """bf16 autocast where the hardware has bf16 matrix units (see models.autocast_context)."""
+        super().__init__(model, tokenizer, stop_token_ids, autocast)
         self.compact_fraction = compact_fraction
         """Drop finished rows from the batch once they are this fraction of it."""
-
-    def sync_weights(self) -> None:
-        """Nothing to do: the engine samples from the policy module itself."""
 
     def generate(
         self,
