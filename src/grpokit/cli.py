@@ -27,16 +27,9 @@ def _load(args):
 def cmd_train(args) -> int:
     from rich.console import Console
 
-    from grpokit.config import load_config
     from grpokit.trainer import train
 
-    console = Console()
-    if args.resume:
-        saved_cfg = Path(args.resume) / "config.yaml"
-        cfg = load_config(args.config or saved_cfg, args.overrides)
-    else:
-        cfg = _load(args)
-    train(cfg, resume=args.resume, console=console)
+    train(_load_or_resume(args), resume=args.resume, console=Console())
     return 0
 
 
@@ -52,12 +45,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _load_or_resume(args):
+    """The config of a new run, or, with --resume DIR, DIR's saved config plus the overrides."""
+    from grpokit.config import load_config
+
+    if args.resume:
+        return load_config(args.config or Path(args.resume) / "config.yaml", args.overrides)
+    return _load(args)
+
+
 def cmd_sft(args) -> int:
     from rich.console import Console
 
     from grpokit.sft import run_sft
 
-    run_sft(_load(args), Console())
+    run_sft(_load_or_resume(args), Console(), resume=args.resume)
     return 0
 
 
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("sft", help="supervised fine-tuning (cold start) on completion tokens")
     _config_args(p)
+    p.add_argument("--resume", metavar="DIR", help="continue the SFT run in DIR (its newest checkpoint)")
     p.set_defaults(func=cmd_sft)
     for module in _COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)

@@ -69,17 +69,17 @@ def _autocast_factory(cfg: Config, device: str):
     return lambda: autocast_context(device, enabled, force=force)
 
 
-def _load_models(cfg: Config, model_path: Path, device: str, resume_from: Path | None):
-    """Policy (from a checkpoint when resuming), tokenizer and reference (always the base)."""
+def load_trainable(cfg: Config, model_path: Path, device: str = "cpu",
+                   resume_from: Path | None = None) -> torch.nn.Module:
+    """The model to train: the base (or, resuming, the checkpoint's weights), LoRA-wrapped when
+    configured (resuming LoRA loads the checkpoint's adapter onto the base)."""
     from grpokit import models
 
     lora = cfg.model.lora
     policy_path = resume_from if resume_from is not None and not lora.enabled else model_path
-    tokenizer = models.load_tokenizer(model_path)
     model = models.load_policy(policy_path, dtype=cfg.model.dtype, device=device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    reference = None
     if lora.enabled:
         model = models.apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
                                   target_modules=lora.target_modules)
@@ -88,7 +88,17 @@ def _load_models(cfg: Config, model_path: Path, device: str, resume_from: Path |
             from safetensors.torch import load_file
 
             set_peft_model_state_dict(model, load_file(resume_from / "adapter_model.safetensors"))
-    elif cfg.algo.beta and cfg.algo.beta > 0:
+    return model
+
+
+def _load_models(cfg: Config, model_path: Path, device: str, resume_from: Path | None):
+    """Policy, tokenizer and reference (always the base; none with LoRA or when β = 0)."""
+    from grpokit import models
+
+    tokenizer = models.load_tokenizer(model_path)
+    model = load_trainable(cfg, model_path, device, resume_from)
+    reference = None
+    if not cfg.model.lora.enabled and cfg.algo.beta and cfg.algo.beta > 0:
         reference = models.load_reference(model_path, dtype=cfg.model.dtype, device=device)
     return model, tokenizer, reference
 

@@ -32,6 +32,7 @@ from grpokit.data.render import has_chat_template, render_prompt
 from grpokit.data.sampler import PromptSampler
 from grpokit.policy import completion_logprobs, length_sorted_chunks
 from grpokit.rollout.batching import left_pad
+from grpokit.session import load_trainable
 from grpokit.metrics import make_sinks
 from grpokit.trainer import NonFiniteError, lr_lambda, optimizer_step, seed_everything
 
@@ -250,20 +251,6 @@ def load_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[S
     return train, held_out[:limit]
 
 
-def load_model(cfg: Config, path: Path, device: str = "cpu") -> torch.nn.Module:
-    """The trainable model (LoRA-wrapped when configured); SFT loads no reference model."""
-    from grpokit import models
-
-    model = models.load_policy(path, dtype=cfg.model.dtype, device=device)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    lora = cfg.model.lora
-    if lora.enabled:
-        model = models.apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
-                                  target_modules=lora.target_modules)
-    return model
-
-
 def _resolve(cfg: Config) -> Path:
     from grpokit.models import resolve_model
 
@@ -290,11 +277,22 @@ def save(model: torch.nn.Module, tokenizer: Any, state: SFTState, cfg: Config, o
 
     merge = cfg.model.lora.enabled and cfg.model.lora.save_merged
     saved = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-             "sampler": state.sampler.state_dict()}
+             "sampler": state.sampler.state_dict(), "task": "sft"}
     return ckpt.save_checkpoint(
         out / "checkpoints", state.step,
         lambda tmp: save_model(model, tokenizer, tmp / "model", merge_lora=merge),
         saved, yaml.safe_dump(to_dict(cfg), sort_keys=False), cfg.checkpoint.keep_last)
+
+
+def _restore(state: SFTState, saved: dict[str, Any]) -> None:
+    """Optimizer, schedule, row order, RNG streams and step of an SFT checkpoint."""
+    if saved.get("task") != "sft":
+        raise ConfigError(f"--resume: {saved['path']} is not an SFT checkpoint")
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.sampler.load_state_dict(saved["sampler"])
+    ckpt.set_rng_state(saved["rng"])
+    state.step = saved["step"]
 
 
 def _train_loop(cfg, model, tokenizer, state, train_examples, evaluate, out, console) -> float:
@@ -334,33 +332,36 @@ class _HeldOut:
                              micro_batch_size=t.micro_batch_size, chunk_size=t.logprob_chunk_size)
 
 
-def run_sft(cfg: Config, console: Any = None) -> dict[str, Any]:
+def run_sft(cfg: Config, console: Any = None, resume: str | Path | None = None) -> dict[str, Any]:
     """Supervised fine-tuning as the config says; writes checkpoints and `<output_dir>/final`
     (merged when LoRA) for `grpokit train model.path=<output_dir>/final`. Returns the results."""
     from grpokit.models import autocast_context, load_tokenizer, save_model
 
     out = Path(cfg.log.output_dir)
-    if (out / "config.yaml").exists():
-        raise ConfigError(f"log.output_dir: {out} already holds a run; choose another "
-                          "log.output_dir")
+    saved = ckpt.load_state(Path(resume)) if resume is not None else None
+    if saved is None and (out / "config.yaml").exists():
+        raise ConfigError(f"log.output_dir: {out} already holds a run; resume it with "
+                          f"--resume {out}, or choose another log.output_dir")
     seed_everything(cfg.train.seed)
     path = _resolve(cfg)
     tokenizer = load_tokenizer(path)
     # Every row is checked before the weights load: a bad row fails in seconds, not minutes.
     train_examples, eval_examples = load_examples(cfg, tokenizer)
-    model = load_model(cfg, path)
+    model = load_trainable(cfg, path, resume_from=None if saved is None else saved["path"] / "model")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     mode = cfg.model.autocast
     autocast = lambda: autocast_context("cpu", mode != "off", force=mode == "bf16")
     evaluate = _HeldOut(model, eval_examples, tokenizer.pad_token_id, cfg, autocast)
-    before_after = bool(eval_examples) and cfg.eval.before_and_after
+    state = make_state(cfg, model, len(train_examples))
+    if saved is not None:
+        _restore(state, saved)
+    before_after = bool(eval_examples) and cfg.eval.before_and_after and state.step == 0
     results: dict[str, Any] = {"before": {"loss": evaluate()}} if before_after else {}
     if console is not None:
         console.print(f"[bold]grpokit sft[/]: {len(train_examples)} training rows, "
                       f"{cfg.train.steps} steps of {cfg.rollout.prompts_per_step} rows, "
                       f"{len(eval_examples)} held out")
-    state = make_state(cfg, model, len(train_examples))
     results["train_loss"] = _train_loop(cfg, model, tokenizer, state, train_examples, evaluate,
                                         out, console)
     results["checkpoint"] = str(save(model, tokenizer, state, cfg, out))

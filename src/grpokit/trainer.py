@@ -220,6 +220,9 @@ def _trainer_state(state: TrainState, session: Session) -> dict[str, Any]:
 
 
 def _restore(state: TrainState, session: Session, saved: dict[str, Any]) -> None:
+    if saved.get("task") == "sft":
+        raise ConfigError(f"--resume: {saved['path']} is an SFT checkpoint; start GRPO from it with "
+                          f"model.path={saved['path'] / 'model'}")
     generators = saved.get("rank_generators", [saved["generator"]])
     if len(generators) != dist.world_size():  # checked first: nothing is restored on error
         raise ValueError(f"the checkpoint was written by {len(generators)} rank(s); resume it "

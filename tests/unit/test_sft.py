@@ -287,3 +287,31 @@ def test_lora_sft_writes_a_merged_final_model(tiny_model_dir, tmp_path):
     assert (out / "final" / "adapter" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out / "final")
     assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_two_plus_two_equals_four_steps(tiny_model_dir, tmp_path, lora):
+    from safetensors.torch import load_file
+
+    from grpokit.trainer import train
+
+    base = [f"model.path={tiny_model_dir}", "eval.before_and_after=false", "checkpoint.keep_last=0",
+            *SFT, "data.task_args={digits: 1, ops: '+', train_size: 8, eval_size: 2, style: short}"]
+    if lora:
+        base += ["model.lora.enabled=true", "model.lora.rank=4"]
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+
+    def final_weights(out):
+        ckpts = sorted((out / "checkpoints").iterdir())
+        return load_file(ckpts[-1] / "model" / weights), json.loads(
+            (out / "metrics.jsonl").read_text().splitlines()[-1])["loss/sft"]
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_sft(load_config(overrides=[*base, f"log.output_dir={straight}", "train.steps=4"]))
+    run_sft(load_config(overrides=[*base, f"log.output_dir={split}", "train.steps=2"]))
+    run_sft(load_config(overrides=[*base, f"log.output_dir={split}", "train.steps=4"]), resume=split)
+    (w1, loss1), (w2, loss2) = final_weights(straight), final_weights(split)
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert loss1 == loss2
+    with pytest.raises(ConfigError, match="SFT checkpoint"):
+        train(load_config(overrides=[*base, f"log.output_dir={split}"]), resume=split)
