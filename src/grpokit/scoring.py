@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from grpokit import distributed as dist
-from grpokit.algo.advantages import combine_rewards, compute_advantages, process_advantages
+from grpokit.algo.advantages import (
+    combine_rewards, compute_advantages, process_advantages, tied_groups,
+)
 from grpokit.config import Config
 from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.rewards.base import Sample, StepRewards
@@ -30,7 +32,6 @@ class ScoredBatch:
     advantages: torch.Tensor | None = None  # (N,) or (N, T)
     loss_mask: torch.Tensor | None = None  # (N, T) bool: completion tokens that enter the loss
     included: torch.Tensor | None = None  # (N,) bool: sequences counted by the loss normalizer
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 def make_samples(rollout: RolloutBatch, prompts: list[str], max_tokens: int) -> list[Sample]:
@@ -53,8 +54,6 @@ def is_tied(reward: torch.Tensor, group_size: int, rule: str, interval: tuple[fl
     rule "mean_outside": the group's mean reward is outside the open interval (lo, hi), e.g. with
     0/1 accuracy rewards and (0, 1), groups that are all wrong or all right.
     """
-    from grpokit.algo.advantages import tied_groups
-
     if rule == "equal":
         return tied_groups(reward, group_size)
     grouped = reward.view(-1, group_size).to(torch.float64)  # (B, G)
@@ -151,10 +150,6 @@ def step_rewards_of(result) -> list[StepRewards | None] | None:
     return next(iter(result.step_rewards.values()))
 
 
-def combined(matrix: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    return combine_rewards(matrix, weights).to(torch.float32)
-
-
 class Rollouts:
     """Turns prompt indices into scored groups: generate, score.
 
@@ -189,7 +184,7 @@ class Rollouts:
         rollout.rows = [self.rows[i] for i in indices]
         samples = make_samples(rollout, [self.prompts[i] for i in indices], params.max_new_tokens)
         result = self.runner.score(samples)
-        reward = combined(result.rewards, self.weights)
+        reward = combine_rewards(result.rewards, self.weights).to(torch.float32)  # (N,)
         return ScoredBatch(rollout, result.rewards, reward, step_rewards_of(result))
 
 
@@ -216,9 +211,8 @@ def collect(cfg: Config, rollouts: Rollouts, sampler, generator: torch.Generator
     Every rank draws the same B prompts from its sampler (the order stays identical) and
     generates and scores only its contiguous share of them.
     """
-    a, B, G = cfg.algo, cfg.rollout.prompts_per_step, cfg.rollout.group_size
-    check_world(cfg, dist.world_size())
-    B //= dist.world_size()
+    a, G = cfg.algo, cfg.rollout.group_size
+    B = cfg.rollout.prompts_per_step // dist.world_size()  # train() ran check_world at start
     interval = tuple(a.tie_interval)
     parts, kept, rounds, generated = [], 0, 0, 0
     indices = dist.shard(sampler.next_batch())

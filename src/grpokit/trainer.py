@@ -95,12 +95,10 @@ def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> TrainState
 # ---------------------------------------------------------------- the policy update
 
 
-def _reference_logprobs(session: Session, batch: scoring.ScoredBatch) -> torch.Tensor | None:
-    cfg = session.cfg
-    if not cfg.algo.beta:
+def _reference_logprobs(session: Session, batch: scoring.ScoredBatch,
+                        kw: dict[str, Any]) -> torch.Tensor | None:
+    if not session.cfg.algo.beta:
         return None  # β = 0: no reference forward at all
-    kw = dict(micro_batch_size=cfg.train.micro_batch_size, temperature=cfg.rollout.temperature,
-              chunk_size=cfg.train.logprob_chunk_size, autocast=session.autocast)
     if session.reference is not None:
         return batched_logprobs(session.reference, batch.rollout, **kw)[0]
     from grpokit.models import disabled_adapter
@@ -180,7 +178,7 @@ def update_policy(session: Session, state: TrainState, batch: scoring.ScoredBatc
     if select:
         batch = dataclasses.replace(batch, loss_mask=top_entropy_mask(
             entropy, batch.loss_mask, cfg.algo.top_entropy_fraction))
-    ref = _reference_logprobs(session, batch)
+    ref = _reference_logprobs(session, batch, kw)
     lengths = batch.rollout.prompt_mask.sum(1) + batch.rollout.completion_mask.sum(1)
     parts, optim = [], []
     for _ in range(t.epochs_per_batch):
