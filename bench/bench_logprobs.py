@@ -18,8 +18,9 @@ import time
 
 import torch
 
-from grpokit.models import load_policy, resolve_model, tiny_llama
-from grpokit.policy import completion_logprobs, position_ids
+from grpokit.logprobs import completion_logprobs, position_ids
+from grpokit.models import load_policy, resolve_model
+from grpokit.testing import tiny_llama
 
 
 def make_batch(vocab: int, n: int, prompt_len: int, completion_len: int, seed: int = 0):

@@ -7,7 +7,7 @@ in fp32 and under bf16 autocast, on the default model and on the tiny random mod
 
 Tokens/s counts generated completion tokens (EOS included) over wall-clock time of one
 `generate` call for B prompts x G samples. bf16 rows force CPU autocast even where the CPU lacks
-bf16 matrix units (there grpokit itself would keep fp32: see models.autocast_context).
+bf16 matrix units (there grpokit itself would keep fp32: see models.use_bf16).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from grpokit.models import autocast_context, cpu_has_bf16, load_policy, load_tokenizer, resolve_model, tiny_llama
+from grpokit.models import autocast, cpu_has_bf16, load_policy, load_tokenizer, resolve_model
+from grpokit.testing import tiny_llama
 from grpokit.rollout import GenerateEngine, HFEngine, SamplingParams
 
 QUESTIONS = [
@@ -44,7 +45,7 @@ def prompts_for(tokenizer, batch: int) -> list[list[int]]:
 
 def run_once(engine, prompts, group_size: int, params: SamplingParams, bf16: bool) -> tuple[float, int]:
     """Seconds and generated tokens for one generate call."""
-    with autocast_context("cpu", bf16, force=True):
+    with autocast(bf16):
         start = time.perf_counter()
         batch = engine.generate(prompts, group_size, params, torch.Generator().manual_seed(0))
         seconds = time.perf_counter() - start

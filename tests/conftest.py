@@ -6,7 +6,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from grpokit.models import save_tiny_llama
+    from grpokit.testing import save_tiny_llama
 
     return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
 

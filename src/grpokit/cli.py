@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
-# Modules that register their own sub-commands through add_commands(subparsers).
-_COMMAND_MODULES = ("grpokit.conformance", "grpokit.sandbox.cli", "grpokit.rewards.cli")
+import transformers
+from rich.console import Console
+
+from grpokit import conformance
+from grpokit.config import ConfigError, load_config
+from grpokit.evaluation import run_eval
+from grpokit.rewards import cli as rewards_cli
+from grpokit.sandbox import cli as sandbox_cli
+from grpokit.sft import run_sft
+from grpokit.trainer import train
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -19,25 +26,15 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from grpokit.config import load_config
-
     return load_config(args.config, args.overrides)
 
 
 def cmd_train(args) -> int:
-    from rich.console import Console
-
-    from grpokit.trainer import train
-
     train(_load_or_resume(args), resume=args.resume, console=Console())
     return 0
 
 
 def cmd_eval(args) -> int:
-    from rich.console import Console
-
-    from grpokit.evaluate_cmd import run_eval
-
     cfg = _load(args)
     results = run_eval(cfg, Console())
     if args.output:
@@ -47,18 +44,12 @@ def cmd_eval(args) -> int:
 
 def _load_or_resume(args):
     """The config of a new run, or, with --resume DIR, DIR's saved config plus the overrides."""
-    from grpokit.config import load_config
-
     if args.resume:
         return load_config(args.config or Path(args.resume) / "config.yaml", args.overrides)
     return _load(args)
 
 
 def cmd_sft(args) -> int:
-    from rich.console import Console
-
-    from grpokit.sft import run_sft
-
     run_sft(_load_or_resume(args), Console(), resume=args.resume)
     return 0
 
@@ -78,22 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume", metavar="DIR", help="continue the SFT run in DIR (its newest checkpoint)")
     p.set_defaults(func=cmd_sft)
-    for module in _COMMAND_MODULES:
-        importlib.import_module(module).add_commands(sub)
+    conformance.add_commands(sub)
+    sandbox_cli.add_commands(sub)
+    rewards_cli.add_commands(sub)
     return parser
 
 
 def _quiet_libraries() -> None:
     """grpokit prints its own progress; silence per-file loading bars of the model libraries."""
-    import transformers
-
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:
-    from grpokit.config import ConfigError
-
     args = build_parser().parse_args(argv)
     if args.command in ("train", "eval", "sft"):
         _quiet_libraries()

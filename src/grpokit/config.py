@@ -10,9 +10,6 @@ set the task or dataset, lengths, batch sizes, steps and learning rate in their 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +18,7 @@ import yaml
 
 from grpokit.algo.presets import PRESETS, preset_values
 from grpokit.rewards.base import RewardSpec
-
-
-def choice(default: Any, *choices: Any) -> Any:
-    """A field whose value must be one of `choices`."""
-    return field(default=default, metadata={"choices": choices})
+from grpokit.typed_tree import ConfigError, build, choice, merge, parse_overrides
 
 
 @dataclass
@@ -105,7 +98,7 @@ class RolloutConfig:
 @dataclass
 class AlgoConfig:
     preset: str = choice("grpo", *PRESETS)
-    """Starting values for every knob below that is left null."""
+    """Fills every knob below that is left null when the config is built (explicit values win)."""
     estimator: str | None = choice(None, None, "grpo", "rloo")
     """Advantage baseline: group mean (grpo) or leave-one-out mean (rloo)."""
     scale: str | None = choice(None, None, "group", "batch", "none")
@@ -128,21 +121,32 @@ class AlgoConfig:
     """How per-token losses are averaged over an optimizer step."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient."""
-    tied_groups: str | None = choice(None, None, "keep", "drop_refill", "exclude")
-    """Groups whose rewards tie: keep, drop and refill (DAPO), or exclude from the normalizer."""
-    overlong: str | None = choice(None, None, "keep", "mask", "shape")
-    """Truncated completions: keep, mask out of the loss, or shape with DAPO's overlong reward."""
+    dynamic_sampling: bool | None = None
+    """DAPO dynamic sampling: drop groups whose rewards tie and refill with fresh prompts."""
+    max_refill_rounds: int = 3
+    """Dynamic sampling: extra generation rounds per step before training on fewer groups."""
+    exclude_tied: bool | None = None
+    """Leave tied groups out of the loss and of its normalizer (they stay in the metrics)."""
+    mask_truncated: bool | None = None
+    """Leave completions cut at rollout.max_new_tokens out of the loss and its normalizer."""
+    overlong_penalty: bool | None = None
+    """Add DAPO's soft overlong penalty (eq. 13) as the reward function `overlong`."""
+    overlong_buffer: int | None = None
+    """Length of the penalty's linear ramp before max_new_tokens (null: a quarter of it)."""
     tie_rule: str = choice("equal", "equal", "mean_outside")
     """A group is tied when its rewards are all equal, or when its mean is outside tie_interval."""
     tie_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])
     """Open interval (lo, hi) for tie_rule=mean_outside."""
-    max_refill_rounds: int = 3
-    """drop_refill: extra generation rounds per step before training on fewer groups."""
     ref_refresh_steps: int = 0
     """Copy the policy into the reference model every N steps (0: frozen reference)."""
     top_entropy_fraction: float = 1.0
     """Train only on this share of tokens with the highest entropy (1.0: all tokens); costs one
     no-grad forward pass per step to find the batch's threshold."""
+
+    def __post_init__(self) -> None:
+        for key, value in preset_values(self.preset).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
 
 
 @dataclass
@@ -240,107 +244,18 @@ class Config:
     reward_runner: RewardRunnerConfig = field(default_factory=RewardRunnerConfig)
     """Error handling and deadlines of reward scoring."""
 
-
-class ConfigError(ValueError):
-    """A config key or value is invalid."""
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    def __post_init__(self) -> None:
+        if self.algo.overlong_buffer is None:
+            self.algo.overlong_buffer = max(self.rollout.max_new_tokens // 4, 1)
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`, building nested dataclasses."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:  # YAML 1.1 reads "1e-6" (no dot) as a string
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def build(cls: type, data: Any, where: str = "config") -> Any:
-    """Build dataclass `cls` from a mapping, failing on unknown keys and invalid values."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, list(fields))}; "
-                              f"valid keys: {', '.join(fields)}")
-        sub = f"{where}.{key}" if where != "config" else key
-        kwargs[key] = _convert(value, hints[key], sub)
-        choices = fields[key].metadata.get("choices")
-        if choices and kwargs[key] not in choices:
-            shown = ", ".join(repr(c) if c is not None else "null" for c in choices)
-            raise ConfigError(f"{sub}: invalid value {kwargs[key]!r}; valid values: {shown}")
-    return cls(**kwargs)
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """`a.b=value` strings to a nested dict; values are parsed as YAML (numbers, lists, null)."""
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key.path=value")
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    return tree
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def resolve_algo(algo: AlgoConfig) -> AlgoConfig:
-    """Fill every knob left null from the preset; explicit values win."""
-    values = preset_values(algo.preset)
-    filled = {k: (getattr(algo, k) if getattr(algo, k) is not None else v) for k, v in values.items()}
-    return dataclasses.replace(algo, **filled)
+# Keys of earlier releases, each split into independent knobs.
+_REPLACED = {
+    "algo.tied_groups": "algo.dynamic_sampling=true (was drop_refill; with algo.max_refill_rounds) "
+                        "and algo.exclude_tied=true (was exclude); keep is both false",
+    "algo.overlong": "algo.mask_truncated=true (was mask) and algo.overlong_penalty=true (was "
+                     "shape; with algo.overlong_buffer); keep is both false",
+}
 
 
 def validate(cfg: Config) -> None:
@@ -367,8 +282,9 @@ def validate(cfg: Config) -> None:
         (len(a.tie_interval) == 2 and a.tie_interval[0] < a.tie_interval[1],
          "algo.tie_interval must be [lo, hi] with lo < hi"),
         (0 < a.top_entropy_fraction <= 1, "algo.top_entropy_fraction must be in (0, 1]"),
-        (a.max_refill_rounds >= 0 and a.ref_refresh_steps >= 0,
-         "algo.max_refill_rounds and algo.ref_refresh_steps must be >= 0"),
+        (a.max_refill_rounds >= 0 and a.ref_refresh_steps >= 0 and a.overlong_buffer >= 1,
+         "algo.max_refill_rounds and algo.ref_refresh_steps must be >= 0, algo.overlong_buffer "
+         ">= 1"),
         (not (cfg.model.lora.enabled and a.ref_refresh_steps > 0),
          "algo.ref_refresh_steps needs full fine-tuning: with LoRA the reference is the base model"),
         (cfg.data.task is not None or cfg.data.path is not None,
@@ -395,9 +311,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    data = _merge(data, parse_overrides(overrides or []))
-    cfg = build(Config, data)
-    cfg.algo = resolve_algo(cfg.algo)
+    data = merge(data, parse_overrides(overrides or []))
+    cfg = build(Config, data, replaced=_REPLACED)
     validate(cfg)
     return cfg
 

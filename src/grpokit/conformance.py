@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+from rich.console import Console
+from rich.table import Table
+
 from grpokit.algo import LossKnobs, combine_rewards, compute_advantages, per_token_loss, policy_loss
 from grpokit.algo import process_advantages
 from grpokit.algo.advantages import ESTIMATORS, SCALES
@@ -181,13 +184,8 @@ def _advantages(case: dict[str, Any]) -> torch.Tensor:
 
 
 def loss_knobs(knobs: dict[str, Any]) -> LossKnobs:
-    """The LossKnobs a vector's `knobs` object describes."""
-    dual = knobs.get("dual_clip")
-    return LossKnobs(ratio=knobs["ratio"], clip_low=float(knobs["clip_low"]),
-                     clip_high=float(knobs["clip_high"]),
-                     dual_clip=None if dual is None else float(dual), kl=knobs["kl"],
-                     beta=float(knobs["beta"]), aggregation=knobs["aggregation"],
-                     max_completion_length=int(knobs["max_completion_length"]))
+    """The LossKnobs a vector's `knobs` object describes (derived as the trainer derives them)."""
+    return LossKnobs.from_values(knobs)
 
 
 def compute(case: dict[str, Any]) -> dict[str, Any]:
@@ -254,9 +252,6 @@ def run_paths(paths: list[str | Path]) -> list[CaseResult]:
 
 
 def _print_results(results: list[CaseResult]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="GRPO conformance")
     table.add_column("case", overflow="fold")
     for column in ("result", "max deviation", "failed field"):

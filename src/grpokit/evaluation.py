@@ -1,10 +1,22 @@
-"""Evaluation metrics: mean reward per function, pass@k (unbiased) and maj@k."""
+"""Held-out evaluation: the loop over held-out prompts, pass@k (unbiased) and maj@k, the table,
+and `grpokit eval`."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
-from typing import Callable, Sequence
+from typing import Any, Sequence
+
+import torch
+from rich.table import Table
+
+from grpokit.config import Config
+from grpokit.groups import PromptGroups
+from grpokit.rewards.extract import extract_answers, normalize
+from grpokit.rollout.base import SamplingParams
+from grpokit.session import Session, build_session
+from grpokit.training import seed_everything
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -63,4 +75,57 @@ def correctness(values: list[float | None], threshold: float) -> list[bool]:
     return [v is not None and v >= threshold for v in values]
 
 
-AnswerKey = Callable[[str], "str | None"]
+
+def evaluate(session: Session, held_out: PromptGroups, seed: int) -> dict[str, float]:
+    """Mean reward per function, pass@k and maj@k over eval.samples_per_prompt samples of each
+    held-out prompt, sampled with the eval settings from a generator seeded with `seed`."""
+    e = session.cfg.eval
+    n, generator = e.samples_per_prompt, torch.Generator().manual_seed(seed)
+    params = SamplingParams(max_new_tokens=held_out.params.max_new_tokens,
+                            temperature=e.temperature, top_p=held_out.params.top_p,
+                            top_k=held_out.params.top_k)
+    names = held_out.names
+    per_fn: dict[str, list[list[float | None]]] = {name: [] for name in names}
+    correct, answers = [], []
+    chunk = max(session.cfg.rollout.prompts_per_step * session.cfg.rollout.group_size // n, 1)
+    for start in range(0, len(held_out.rows), chunk):
+        sub = list(range(start, min(start + chunk, len(held_out.rows))))
+        scored = held_out.score(sub, n, generator, params)
+        for g in range(len(sub)):
+            block = scored.rewards[g * n:(g + 1) * n]  # (n, K)
+            for k, name in enumerate(names):
+                per_fn[name].append([None if math.isnan(v) else v for v in block[:, k].tolist()])
+            correct.append(correctness(per_fn[names[0]][-1], 1.0))
+            texts = scored.rollout.completions[g * n:(g + 1) * n]
+            found = [extract_answers(t, ("answer_tag", "boxed", "last_number")) for t in texts]
+            answers.append([normalize(f[-1]) if f else None for f in found])
+    return summarize(per_fn, correct, e.k, answers)
+
+
+def print_eval(console, title: str, results: dict[str, dict[str, float]]) -> None:
+    """One table: a row per metric, a column per result set (e.g. before / after)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    keys = sorted({k for r in results.values() for k in r})
+    for key in keys:
+        table.add_row(key, *[f"{r.get(key, float('nan')):.4f}" for r in results.values()])
+    console.print(table)
+
+
+def run_eval(cfg: Config, console=None) -> dict[str, Any]:
+    """`grpokit eval`: the model as it is (no reference, no LoRA wrapper) on the first
+    `eval.num_prompts` held-out prompts of the task."""
+    seed_everything(cfg.train.seed)
+    session = build_session(cfg, training=False)
+    rows = session.task.eval_rows[: cfg.eval.num_prompts]
+    if not rows:
+        raise ValueError(f"task {session.task.name!r} has no held-out rows to evaluate")
+    results = evaluate(session, PromptGroups(session, rows), cfg.train.seed)
+    results["num_prompts"] = float(len(rows))
+    results["samples_per_prompt"] = float(cfg.eval.samples_per_prompt)
+    if console is not None:
+        print_eval(console, f"{cfg.model.path} on {session.task.name}", {"value": results})
+        console.print_json(json.dumps(results))
+    return results

@@ -1,114 +1,16 @@
-"""What a step logs (rollout and group statistics, sample completions) and where it goes: the
-console, a JSONL file and TensorBoard, behind one small protocol."""
+"""What a step logs: loss metrics reduced over micro-batches, rollout statistics over every rank,
+and a few sample completions."""
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
-from rich.console import Console
 
 from grpokit import distributed as dist
-from grpokit import scoring
-
-# Metrics shown on the compact console line, in order, with their short labels.
-CONSOLE_KEYS = (
-    ("reward/mean", "reward"), ("reward/std", "±"), ("groups/tied_frac", "tied"),
-    ("completion/len_mean", "len"), ("completion/truncated_frac", "trunc"), ("loss/kl", "kl"),
-    ("loss/entropy", "ent"), ("loss/clip_frac", "clip"), ("loss/sft", "loss"),
-    ("eval/loss", "eval loss"),
-    ("optim/grad_norm", "gnorm"),
-    ("perf/gen_tokens_per_s", "gen tok/s"), ("perf/step_time_s", "s/step"),
-)
-
-
-class MetricSink(Protocol):
-    def log(self, step: int, metrics: dict[str, float]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class JsonlSink:
-    """One JSON object per step: {"step": s, "time": t, **metrics}."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        record = {"step": step, "time": time.time(), **metrics}
-        self._file.write(json.dumps(record, allow_nan=True) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class TensorBoardSink:
-    """TensorBoard event files, one scalar per metric."""
-
-    def __init__(self, path: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(log_dir=str(path))
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self._writer.add_scalar(key, value, step)
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-def format_line(step: int, total: int, metrics: dict[str, float]) -> str:
-    """The compact one-line summary of a step."""
-    parts = [f"step {step}/{total}"]
-    for key, label in CONSOLE_KEYS:
-        if key in metrics and metrics[key] is not None:
-            value = metrics[key]
-            parts.append(f"{label} {value:.3g}" if label != "±" else f"± {value:.3g}")
-    return "  ".join(parts).replace("  ± ", "±")
-
-
-class ConsoleSink:
-    """One compact line per step, printed above a rich progress bar with ETA."""
-
-    def __init__(self, total_steps: int, console: Console | None = None):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.console = console or Console(stderr=False)
-        self.total = total_steps
-        self._progress = Progress(TextColumn("training"), BarColumn(),
-                                  TextColumn("{task.completed}/{task.total}"),
-                                  TimeRemainingColumn(), console=self.console, transient=True)
-        self._task = self._progress.add_task("train", total=total_steps)
-        self._progress.start()
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        self._progress.console.print(format_line(step, self.total, metrics), highlight=False)
-        self._progress.update(self._task, completed=step)
-
-    def close(self) -> None:
-        self._progress.stop()
-
-
-class MultiSink:
-    def __init__(self, sinks: list[Any]):
-        self.sinks = sinks
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        for sink in self.sinks:
-            sink.log(step, metrics)
-
-    def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
+from grpokit.batch import TrainingBatch
 
 
 def reduce_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -131,17 +33,6 @@ def reduce_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def make_sinks(cfg: Any, out: Path, console: Console | None) -> MultiSink:
-    """The run's sinks: metrics.jsonl, TensorBoard (unless disabled), the console when given."""
-    sinks: list[Any] = [JsonlSink(out / "metrics.jsonl")]
-    if cfg.log.tensorboard:
-        sinks.append(TensorBoardSink(out / "tensorboard"))
-    if console is not None:
-        sinks.append(ConsoleSink(cfg.train.steps, console))
-    return MultiSink(sinks)
-
-
-# ---------------------------------------------------------------- what a step logs
 
 
 def _sum_count(values: torch.Tensor) -> list[float]:
@@ -157,7 +48,7 @@ def _mean_std(s: float, sq: float, n: float) -> tuple[float, float]:
     return mean, math.sqrt(max(sq / n - mean * mean, 0.0))
 
 
-def rollout_metrics(batch: scoring.ScoredBatch, names: list[str]) -> dict[str, float]:
+def rollout_metrics(batch: TrainingBatch, names: list[str]) -> dict[str, float]:
     """Reward, length and advantage statistics over the whole step (every rank's share)."""
     r = batch.rollout
     lengths = r.completion_mask.sum(dim=1).double()  # (N,)
@@ -184,20 +75,7 @@ def rollout_metrics(batch: scoring.ScoredBatch, names: list[str]) -> dict[str, f
     return metrics
 
 
-def global_group_stats(stats: dict[str, float]) -> dict[str, float]:
-    """Group counters of collect() summed over ranks (fractions re-weighted by group counts)."""
-    if dist.world_size() == 1:
-        return stats
-    keys = ["groups/prompts_generated", "groups/informative"]
-    total = dist.all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64))
-    out = dict(stats)
-    out.update({k: v for k, v in zip(keys, total.tolist())})
-    out["groups/tied_frac"] = dist.all_reduce_sum(
-        torch.tensor(stats["groups/tied_frac"], dtype=torch.float64)).item() / dist.world_size()
-    return out
-
-
-def write_samples(path: Path, step: int, batch: scoring.ScoredBatch, names: list[str], n: int) -> None:
+def write_samples(path: Path, step: int, batch: TrainingBatch, names: list[str], n: int) -> None:
     """A few completions with their prompt row, rewards and advantage, one JSON object each."""
     r = batch.rollout
     g = r.group_size

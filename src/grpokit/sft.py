@@ -24,17 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
+from torch.nn.utils.rnn import pad_sequence
 
-from grpokit import checkpoint as ckpt
-from grpokit.config import Config, ConfigError, to_dict
+from grpokit import models
+from grpokit.config import Config, ConfigError
+from grpokit.data.base import Task, load_task
+from grpokit.data.datasets import load_rows, split_rows
 from grpokit.data.render import has_chat_template, render_prompt
-from grpokit.data.sampler import PromptSampler
-from grpokit.policy import completion_logprobs, length_sorted_chunks
-from grpokit.rollout.batching import left_pad
-from grpokit.session import load_trainable
-from grpokit.metrics import make_sinks
-from grpokit.trainer import NonFiniteError, lr_lambda, optimizer_step, seed_everything
+from grpokit.logprobs import completion_logprobs, length_sorted_chunks
+from grpokit.session import resolve_model_path
+from grpokit.sinks import make_sinks
+from grpokit.training import (
+    NonFiniteError, RunState, check_output_dir, load_resume, new_run_state, optimizer_step,
+    save_run, seed_everything, write_config,
+)
 
 
 @dataclass
@@ -47,44 +50,12 @@ class SFTExample:
     """The target completion followed by EOS: the only tokens with a loss."""
 
 
-@dataclass
-class SFTState:
-    """What changes during an SFT run and is saved in checkpoints."""
-
-    step: int
-    sampler: PromptSampler
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-
-
 # ---------------------------------------------------------------- targets
 
 
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _arithmetic_target(style: str) -> Callable[[dict[str, Any]], str]:
-    if style == "short":
-        return lambda row: f"<answer>{row['answer']}</answer>"
-    return lambda row: (f"<think>{row['expression']} = {row['answer']}</think> "
-                        f"<answer>{row['answer']}</answer>")
-
-
-def _countdown_target(row: dict[str, Any]) -> str:
-    if not row.get("solution"):
-        return ""  # reported as an empty target by split_row
-    return f"<think>{row['solution']} = {row['target']}</think> <answer>{row['solution']}</answer>"
-
-
-def task_target_rule(task: str | None, task_args: dict[str, Any]) -> Callable[[dict], str] | None:
-    """The rule that writes a built-in task row's reference completion, or None when none exists."""
-    if task == "arithmetic":
-        return _arithmetic_target(task_args.get("style", "r1"))
-    if task == "countdown":
-        return _countdown_target
-    return None
 
 
 def split_row(row: dict[str, Any], where: str,
@@ -144,16 +115,15 @@ def encode_example(row: dict[str, Any], tokenizer: Any, *, where: str, system_pr
 
 def collate(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-padded prompts and right-padded completions with their masks."""
-    prompt_ids, prompt_mask = left_pad([e.prompt_ids for e in examples], pad_id,
-                                       torch.device("cpu"))  # (N, P)
-    width = max(len(e.completion_ids) for e in examples)
-    completion_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (N, T)
-    completion_mask = torch.zeros((len(examples), width), dtype=torch.bool)  # (N, T)
-    for i, e in enumerate(examples):
-        completion_ids[i, : len(e.completion_ids)] = torch.tensor(e.completion_ids)
-        completion_mask[i, : len(e.completion_ids)] = True
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids, "completion_mask": completion_mask}
+    prompts = [torch.tensor(e.prompt_ids) for e in examples]
+    completions = [torch.tensor(e.completion_ids) for e in examples]
+    pad = lambda seqs, value, side: pad_sequence(seqs, batch_first=True, padding_value=value,
+                                                 padding_side=side)
+    ones = lambda seqs: [torch.ones(len(x), dtype=torch.bool) for x in seqs]
+    return {"prompt_ids": pad(prompts, pad_id, "left"),  # (N, P)
+            "prompt_mask": pad(ones(prompts), False, "left"),  # (N, P)
+            "completion_ids": pad(completions, pad_id, "right"),  # (N, T)
+            "completion_mask": pad(ones(completions), False, "right")}  # (N, T)
 
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_tokens: int,
@@ -172,7 +142,7 @@ def _chunks(examples: list[SFTExample], size: int):
         yield [examples[i] for i in idx.tolist()]
 
 
-def train_step(model: torch.nn.Module, examples: list[SFTExample], state: SFTState, cfg: Config,
+def train_step(model: torch.nn.Module, examples: list[SFTExample], state: RunState, cfg: Config,
                pad_id: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
     """One optimizer step on `examples`, micro-batched and length-sorted; returns its metrics."""
     start = time.perf_counter()
@@ -220,79 +190,40 @@ def _encode_rows(rows: list[dict[str, Any]], where: str, tokenizer: Any, cfg: Co
             for i, row in enumerate(rows)]
 
 
+def _task_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[SFTExample]]:
+    d = cfg.data
+    task: Task = load_task(d.task, **d.task_args)
+    if task.sft_target is None:
+        raise ConfigError(f"data.task: task {d.task!r} has no rule that writes a target "
+                          "completion (arithmetic and countdown do); give a dataset with "
+                          "targets in data.path")
+    where, system = f"task {task.name!r}:", task.system_prompt_for(d.system_prompt)
+    encode = lambda rows, kind: _encode_rows(rows, f"{where} {kind} row", tokenizer, cfg, system,
+                                             task.sft_target)
+    return encode(task.train_rows, "train"), encode(task.eval_rows[: cfg.eval.num_prompts], "eval")
+
+
 def load_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[SFTExample]]:
     """(train, held-out) examples. A dataset is split like `grpokit train` splits it (same seed and
     fraction), so the GRPO stage evaluates on rows SFT never saw; errors name the file row."""
-    from grpokit.data import datasets as ds
-    from grpokit.data.base import load_task
-    from grpokit.session import system_prompt
-
     d, limit = cfg.data, cfg.eval.num_prompts
     if d.path is None:
-        rule = task_target_rule(d.task, d.task_args)
-        if rule is None:
-            raise ConfigError(f"data.task: task {d.task!r} has no rule that writes a target "
-                              "completion (arithmetic and countdown do); give a dataset with "
-                              "targets in data.path")
-        task = load_task(d.task, **d.task_args)
-        where, system = f"task {task.name!r}:", system_prompt(cfg, task)
-        return (_encode_rows(task.train_rows, f"{where} train row", tokenizer, cfg, system, rule),
-                _encode_rows(task.eval_rows[:limit], f"{where} eval row", tokenizer, cfg, system,
-                             rule))
+        return _task_examples(cfg, tokenizer)
     columns = {"prompt_column": d.prompt_column, "messages_column": d.messages_column,
                "columns": d.columns}
-    examples = _encode_rows(ds.load_rows(d.path, **columns), f"{d.path}: row", tokenizer, cfg,
+    examples = _encode_rows(load_rows(d.path, **columns), f"{d.path}: row", tokenizer, cfg,
                             d.system_prompt)
     if d.eval_path is not None:
-        held_out = _encode_rows(ds.load_rows(d.eval_path, **columns), f"{d.eval_path}: row",
+        held_out = _encode_rows(load_rows(d.eval_path, **columns), f"{d.eval_path}: row",
                                 tokenizer, cfg, d.system_prompt)
         return examples, held_out[:limit]
-    train, held_out = ds.split_rows(examples, eval_fraction=d.eval_fraction, seed=d.seed)
+    train, held_out = split_rows(examples, eval_fraction=d.eval_fraction, seed=d.seed)
     return train, held_out[:limit]
 
 
-def _resolve(cfg: Config) -> Path:
-    from grpokit.models import resolve_model
-
-    try:
-        return resolve_model(cfg.model.path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"model.path: {exc}") from exc
-
-
-def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> SFTState:
+def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> RunState:
     """AdamW over the trainable weights, the warm-up + schedule of `train`, the seeded row order."""
-    t = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas),
-                                  weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, t.steps))
-    sampler = PromptSampler(num_rows, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
-    return SFTState(0, sampler, optimizer, scheduler)
-
-
-def save(model: torch.nn.Module, tokenizer: Any, state: SFTState, cfg: Config, out: Path) -> Path:
-    """A checkpoint in the layout of `grpokit train`: checkpoints/step-NNNNNN/model + trainer.pt."""
-    from grpokit.models import save_model
-
-    merge = cfg.model.lora.enabled and cfg.model.lora.save_merged
-    saved = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-             "sampler": state.sampler.state_dict(), "task": "sft"}
-    return ckpt.save_checkpoint(
-        out / "checkpoints", state.step,
-        lambda tmp: save_model(model, tokenizer, tmp / "model", merge_lora=merge),
-        saved, yaml.safe_dump(to_dict(cfg), sort_keys=False), cfg.checkpoint.keep_last)
-
-
-def _restore(state: SFTState, saved: dict[str, Any]) -> None:
-    """Optimizer, schedule, row order, RNG streams and step of an SFT checkpoint."""
-    if saved.get("task") != "sft":
-        raise ConfigError(f"--resume: {saved['path']} is not an SFT checkpoint")
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
-    state.sampler.load_state_dict(saved["sampler"])
-    ckpt.set_rng_state(saved["rng"])
-    state.step = saved["step"]
+    return new_run_state("sft", cfg, model, num_rows, cfg.train.steps)
 
 
 def _train_loop(cfg, model, tokenizer, state, train_examples, evaluate, out, console) -> float:
@@ -310,7 +241,7 @@ def _train_loop(cfg, model, tokenizer, state, train_examples, evaluate, out, con
             sinks.log(state.step, metrics)
             if cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0 \
                     and state.step < cfg.train.steps:
-                save(model, tokenizer, state, cfg, out)
+                save_run(out, cfg, model, tokenizer, state)
     finally:
         sinks.close()
     return loss
@@ -335,27 +266,23 @@ class _HeldOut:
 def run_sft(cfg: Config, console: Any = None, resume: str | Path | None = None) -> dict[str, Any]:
     """Supervised fine-tuning as the config says; writes checkpoints and `<output_dir>/final`
     (merged when LoRA) for `grpokit train model.path=<output_dir>/final`. Returns the results."""
-    from grpokit.models import autocast_context, load_tokenizer, save_model
-
     out = Path(cfg.log.output_dir)
-    saved = ckpt.load_state(Path(resume)) if resume is not None else None
-    if saved is None and (out / "config.yaml").exists():
-        raise ConfigError(f"log.output_dir: {out} already holds a run; resume it with "
-                          f"--resume {out}, or choose another log.output_dir")
+    saved = load_resume(resume)
+    check_output_dir(out, resume)
     seed_everything(cfg.train.seed)
-    path = _resolve(cfg)
-    tokenizer = load_tokenizer(path)
+    path = resolve_model_path(cfg)
+    tokenizer = models.load_tokenizer(path)
     # Every row is checked before the weights load: a bad row fails in seconds, not minutes.
     train_examples, eval_examples = load_examples(cfg, tokenizer)
-    model = load_trainable(cfg, path, resume_from=None if saved is None else saved["path"] / "model")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    mode = cfg.model.autocast
-    autocast = lambda: autocast_context("cpu", mode != "off", force=mode == "bf16")
-    evaluate = _HeldOut(model, eval_examples, tokenizer.pad_token_id, cfg, autocast)
+    model = models.load_trainable(cfg.model, path,
+                                  resume_from=None if saved is None else saved["path"] / "model")
+    write_config(out, cfg)
+    bf16 = models.use_bf16(cfg.model.autocast)
+    evaluate = _HeldOut(model, eval_examples, tokenizer.pad_token_id, cfg,
+                        lambda: models.autocast(bf16))
     state = make_state(cfg, model, len(train_examples))
     if saved is not None:
-        _restore(state, saved)
+        state.load_state_dict(saved)
     before_after = bool(eval_examples) and cfg.eval.before_and_after and state.step == 0
     results: dict[str, Any] = {"before": {"loss": evaluate()}} if before_after else {}
     if console is not None:
@@ -364,8 +291,8 @@ def run_sft(cfg: Config, console: Any = None, resume: str | Path | None = None) 
                       f"{len(eval_examples)} held out")
     results["train_loss"] = _train_loop(cfg, model, tokenizer, state, train_examples, evaluate,
                                         out, console)
-    results["checkpoint"] = str(save(model, tokenizer, state, cfg, out))
-    results["final"] = str(save_model(model, tokenizer, out / "final", merge_lora=True))
+    results["checkpoint"] = str(save_run(out, cfg, model, tokenizer, state))
+    results["final"] = str(models.save_model(model, tokenizer, out / "final", merge_lora=True))
     if before_after:
         results["after"] = {"loss": evaluate()}
     (out / "eval.json").write_text(json.dumps(results, indent=2))

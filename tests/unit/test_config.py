@@ -14,7 +14,8 @@ def test_defaults_resolve_the_grpo_preset():
     "preset, expected",
     [
         ("dr_grpo", dict(scale="none", aggregation="seq_sum_norm", beta=0.0)),
-        ("dapo", dict(clip_high=0.28, aggregation="token_mean", tied_groups="drop_refill", overlong="shape")),
+        ("dapo", dict(clip_high=0.28, aggregation="token_mean", dynamic_sampling=True,
+                      overlong_penalty=True, exclude_tied=False, mask_truncated=False)),
         ("gspo", dict(ratio="sequence", clip_low=3e-4, clip_high=4e-4)),
     ],
 )
@@ -27,6 +28,27 @@ def test_presets_fill_knobs(preset, expected):
 def test_explicit_knob_beats_preset():
     cfg = load_config(overrides=["algo.preset=dapo", "algo.clip_high=0.3", "algo.beta=0.01"])
     assert (cfg.algo.clip_high, cfg.algo.beta, cfg.algo.aggregation) == (0.3, 0.01, "token_mean")
+
+
+def test_presets_leave_no_placeholder_in_the_resolved_config():
+    from grpokit.config import AlgoConfig
+
+    for preset in ("grpo", "dr_grpo", "dapo", "gspo"):
+        algo = load_config(overrides=[f"algo.preset={preset}"]).algo
+        assert all(v is not None for k, v in vars(algo).items() if k != "dual_clip"), preset
+    assert AlgoConfig(preset="dapo").dynamic_sampling is True  # resolved when built, also in code
+    assert load_config(overrides=["rollout.max_new_tokens=40"]).algo.overlong_buffer == 10
+
+
+@pytest.mark.parametrize("old, new", [
+    ("algo.tied_groups=drop_refill", "algo.dynamic_sampling=true"),
+    ("algo.tied_groups=exclude", "algo.exclude_tied=true"),
+    ("algo.overlong=shape", "algo.overlong_penalty=true"),
+    ("algo.overlong=mask", "algo.mask_truncated=true"),
+])
+def test_replaced_keys_name_their_new_knobs(old, new):
+    with pytest.raises(ConfigError, match=f"{old.split('=')[0]} was replaced by .*{new}"):
+        load_config(overrides=[old])
 
 
 def test_dotted_overrides_parse_yaml_values():

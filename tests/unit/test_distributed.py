@@ -7,7 +7,6 @@ the single-process update on the whole batch.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 
@@ -15,8 +14,10 @@ import pytest
 import torch
 
 from grpokit import distributed as dist
+from grpokit import trainer
 from grpokit.config import load_config
-from grpokit.scoring import ScoredBatch, check_world, finish, select_groups
+from grpokit.batch import ScoredBatch, TrainingBatch, select_groups
+from grpokit.groups import check_world
 
 B, G, P, T = 4, 2, 5, 6
 PROMPT_LENGTHS = [5, 5, 3, 3, 4, 4, 2, 2]
@@ -29,10 +30,10 @@ def _config(model_dir, *extra):
     return load_config(overrides=[
         f"model.path={model_dir}", "model.autocast='off'", f"rollout.prompts_per_step={B}",
         f"rollout.group_size={G}", f"rollout.max_new_tokens={T}", "train.micro_batch_size=3",
-        "train.max_grad_norm=0", "algo.beta=0.04", "algo.tied_groups=exclude", *extra])
+        "train.max_grad_norm=0", "algo.beta=0.04", "algo.exclude_tied=true", *extra])
 
 
-def _scored_batch(groups: list[int]) -> ScoredBatch:
+def _scored_batch(cfg, groups: list[int]) -> TrainingBatch:
     """A fixed batch of B groups (random token ids, uneven lengths), cut to `groups`."""
     from grpokit.rollout.base import RolloutBatch
 
@@ -51,28 +52,28 @@ def _scored_batch(groups: list[int]) -> ScoredBatch:
     reward = torch.tensor(REWARDS)
     full = ScoredBatch(rollout, reward.unsqueeze(1), reward)
     part = select_groups(full, groups)
-    tied = torch.tensor([REWARDS[g * G] == REWARDS[g * G + 1] for g in groups])
-    return finish(part, estimator="grpo", scale="group", eps=1e-6, tied=tied,
-                  tied_mode="exclude", overlong="keep")
+    included, mask = trainer.loss_mask_of(part, cfg)
+    assert included.tolist() == [REWARDS[g * G] != REWARDS[g * G + 1] for g in groups for _ in "ab"]
+    return TrainingBatch(part, trainer.advantages_of(part, cfg), mask, included)
 
 
 def _one_update(model_dir, groups: list[int]) -> dict[str, torch.Tensor]:
     """One update_policy on `groups` with SGD(lr=LR); returns the updated parameters."""
-    from grpokit import models, trainer
+    from grpokit import models
     from grpokit.data.sampler import PromptSampler
     from grpokit.session import Session
+    from grpokit.training import RunState
 
     cfg = _config(model_dir)
     torch.manual_seed(0)
-    model = models.load_policy(model_dir, dtype="float32", device="cpu")
-    reference = models.load_reference(model_dir, dtype="float32", device="cpu")
-    session = Session(cfg, model, None, reference, None, [], None, contextlib.nullcontext,
-                      model_dir)
+    model = models.load_policy(model_dir, dtype="float32")
+    reference = models.load_reference(model_dir, dtype="float32")
+    session = Session(cfg, model, None, reference, None, [], None)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    state = trainer.TrainState(0, PromptSampler(B, B), optimizer, scheduler,
-                               torch.Generator().manual_seed(0))
-    metrics = trainer.update_policy(session, state, _scored_batch(groups))
+    state = RunState("grpo", 0, PromptSampler(B, B), optimizer, scheduler,
+                     torch.Generator().manual_seed(0))
+    metrics = trainer.update_policy(session, state, _scored_batch(cfg, groups))
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     params["__tokens"] = torch.tensor(metrics["train/tokens"])
     return params
@@ -118,7 +119,7 @@ def test_two_ranks_update_equals_the_single_process_update(tiny_model_dir, tmp_p
 def _fresh_params(model_dir) -> dict[str, torch.Tensor]:
     from grpokit import models
 
-    return dict(models.load_policy(model_dir, dtype="float32", device="cpu").named_parameters())
+    return dict(models.load_policy(model_dir, dtype="float32").named_parameters())
 
 
 def test_shard_takes_contiguous_equal_shares_and_rejects_uneven_splits(monkeypatch):
@@ -132,7 +133,7 @@ def test_shard_takes_contiguous_equal_shares_and_rejects_uneven_splits(monkeypat
 @pytest.mark.parametrize("extra,match", [
     (["rollout.prompts_per_step=3"], "prompts_per_step=3 must be divisible by the world size 2"),
     (["algo.scale=batch"], "scale='batch' is not supported with more than one rank"),
-    (["algo.tied_groups=drop_refill"], "drop_refill' is not supported with more than one rank"),
+    (["algo.dynamic_sampling=true"], "dynamic_sampling is not supported with more than one rank"),
 ])
 def test_world_checks_name_the_field(tiny_model_dir, extra, match):
     cfg = _config(tiny_model_dir, *extra)
@@ -148,13 +149,17 @@ def test_single_process_helpers_are_identities():
     assert dist.rank() == 0 and dist.world_size() == 1 and dist.is_main()
 
 
-def test_checkpoint_holds_every_rank_generator_and_refuses_another_world_size(monkeypatch):
-    from grpokit import trainer
+def test_checkpoint_holds_every_rank_generator_and_refuses_another_world_size():
+    from grpokit.data.sampler import PromptSampler
+    from grpokit.training import RunState
 
     gen = torch.Generator().manual_seed(7)
-    state = trainer.TrainState(3, None, None, None, gen)
-    generators = dist.all_gather_tensor(gen.get_state())
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    state = RunState("grpo", 3, PromptSampler(4, 2), opt,
+                     torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), gen)
+    saved = state.state_dict()
+    generators = saved["rank_generators"]
     assert len(generators) == 1 and torch.equal(generators[0], gen.get_state())
-    saved = {"generator": generators[0], "rank_generators": generators * 2}
+    saved = {**saved, "rank_generators": generators * 2}
     with pytest.raises(ValueError, match="written by 2 rank\\(s\\); resume it with the same"):
-        trainer._restore(state, None, saved)
+        state.load_state_dict(saved)

@@ -12,14 +12,17 @@ import json
 import pytest
 import torch
 
-from grpokit import scoring, trainer
+from grpokit import trainer
 from grpokit.algo.advantages import process_advantages
 from grpokit.algo.losses import aggregate
+from grpokit.batch import ScoredBatch, TrainingBatch
 from grpokit.config import load_config
-from grpokit.policy import completion_logprobs
+from grpokit.groups import PromptGroups, sample_groups
+from grpokit.logprobs import completion_logprobs
 from grpokit.rewards.base import StepRewards
 from grpokit.rewards.registry import per_item
-from grpokit.session import build_session, with_task_defaults
+from grpokit.session import build_session
+from grpokit.training import RunState, new_run_state
 
 
 @per_item("family_tie_even")
@@ -61,14 +64,18 @@ BASE = [
 def _session(model_dir, *extra, reward="[{name: family_parity}]"):
     cfg = load_config(overrides=[f"model.path={model_dir}", *BASE, f"rewards={reward}", *extra])
     session = build_session(cfg)
-    session.cfg = with_task_defaults(session.cfg, session.task)
-    rollouts = scoring.Rollouts(session, session.task.train_rows)
-    state = trainer.make_state(session.cfg, session.model, len(session.task.train_rows))
-    return session, rollouts, state
+    groups = PromptGroups(session, session.task.train_rows)
+    state = new_run_state("grpo", session.cfg, session.model, len(groups.rows),
+                          trainer.total_updates(session.cfg))
+    return session, groups, state
 
 
-def _collect(session, rollouts, state):
-    return scoring.collect(session.cfg, rollouts, state.sampler, state.generator)
+def _collect(session, groups, state):
+    """The step's training batch, as train_step builds it, and its group statistics."""
+    scored, stats = sample_groups(groups, state.sampler, state.generator, session.cfg)
+    included, mask = trainer.loss_mask_of(scored, session.cfg)
+    batch = TrainingBatch(scored, trainer.advantages_of(scored, session.cfg), mask, included)
+    return batch, stats.metrics()
 
 
 def _grad(session, batch) -> torch.Tensor:
@@ -76,8 +83,8 @@ def _grad(session, batch) -> torch.Tensor:
     params = [p for p in session.model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     opt = torch.optim.SGD(params, lr=1.0)
-    state = trainer.TrainState(0, None, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                               torch.Generator().manual_seed(0))
+    state = RunState("grpo", 0, None, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                     torch.Generator().manual_seed(0))
     trainer.update_policy(session, state, batch)
     grad = torch.cat([(b - p.detach()).reshape(-1) for b, p in zip(before, params)])
     with torch.no_grad():
@@ -86,14 +93,14 @@ def _grad(session, batch) -> torch.Tensor:
     return grad
 
 
-def _subset(batch: scoring.ScoredBatch, rows: list[int]) -> scoring.ScoredBatch:
+def _subset(batch: TrainingBatch, rows: list[int]) -> TrainingBatch:
     """The listed sequences alone, with the advantages and masks they had in `batch`."""
     r, idx = batch.rollout, torch.tensor(rows)
     rollout = type(r)(r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
                       r.completion_mask[idx], [r.finish_reason[i] for i in rows],
                       r.group_index[idx], [r.completions[i] for i in rows], None, r.rows)
-    return scoring.ScoredBatch(rollout, batch.rewards[idx], batch.reward[idx], None,
-                               batch.advantages[idx], batch.loss_mask[idx], batch.included[idx])
+    return TrainingBatch(ScoredBatch(rollout, batch.rewards[idx], batch.reward[idx]),
+                         batch.advantages[idx], batch.loss_mask[idx], batch.included[idx])
 
 
 def _group_spread(batch) -> torch.Tensor:
@@ -105,7 +112,7 @@ def _group_spread(batch) -> torch.Tensor:
 
 
 def test_drop_refill_trains_only_on_groups_with_spread_and_counts_refills(tiny_model_dir):
-    session, rollouts, state = _session(tiny_model_dir, "algo.tied_groups=drop_refill",
+    session, rollouts, state = _session(tiny_model_dir, "algo.dynamic_sampling=true",
                                         "algo.max_refill_rounds=10",
                                         reward="[{name: family_tie_even}]")
     total_rounds = 0
@@ -121,10 +128,10 @@ def test_drop_refill_trains_only_on_groups_with_spread_and_counts_refills(tiny_m
 
 
 def test_drop_refill_when_every_group_always_ties_skips_the_update(tiny_model_dir):
-    session, rollouts, state = _session(tiny_model_dir, "algo.tied_groups=drop_refill",
+    session, rollouts, state = _session(tiny_model_dir, "algo.dynamic_sampling=true",
                                         "algo.max_refill_rounds=2", reward="[{name: family_const}]")
     before = [p.detach().clone() for p in session.model.parameters()]
-    _, metrics = trainer.run_step(session, rollouts, state)
+    _, metrics = trainer.train_step(session, rollouts, state)
     assert metrics["groups/refill_rounds"] == 2 and metrics["groups/informative"] == 0
     assert metrics["groups/prompts_generated"] == 6 and metrics["groups/dropped_frac"] == 1.0
     assert metrics["train/skipped"] == 1.0 and metrics["train/tokens"] == 0.0
@@ -135,7 +142,7 @@ def test_drop_refill_when_every_group_always_ties_skips_the_update(tiny_model_di
 def test_exclude_drops_tied_groups_from_gradient_and_normalizer(tiny_model_dir):
     from grpokit.data.sampler import PromptSampler
 
-    session, rollouts, state = _session(tiny_model_dir, "algo.tied_groups=exclude", "algo.beta=0",
+    session, rollouts, state = _session(tiny_model_dir, "algo.exclude_tied=true", "algo.beta=0",
                                         reward="[{name: family_tie_even}]")
     rows = session.task.train_rows
     even = [i for i, row in enumerate(rows) if int(row["answer"]) % 2 == 0]
@@ -152,8 +159,8 @@ def test_exclude_drops_tied_groups_from_gradient_and_normalizer(tiny_model_dir):
     full, alone = _grad(session, batch), _grad(session, _subset(batch, live))
     assert full.abs().sum() > 0
     torch.testing.assert_close(full, alone, rtol=1e-4, atol=1e-6)
-    kept = scoring.finish(batch, estimator="grpo", scale="group", eps=1e-6,
-                          tied=torch.zeros(2, dtype=torch.bool), tied_mode="keep", overlong="keep")
+    kept = TrainingBatch(batch.scored, batch.advantages, batch.rollout.completion_mask.bool(),
+                         torch.ones(8, dtype=torch.bool))
     assert not torch.allclose(_grad(session, kept), alone)  # keep: the normalizer counts 8
 
 
@@ -161,7 +168,7 @@ def test_exclude_drops_tied_groups_from_gradient_and_normalizer(tiny_model_dir):
 
 
 def test_overlong_mask_gives_truncated_completions_zero_gradient(tiny_model_dir):
-    session, rollouts, state = _session(tiny_model_dir, "algo.overlong=mask", "algo.beta=0",
+    session, rollouts, state = _session(tiny_model_dir, "algo.mask_truncated=true", "algo.beta=0",
                                         "rollout.max_new_tokens=6")
     batch, _ = _collect(session, rollouts, state)
     reasons = batch.rollout.finish_reason
@@ -173,10 +180,10 @@ def test_overlong_mask_gives_truncated_completions_zero_gradient(tiny_model_dir)
 
 
 def test_overlong_shape_adds_the_overlong_reward(tiny_model_dir):
-    session, rollouts, state = _session(tiny_model_dir, "algo.overlong=shape",
+    session, rollouts, state = _session(tiny_model_dir, "algo.overlong_penalty=true",
                                         "rollout.max_new_tokens=6")
     assert rollouts.names == ["family_parity", "overlong"]
-    _, metrics = trainer.run_step(session, rollouts, state)
+    _, metrics = trainer.train_step(session, rollouts, state)
     assert "reward/overlong" in metrics
     batch, _ = _collect(session, rollouts, state)
     lengths = batch.rollout.completion_mask.sum(1)
@@ -191,16 +198,16 @@ def test_overlong_shape_adds_the_overlong_reward(tiny_model_dir):
 
 def test_lora_reference_is_the_base_model_and_no_second_model_is_loaded(tiny_model_dir):
     from grpokit import models
-    from grpokit.policy import batched_logprobs
+    from grpokit.logprobs import batched_logprobs
 
     session, rollouts, state = _session(tiny_model_dir, "model.lora.enabled=true",
                                         "model.lora.rank=4", "algo.beta=0.04", "train.lr=1e-2")
     assert session.reference is None
-    trainer.run_step(session, rollouts, state)  # the adapter moves away from zero
+    trainer.train_step(session, rollouts, state)  # the adapter moves away from zero
     batch, _ = _collect(session, rollouts, state)
-    base = models.load_policy(tiny_model_dir, dtype="float32", device="cpu")
+    base = models.load_policy(tiny_model_dir, dtype="float32")
     kw = dict(micro_batch_size=3, temperature=1.0, chunk_size=1024)
-    ref = trainer._reference_logprobs(session, batch, kw)
+    ref = trainer._reference_logprobs(session, batch)
     torch.testing.assert_close(ref, batched_logprobs(base, batch.rollout, **kw)[0], rtol=0, atol=1e-5)
     policy = batched_logprobs(session.model, batch.rollout, **kw)[0]
     assert not torch.allclose(policy, ref, atol=1e-4)
@@ -263,7 +270,7 @@ def test_ratio_level_reaches_the_loss_through_the_trainer(tiny_model_dir, monkey
     monkeypatch.setattr(trainer, "policy_loss", spy)
     session, rollouts, state = _session(tiny_model_dir, f"algo.preset={preset}", "algo.beta=0",
                                         "train.epochs_per_batch=2", "train.lr=1e-2")
-    trainer.run_step(session, rollouts, state)
+    trainer.train_step(session, rollouts, state)
     half = len(seen) // 2
     for ratio, mask in seen[:half]:  # first pass: the policy is the sampling policy
         torch.testing.assert_close(ratio[mask], torch.ones(int(mask.sum())))
@@ -304,17 +311,17 @@ def test_process_rewards_drive_per_token_advantages(tiny_model_dir):
     batch, _ = _collect(session, rollouts, state)
     n, t = batch.rollout.completion_ids.shape
     assert batch.advantages.shape == (n, t) and torch.isnan(batch.reward).all()
-    expected = process_advantages(batch.step_rewards, 4, t, eps=1e-6)
+    expected = process_advantages(batch.scored.step_rewards, 4, t, eps=1e-6)
     assert torch.equal(batch.advantages, expected) and expected.abs().sum() > 0
     lengths = batch.rollout.completion_mask.sum(1).tolist()
-    assert [s.ends for s in batch.step_rewards] == [(0, max(k, 1) - 1) for k in lengths]
+    assert [s.ends for s in batch.scored.step_rewards] == [(0, max(k, 1) - 1) for k in lengths]
     assert trainer.update_policy(session, state, batch)["train/tokens"] > 0
 
 
 def test_weighted_rewards_combine_and_are_reported_per_function(tiny_model_dir):
     session, rollouts, state = _session(
         tiny_model_dir, reward="[{name: family_len, weight: 0.5}, {name: family_parity, weight: 2.0}]")
-    batch, metrics = trainer.run_step(session, rollouts, state)
+    batch, metrics = trainer.train_step(session, rollouts, state)
     lengths = batch.rollout.completion_mask.sum(1).float()
     torch.testing.assert_close(batch.rewards[:, 0], lengths / 10)
     torch.testing.assert_close(batch.reward, 0.5 * lengths / 10 + 2.0 * (lengths % 2))
@@ -351,8 +358,8 @@ def test_aggregation_weight_of_a_token_through_the_update(tiny_model_dir, preset
 def test_top_entropy_fraction_trains_only_the_highest_entropy_tokens(tiny_model_dir):
     import dataclasses
 
-    from grpokit.algo.losses import top_entropy_mask
-    from grpokit.policy import batched_logprobs
+    from grpokit.algo.masks import top_entropy_mask
+    from grpokit.logprobs import batched_logprobs
 
     session, rollouts, state = _session(tiny_model_dir, "algo.beta=0", "rollout.max_new_tokens=8")
     batch, _ = _collect(session, rollouts, state)

@@ -163,16 +163,3 @@ def test_on_policy_ratio_is_one_and_gradient_is_minus_advantage():
     loss.backward()
     assert loss.item() == pytest.approx(-0.5)
     assert logp.grad[0].tolist() == pytest.approx([-0.25, -0.25])
-
-
-def test_top_entropy_mask_keeps_the_highest_share():
-    from grpokit.algo.losses import top_entropy_mask
-
-    entropy = torch.tensor([[0.1, 0.9, 0.5, 7.0], [0.3, 0.8, 0.2, 0.0]])
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]]).bool()  # 7.0 sits on padding: never chosen
-    # six real tokens, fraction 0.5 -> the 3 highest: 0.9, 0.8, 0.5
-    assert top_entropy_mask(entropy, mask, 0.5).tolist() == [[False, True, True, False],
-                                                             [False, True, False, False]]
-    # fraction 0.1 -> ceil(0.6) = 1 token
-    assert top_entropy_mask(entropy, mask, 0.1).sum().item() == 1
-    assert torch.equal(top_entropy_mask(entropy, mask, 1.0), mask)

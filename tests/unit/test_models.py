@@ -11,7 +11,7 @@ import torch
 from grpokit import models
 from grpokit.models import (
     apply_lora,
-    autocast_context,
+    autocast,
     cpu_has_bf16,
     disabled_adapter,
     load_policy,
@@ -19,9 +19,9 @@ from grpokit.models import (
     load_tokenizer,
     resolve_model,
     save_model,
-    save_tiny_llama,
-    tiny_llama,
+    use_bf16,
 )
+from grpokit.testing import save_tiny_llama, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -239,19 +239,23 @@ def test_cpu_has_bf16(flags: str, expected: bool) -> None:
     assert cpu_has_bf16(cpuinfo) is expected
 
 
-@pytest.mark.parametrize("has_bf16, enabled, force, autocasts", [
-    (True, True, False, True),
-    (False, True, False, False),
-    (False, True, True, True),
-    (True, False, False, False),
+@pytest.mark.parametrize("mode, has_bf16, expected", [
+    ("auto", True, True), ("auto", False, False),
+    ("bf16", False, True), ("bf16", True, True),  # forced: also where bf16 is slow
+    ("off", True, False), ("off", False, False),
 ])
-def test_autocast_context_on_cpu(
-    monkeypatch: pytest.MonkeyPatch, has_bf16: bool, enabled: bool, force: bool, autocasts: bool
-) -> None:
+def test_use_bf16_is_the_one_decision(monkeypatch: pytest.MonkeyPatch, mode: str,
+                                      has_bf16: bool, expected: bool) -> None:
     monkeypatch.setattr(models, "cpu_has_bf16", lambda cpuinfo=None: has_bf16)
-    with autocast_context("cpu", enabled, force=force):
+    assert use_bf16(mode) is expected
+    with autocast(use_bf16(mode)):
         out = torch.ones(2, 2) @ torch.ones(2, 2)
-    assert (out.dtype == torch.bfloat16) is autocasts
+    assert (out.dtype == torch.bfloat16) is expected
+
+
+def test_use_bf16_rejects_unknown_modes() -> None:
+    with pytest.raises(ValueError, match="auto"):
+        use_bf16("fp8")
 
 
 # ---------------------------------------------------------------- the real default model

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from grpokit.models import apply_lora, tiny_llama
+from grpokit.models import apply_lora
+from grpokit.testing import tiny_llama
 from grpokit.rollout import GenerateEngine, HFEngine, SamplingParams
 from grpokit.rollout.sampling import filter_logits, sample_next
 

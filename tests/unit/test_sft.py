@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from grpokit.config import ConfigError, load_config
-from grpokit.models import tiny_llama
+from grpokit.testing import tiny_llama
 from grpokit.sft import (
     SFTExample,
     collate,
@@ -18,7 +18,6 @@ from grpokit.sft import (
     run_sft,
     sft_loss,
     split_row,
-    task_target_rule,
     train_step,
 )
 
@@ -121,7 +120,7 @@ def test_micro_batch_split_leaves_the_step_gradient_unchanged(tiny):
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny):
-    from grpokit.trainer import NonFiniteError
+    from grpokit.training import NonFiniteError
 
     model, tokenizer = tiny
     model = type(model)(model.config)
@@ -139,9 +138,17 @@ ARITH = {"prompt": "What is 2 + 3?", "answer": "5", "expression": "2+3"}
 COUNTDOWN = {"prompt": "Use [1, 2, 3]", "numbers": [1, 2, 3], "target": 9, "solution": "(1 + 2) * 3"}
 
 
+def task_target_rule(task, args):
+    """The SFT target rule of a built-in task, as `grpokit sft` takes it from the task."""
+    from grpokit.data import load_task
+
+    return load_task(task, **args, train_size=4, eval_size=0).sft_target
+
+
 @pytest.mark.parametrize("task, args, row, expected", [
     ("arithmetic", {"style": "short"}, ARITH, "<answer>5</answer>"),
-    ("arithmetic", {}, ARITH, "<think>2+3 = 5</think> <answer>5</answer>"),
+    ("arithmetic", {}, ARITH, "<answer>5</answer>"),  # the task's default style is short
+    ("arithmetic", {"style": "r1"}, ARITH, "<think>2+3 = 5</think> <answer>5</answer>"),
     ("countdown", {}, COUNTDOWN, "<think>(1 + 2) * 3 = 9</think> <answer>(1 + 2) * 3</answer>"),
 ])
 def test_task_targets(task, args, row, expected):
@@ -157,7 +164,7 @@ def test_task_targets_get_full_format_and_countdown_rewards():
     samples = [Sample(rule(COUNTDOWN), COUNTDOWN)]
     assert registry.build(RewardSpec("countdown", 1.0))(samples) == [1.0]
     assert registry.build(RewardSpec("format", 1.0))(samples) == [1.0]
-    arith = [Sample(task_target_rule("arithmetic", {})(ARITH), ARITH)]
+    arith = [Sample(task_target_rule("arithmetic", {"style": "r1"})(ARITH), ARITH)]
     assert registry.build(RewardSpec("format", 1.0))(arith) == [1.0]
 
 

@@ -102,12 +102,14 @@ def test_prompt_longer_than_max_prompt_length_is_an_error(tiny_model_dir, tmp_pa
 
 def test_non_finite_loss_stops_the_step_before_any_update(tiny_model_dir, tmp_path, monkeypatch):
     import grpokit.trainer as trainer
+    from grpokit.groups import PromptGroups
     from grpokit.session import build_session
+    from grpokit.training import NonFiniteError, new_run_state
 
     cfg = load_config(overrides=_overrides(tiny_model_dir, tmp_path / "o", "eval.before_and_after=false"))
     session = build_session(cfg)
-    rollouts = trainer.Rollouts(session, session.task.train_rows)
-    state = trainer.make_state(cfg, session.model, len(session.task.train_rows))
+    rollouts = PromptGroups(session, session.task.train_rows)
+    state = new_run_state("grpo", cfg, session.model, len(rollouts.rows), trainer.total_updates(cfg))
     before = [p.detach().clone() for p in session.model.parameters()]
     real = trainer.completion_logprobs
 
@@ -116,6 +118,6 @@ def test_non_finite_loss_stops_the_step_before_any_update(tiny_model_dir, tmp_pa
         return lp * float("nan"), ent
 
     monkeypatch.setattr(trainer, "completion_logprobs", poisoned)
-    with pytest.raises(trainer.NonFiniteError, match="non-finite loss"):
-        trainer.run_step(session, rollouts, state)
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        trainer.train_step(session, rollouts, state)
     assert all(torch.equal(a, b) for a, b in zip(before, session.model.parameters()))

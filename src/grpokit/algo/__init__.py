@@ -1,6 +1,7 @@
 """The GRPO math: pure torch, no transformers or torch.distributed (DESIGN.md §3)."""
 
 from grpokit.algo.advantages import (
+    batch_advantages,
     combine_rewards,
     compute_advantages,
     process_advantages,
@@ -17,11 +18,12 @@ from grpokit.algo.losses import (
     policy_loss,
     selective_logprobs,
 )
+from grpokit.algo.masks import is_tied, loss_mask, top_entropy_mask
 from grpokit.algo.presets import PRESETS, preset_values
 
 __all__ = [
-    "LossKnobs", "PRESETS", "aggregate", "clipped_surrogate", "combine_rewards",
-    "compute_advantages", "importance_ratio", "kl_penalty", "logprobs_from_logits",
-    "per_token_loss", "policy_loss", "preset_values", "process_advantages",
-    "selective_logprobs", "tied_groups",
+    "LossKnobs", "PRESETS", "aggregate", "batch_advantages", "clipped_surrogate",
+    "combine_rewards", "compute_advantages", "importance_ratio", "is_tied", "kl_penalty",
+    "logprobs_from_logits", "loss_mask", "per_token_loss", "policy_loss", "preset_values",
+    "process_advantages", "selective_logprobs", "tied_groups", "top_entropy_mask",
 ]

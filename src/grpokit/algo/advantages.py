@@ -127,3 +127,17 @@ def process_advantages(step_rewards, group_size: int, num_tokens: int, *,
                     raise ValueError(f"completion {i}: step end index {end} is outside 0..{num_tokens - 1}")
                 advantages[i, : end + 1] += (r - mean) / (std + eps)
     return advantages.to(torch.float32)
+
+
+def batch_advantages(reward: torch.Tensor, step_rewards, group_size: int, num_tokens: int, *,
+                     estimator: str, scale: str, eps: float) -> torch.Tensor:
+    """The advantages a batch trains on: outcome (N,), or, when a reward function returned step
+    rewards, process advantages (N, T) plus the outcome advantage broadcast over the tokens
+    (DeepSeekMath §4.1.3). With step rewards alone (every outcome NaN) the outcome term is 0."""
+    outcome = compute_advantages(reward, group_size, estimator=estimator, scale=scale, eps=eps)
+    if step_rewards is None:
+        return outcome  # (N,)
+    process = process_advantages(step_rewards, group_size, num_tokens, eps=eps)  # (N, T)
+    if torch.isnan(reward).all():
+        return process
+    return process + outcome.unsqueeze(1)  # (N, T)

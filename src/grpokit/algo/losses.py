@@ -5,8 +5,9 @@ Everything here is computed in fp32 whatever dtype the model ran in.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -39,6 +40,18 @@ class LossKnobs:
     """The constant length of seq_sum_norm (Dr. GRPO); the sampler's max_new_tokens."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient: the loss subtracts entropy_coef · entropy per token."""
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> "LossKnobs":
+        """The knobs named in `values` (a resolved `algo` config section plus
+        max_completion_length, or a conformance vector's `knobs`); absent ones keep defaults.
+        The one place where loss knobs are derived, for the trainer and the conformance runner."""
+        kwargs = {}
+        for f in fields(cls):
+            if values.get(f.name) is not None:
+                cast = float if f.default is None else type(f.default)  # dual_clip: float | None
+                kwargs[f.name] = cast(values[f.name])
+        return cls(**kwargs)
 
 
 def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -214,16 +227,3 @@ def loss_metrics(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs, *,
     if entropy is not None:
         metrics["entropy"] = entropy.float()[mask].mean().item()
     return metrics
-
-
-def top_entropy_mask(entropy: torch.Tensor, completion_mask: torch.Tensor,
-                     fraction: float) -> torch.Tensor:
-    """Keep only the `fraction` of masked tokens with the highest entropy (the high-entropy
-    "forking" tokens of Wang et al., 2025); ties at the threshold are kept."""
-    mask = completion_mask.bool()
-    values = entropy[mask].float()  # (M,)
-    if fraction >= 1.0 or values.numel() == 0:
-        return mask
-    k = max(1, math.ceil(fraction * values.numel()))
-    threshold = values.topk(k).values.min()
-    return mask & (entropy.float() >= threshold)  # (N, T)

@@ -131,4 +131,13 @@ def arithmetic_task(
         rewards=[RewardSpec("math", 1.0, {"extract": ["answer_tag", "last_number"]})]
         + ([RewardSpec("format", 0.2)] if style == "r1" else []),
         system_prompt=SYSTEM_PROMPT if style == "r1" else None,
+        sft_target=_short_target if style == "short" else _r1_target,
     )
+
+
+def _short_target(row: Row) -> str:
+    return f"<answer>{row['answer']}</answer>"
+
+
+def _r1_target(row: Row) -> str:
+    return f"<think>{row['expression']} = {row['answer']}</think> <answer>{row['answer']}</answer>"

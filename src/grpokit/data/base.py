@@ -9,8 +9,10 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
+from grpokit.data.datasets import load_rows, split_rows
 from grpokit.rewards.base import RewardSpec
 
 
@@ -25,6 +27,12 @@ class Task:
     """Default reward functions for this task (a config's `rewards` list replaces them)."""
     system_prompt: str | None = None
     """Default system prompt for this task (a config's `data.system_prompt` replaces it)."""
+    sft_target: Callable[[dict[str, Any]], str] | None = None
+    """Writes a row's reference completion for `grpokit sft`; None when the task has none."""
+
+    def system_prompt_for(self, override: str | None) -> str | None:
+        """The system prompt of a run: the config's `data.system_prompt`, else the task's."""
+        return override if override is not None else self.system_prompt
 
 
 _TASKS: dict[str, Callable[..., Task]] = {}
@@ -63,3 +71,18 @@ def load_task(name: str, **args: Any) -> Task:
         return _TASKS[name](**args)
     except TypeError as exc:
         raise ValueError(f"task {name!r}: bad args {args!r}: {exc}") from exc
+
+
+def load_data(data: Any) -> Task:
+    """The task that the config's `data` section names: a built-in task, or the user's dataset
+    (`data.path`) with its held-out rows (`data.eval_path`, or a seeded `eval_fraction` split)."""
+    if data.path is None:
+        return load_task(data.task, **data.task_args)
+    columns = dict(prompt_column=data.prompt_column, messages_column=data.messages_column,
+                   columns=data.columns)
+    rows = load_rows(data.path, **columns)
+    if data.eval_path is not None:
+        train, held_out = rows, load_rows(data.eval_path, **columns)
+    else:
+        train, held_out = split_rows(rows, eval_fraction=data.eval_fraction, seed=data.seed)
+    return Task(name=Path(data.path).stem, train_rows=train, eval_rows=held_out)

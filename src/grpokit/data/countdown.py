@@ -104,4 +104,12 @@ def countdown_task(
         eval_rows=held_out,
         rewards=[RewardSpec("countdown", 1.0), RewardSpec("format", 0.2)],
         system_prompt=SYSTEM_PROMPT,
+        sft_target=sft_target,
     )
+
+
+def sft_target(row: Row) -> str:
+    """The reference completion of a row with a known solution ("" when it has none)."""
+    if not row.get("solution"):
+        return ""  # reported as an empty target by sft.split_row
+    return f"<think>{row['solution']} = {row['target']}</think> <answer>{row['solution']}</answer>"

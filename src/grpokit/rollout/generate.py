@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
-from grpokit.models import autocast_context
+from grpokit.models import autocast
 from grpokit.rollout.base import RolloutBatch, SamplingParams
 from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
 from grpokit.rollout.sampling import check_params
@@ -37,7 +38,7 @@ class GenerateEngine(EngineBase):
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
-                with torch.no_grad(), autocast_context(device, self.autocast):
+                with torch.no_grad(), autocast(self.autocast, device):
                     out = self.model.generate(
                         input_ids=ids,
                         attention_mask=mask.long(),
@@ -48,8 +49,6 @@ class GenerateEngine(EngineBase):
         return self._to_batch(ids, mask, out, group_size)
 
     def _config(self, params: SamplingParams) -> Any:
-        from transformers import GenerationConfig
-
         sample = params.temperature > 0
         return GenerationConfig(
             max_new_tokens=params.max_new_tokens,

@@ -9,15 +9,25 @@ costing compute.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
-from grpokit.models import autocast_context
+from grpokit.models import autocast
 from grpokit.rollout.base import RolloutBatch, SamplingParams
 from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
 from grpokit.rollout.sampling import check_params, sample_next
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """The forward argument that takes the KV cache: `cache` in current transformers,
+    `past_key_values` in the releases before it (whose callers still pass it by that name)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else \
+        "past_key_values"
 
 
 class HFEngine(EngineBase):
@@ -36,6 +46,8 @@ class HFEngine(EngineBase):
         super().__init__(model, tokenizer, stop_token_ids, autocast)
         self.compact_fraction = compact_fraction
         """Drop finished rows from the batch once they are this fraction of it."""
+        self._cache_kwarg = _cache_kwarg(model)
+
 
     def generate(
         self,
@@ -51,7 +63,7 @@ class HFEngine(EngineBase):
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), autocast_context(device, self.autocast):
+            with torch.no_grad(), autocast(self.autocast, device):
                 return self._generate(prompt_ids, group_size, params, generator, device)
         finally:
             self.model.train(was_training)
@@ -66,14 +78,15 @@ class HFEngine(EngineBase):
     ) -> RolloutBatch:
         ids, mask = left_pad(prompt_ids, self.pad_id, device)  # (B, P)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P), as model.generate does
+        cache = DynamicCache(config=self.model.config)  # filled in place by every forward
         out = self.model(
             input_ids=ids,
             attention_mask=mask.long(),
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_kwarg: cache},
         )
-        cache = out.past_key_values
         cache.batch_repeat_interleave(group_size)
         prompt_ids_n = ids.repeat_interleave(group_size, 0)  # (N, P)
         prompt_mask_n = mask.repeat_interleave(group_size, 0)  # (N, P)
@@ -91,8 +104,8 @@ class HFEngine(EngineBase):
                 input_ids=tokens[:, None],
                 attention_mask=state.attention[:, : state.prompt_len + step + 1],
                 position_ids=state.positions[:, None],
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_kwarg: cache},
             )
             logits = out.logits[:, -1]  # (n, V)
             state.positions = state.positions + 1

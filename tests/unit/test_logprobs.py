@@ -2,8 +2,8 @@
 
 import torch
 
-from grpokit.models import tiny_llama
-from grpokit.policy import batched_logprobs, completion_logprobs
+from grpokit.testing import tiny_llama
+from grpokit.logprobs import batched_logprobs, completion_logprobs
 from grpokit.rollout.base import SamplingParams
 from grpokit.rollout.hf import HFEngine
 

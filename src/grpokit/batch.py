@@ -1,0 +1,96 @@
+"""The batch contracts between stages (DESIGN.md §2): a scored batch, and the training batch
+whose advantages and loss mask are always set; selecting and joining groups of a scored batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from grpokit.rewards.base import StepRewards
+from grpokit.rollout.base import RolloutBatch
+
+
+@dataclass
+class ScoredBatch:
+    """A RolloutBatch plus its rewards (DESIGN.md §2)."""
+
+    rollout: RolloutBatch
+    rewards: torch.Tensor  # (N, K) float, NaN = not applicable / could not score
+    reward: torch.Tensor  # (N,) weighted combination, NaN = unscorable
+    step_rewards: list[StepRewards | None] | None = None  # (N,) process rewards, if any
+
+
+@dataclass
+class TrainingBatch:
+    """A scored batch with what the policy update needs: advantages and the loss mask."""
+
+    scored: ScoredBatch
+    advantages: torch.Tensor  # (N,) or (N, T)
+    loss_mask: torch.Tensor  # (N, T) bool: completion tokens that enter the loss
+    included: torch.Tensor  # (N,) bool: sequences counted by the loss normalizer
+
+    @property
+    def rollout(self) -> RolloutBatch:
+        return self.scored.rollout
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        return self.scored.rewards  # (N, K)
+
+    @property
+    def reward(self) -> torch.Tensor:
+        return self.scored.reward  # (N,)
+
+
+def select_groups(scored: ScoredBatch, groups: list[int]) -> ScoredBatch:
+    """The sub-batch made of the given groups, renumbered 0..len(groups)-1."""
+    g = scored.rollout.group_size
+    idx = torch.tensor([i for grp in groups for i in range(grp * g, grp * g + g)], dtype=torch.long)
+    r = scored.rollout
+    rollout = RolloutBatch(
+        prompt_ids=r.prompt_ids[idx], prompt_mask=r.prompt_mask[idx],
+        completion_ids=r.completion_ids[idx], completion_mask=r.completion_mask[idx],
+        finish_reason=[r.finish_reason[i] for i in idx.tolist()],
+        group_index=torch.arange(len(groups)).repeat_interleave(g),
+        completions=[r.completions[i] for i in idx.tolist()],
+        sampling_logprobs=None if r.sampling_logprobs is None else r.sampling_logprobs[idx],
+        rows=[r.rows[grp] for grp in groups],
+    )
+    steps = None if scored.step_rewards is None else [scored.step_rewards[i] for i in idx.tolist()]
+    return ScoredBatch(rollout, scored.rewards[idx], scored.reward[idx], steps)
+
+
+def _pad_cat(tensors: list[torch.Tensor], left: bool, value: int | bool) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    padded = []
+    for t in tensors:
+        pad = (width - t.shape[1], 0) if left else (0, width - t.shape[1])
+        padded.append(torch.nn.functional.pad(t, pad, value=value))
+    return torch.cat(padded)
+
+
+def concat(parts: list[ScoredBatch], pad_token_id: int) -> ScoredBatch:
+    """Join scored batches of the same group size (prompts left-padded, completions right-padded)."""
+    if len(parts) == 1:
+        return parts[0]
+    rs = [p.rollout for p in parts]
+    offsets = torch.tensor([0] + [len(r.rows) for r in rs]).cumsum(0)
+    logps = [r.sampling_logprobs for r in rs]
+    rollout = RolloutBatch(
+        prompt_ids=_pad_cat([r.prompt_ids for r in rs], True, pad_token_id),
+        prompt_mask=_pad_cat([r.prompt_mask for r in rs], True, False),
+        completion_ids=_pad_cat([r.completion_ids for r in rs], False, pad_token_id),
+        completion_mask=_pad_cat([r.completion_mask for r in rs], False, False),
+        finish_reason=[f for r in rs for f in r.finish_reason],
+        group_index=torch.cat([r.group_index + o for r, o in zip(rs, offsets)]),
+        completions=[c for r in rs for c in r.completions],
+        sampling_logprobs=None if any(x is None for x in logps) else _pad_cat(logps, False, 0.0),
+        rows=[row for r in rs for row in r.rows],
+    )
+    steps = None
+    if any(p.step_rewards is not None for p in parts):
+        steps = [s for p in parts for s in (p.step_rewards or [None] * len(p.reward))]
+    return ScoredBatch(rollout, torch.cat([p.rewards for p in parts]),
+                       torch.cat([p.reward for p in parts]), steps)
+
