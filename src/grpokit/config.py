@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from grpokit.algo.presets import PRESETS, preset_values
-from grpokit.rewards.base import RewardSpec
+from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec
 from grpokit.typed_tree import ConfigError, build, choice, merge, parse_overrides
 
 
@@ -217,7 +217,7 @@ class CheckpointConfig:
 class RewardRunnerConfig:
     max_error_rate: float = 0.1
     """Stop when more than this share of a batch's samples fail in one reward function."""
-    timeout: float = 120.0
+    timeout: float = REWARD_TIMEOUT_S
     """Deadline in seconds for one reward function on one batch."""
 
 

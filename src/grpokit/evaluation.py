@@ -16,7 +16,6 @@ from grpokit.groups import PromptGroups
 from grpokit.rewards.extract import extract_answers, normalize
 from grpokit.rollout.base import SamplingParams
 from grpokit.session import Session, build_session
-from grpokit.training import seed_everything
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -116,8 +115,8 @@ def print_eval(console, title: str, results: dict[str, dict[str, float]]) -> Non
 
 def run_eval(cfg: Config, console=None) -> dict[str, Any]:
     """`grpokit eval`: the model as it is (no reference, no LoRA wrapper) on the first
-    `eval.num_prompts` held-out prompts of the task."""
-    seed_everything(cfg.train.seed)
+    `eval.num_prompts` held-out prompts of the task. Sampling draws only from a generator seeded
+    with train.seed, so the same config gives the same numbers."""
     session = build_session(cfg, training=False)
     rows = session.task.eval_rows[: cfg.eval.num_prompts]
     if not rows:

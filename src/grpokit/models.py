@@ -27,6 +27,8 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from grpokit.typed_tree import ConfigError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -70,6 +72,14 @@ def resolve_model(name_or_path: str | os.PathLike, hf_cache_dir: str | None = No
         f"cannot resolve model {name!r}; tried " + "; ".join(tried) + ". grpokit never downloads "
         f"models: pass a local folder, or fetch it first with `hf download {name}`."
     )
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """resolve_model for the config's `model.path`: a ConfigError naming the field when it fails."""
+    try:
+        return resolve_model(name_or_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"model.path: {exc}") from exc
 
 
 def _from_hf_cache(repo_id: str, cache_dir: str | None) -> Path | None:

@@ -42,14 +42,6 @@ class Session:
         return models.autocast(self.bf16)
 
 
-def resolve_model_path(cfg: Config) -> Path:
-    """The local folder of `model.path`; a ConfigError naming the field when there is none."""
-    try:
-        return models.resolve_model(cfg.model.path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"model.path: {exc}") from exc
-
-
 def reward_specs(cfg: Config, task: Task) -> list[RewardSpec]:
     """The configured reward functions (or the task's), plus DAPO's overlong penalty when on."""
     specs = list(cfg.rewards) if cfg.rewards else list(task.rewards)
@@ -68,7 +60,7 @@ def build_session(cfg: Config, *, resume_from: Path | None = None,
 
     `training=False` (evaluation) loads the model as it is: no LoRA wrapper, no reference.
     """
-    path = resolve_model_path(cfg)
+    path = models.resolve_model_path(cfg.model.path)
     task = load_data(cfg.data)
     if not task.train_rows and training:
         raise ConfigError(f"data: task {task.name!r} has no training rows")

@@ -32,7 +32,6 @@ from grpokit.data.base import Task, load_task
 from grpokit.data.datasets import load_rows, split_rows
 from grpokit.data.render import has_chat_template, render_prompt
 from grpokit.logprobs import completion_logprobs, length_sorted_chunks
-from grpokit.session import resolve_model_path
 from grpokit.sinks import make_sinks
 from grpokit.training import (
     NonFiniteError, RunState, check_output_dir, load_resume, new_run_state, optimizer_step,
@@ -270,7 +269,7 @@ def run_sft(cfg: Config, console: Any = None, resume: str | Path | None = None) 
     saved = load_resume(resume)
     check_output_dir(out, resume)
     seed_everything(cfg.train.seed)
-    path = resolve_model_path(cfg)
+    path = models.resolve_model_path(cfg.model.path)
     tokenizer = models.load_tokenizer(path)
     # Every row is checked before the weights load: a bad row fails in seconds, not minutes.
     train_examples, eval_examples = load_examples(cfg, tokenizer)

@@ -19,7 +19,7 @@ _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parq
 
 
 def _load_folder(path: Path, split: str | None) -> Any:
-    import datasets
+    import datasets  # here, not at the top: its import takes seconds and built-in tasks skip it
 
     if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         raise ValueError(

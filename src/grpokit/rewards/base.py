@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
 
+REWARD_TIMEOUT_S = 120.0
+"""Default deadline in seconds for one reward function on one batch (train, eval and score)."""
+
 
 @dataclass(frozen=True)
 class Sample:

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from grpokit.rewards.base import RewardSpec, Sample
+from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec, Sample
 from grpokit.rewards.runner import RewardError, RewardResult, RewardRunner
 
 
@@ -114,5 +114,6 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="samples scored together")
     parser.add_argument("--max-error-rate", type=float, default=0.1,
                         help="stop when a function fails on more than this share of a batch")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per function and batch")
+    parser.add_argument("--timeout", type=float, default=REWARD_TIMEOUT_S,
+                        help="seconds per function and batch")
     parser.set_defaults(func=cmd_score)

@@ -47,6 +47,7 @@ def verify_answers(gold: str, candidates: list[str]) -> bool | None:
 
     Returns only a bool: a parsed SymPy object is never sent back or turned into a string.
     """
+    # Imported in the worker only: SymPy (and its import time) stays out of the trainer process.
     import math_verify.grader
     import math_verify.parser
     from math_verify import parse, verify

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from grpokit.rewards.base import RewardValue, Sample
 from grpokit.rewards.registry import register
@@ -53,8 +54,6 @@ class RewardModel:
         device: str = "cpu",
         label: int | str | None = None,
     ):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         if batch_size <= 0 or max_length <= 0:
             raise ValueError(f"reward_model: batch_size and max_length must be > 0, got {batch_size}, {max_length}")
         self.name = "reward_model"

@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
-from grpokit.rewards.base import RewardFunction, RewardSpec, RewardValue, Sample, StepRewards
+from grpokit.rewards.base import (
+    REWARD_TIMEOUT_S, RewardFunction, RewardSpec, RewardValue, Sample, StepRewards,
+)
 from grpokit.rewards.item import describe_row
 from grpokit.rewards.registry import build
 
@@ -103,7 +105,7 @@ class RewardRunner:
         specs: list[RewardSpec],
         *,
         max_error_rate: float = 0.1,
-        timeout: float | None = 600.0,
+        timeout: float | None = REWARD_TIMEOUT_S,
         functions: list[RewardFunction] | None = None,
     ):
         if not specs:

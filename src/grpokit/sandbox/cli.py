@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from grpokit.sandbox import SandboxUnavailable, doctor, run
+
 
 def add_commands(subparsers) -> None:
     """Register the `sandbox` command group on the top-level subparsers."""
@@ -23,7 +25,6 @@ def add_commands(subparsers) -> None:
 
 
 def doctor_command(args: argparse.Namespace) -> int:
-    from grpokit.sandbox import doctor
 
     report = doctor()
     print(f"running as root: {report['root']}")
@@ -38,7 +39,6 @@ def doctor_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from grpokit.sandbox import SandboxUnavailable, run
 
     with open(args.file, encoding="utf-8") as handle:
         program = handle.read()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from grpokit.sandbox import backends
 from grpokit.sandbox.backends import Limits
 
-STATUSES = ("ok", "error", "timeout", "memory", "killed", "output_limit")
 _PROBE = "import os\nprint('grpokit-probe', os.getpid() < 100, os.getuid() != 0)\n"
 
 
