@@ -1,11 +1,18 @@
-"""Checkpoints on disk: written to a temporary folder and renamed into place (DESIGN.md §5).
+"""Checkpoints on disk (DESIGN.md §6): written to a temporary folder, given a manifest of sizes and
+checksums written last, fsynced, and renamed into place. Loading verifies the manifest; resuming a
+run folder takes the newest checkpoint that verifies and says which ones it skipped and why.
 
 A checkpoint folder holds the model in Hugging Face format (plus the tokenizer), `trainer.pt` with
-the optimizer, scheduler, RNG streams, sampler position and step, and the resolved `config.yaml`.
+the optimizer, scheduler, RNG streams, sampler position and step, the resolved `config.yaml`, and
+`manifest.json`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import random
 import re
 import shutil
@@ -16,7 +23,13 @@ import numpy as np
 import torch
 
 STATE_FILE = "trainer.pt"
+MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is incomplete or damaged (its manifest does not verify)."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -31,13 +44,64 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(folder: Path) -> None:
+    """Fsync every file and folder under `folder`, then write the manifest (sizes and SHA-256 of
+    every file) last, so that a manifest exists only over complete, durable files."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        _fsync(path)
+        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size,
+                                                      "sha256": _sha256(path)}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+    _fsync(folder / MANIFEST)
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        _fsync(sub)
+    _fsync(folder)
+
+
+def verify(folder: Path) -> None:
+    """Raise CheckpointError naming the first missing, resized or changed file."""
+    manifest = folder / MANIFEST
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{folder}: no readable {MANIFEST} ({exc})") from None
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: {name} is missing")
+        if path.stat().st_size != want["bytes"]:
+            raise CheckpointError(f"{folder}: {name} has {path.stat().st_size} bytes, the "
+                                  f"manifest says {want['bytes']}")
+        if _sha256(path) != want["sha256"]:
+            raise CheckpointError(f"{folder}: {name} does not match its checksum")
+
+
 def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp) on a fresh temporary folder beside `final`, then rename it into place."""
+    """Call write(tmp) on a fresh temporary folder beside `final`, add the manifest, fsync, and
+    rename it into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)  # left by a run that died mid-write
     write(tmp)
+    write_manifest(tmp)
     if final.exists():
         old = final.with_name(final.name + ".old")
         final.rename(old)
@@ -45,11 +109,12 @@ def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
         shutil.rmtree(old)
     else:
         tmp.rename(final)
+    _fsync(final.parent)
     return final
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
-    """Complete checkpoints under root, oldest first."""
+    """Checkpoint folders under root that hold a trainer state, oldest first (not verified)."""
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))
@@ -79,14 +144,32 @@ def save_checkpoint(root: Path, step: int, save_model: Callable[[Path], None],
     return path
 
 
+def newest_valid(run: Path) -> Path:
+    """The newest checkpoint under a run folder whose manifest verifies; each one skipped is
+    logged with the reason."""
+    found = checkpoint_dirs(run / "checkpoints") or checkpoint_dirs(run)
+    if not found:
+        raise FileNotFoundError(f"{run} is neither a checkpoint nor a run folder with checkpoints")
+    reasons = []
+    for path in reversed(found):
+        try:
+            verify(path)
+        except CheckpointError as exc:
+            logger.warning("skipping checkpoint %s: %s", path.name, exc)
+            reasons.append(str(exc))
+            continue
+        return path
+    raise CheckpointError(f"{run}: no checkpoint verifies: " + "; ".join(reasons))
+
+
 def load_state(path: Path) -> dict[str, Any]:
-    """The trainer state of a checkpoint folder (or of the newest one under a run folder)."""
+    """The trainer state of a checkpoint folder (verified), or of the newest checkpoint under a
+    run folder that verifies."""
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        found = checkpoint_dirs(path / "checkpoints") or checkpoint_dirs(path)
-        if not found:
-            raise FileNotFoundError(f"{path} is neither a checkpoint nor a run folder with checkpoints")
-        path = found[-1]
+    if (path / STATE_FILE).is_file():
+        verify(path)
+    else:
+        path = newest_valid(path)
     state = torch.load(path / STATE_FILE, weights_only=False)
     state["path"] = path
     return state

@@ -12,6 +12,8 @@ from rich.console import Console
 
 from grpokit import conformance
 from grpokit.config import ConfigError, load_config
+from grpokit.training import run_folder_of
+from grpokit.typed_tree import UserError, parse_overrides
 from grpokit.evaluation import run_eval
 from grpokit.rewards import cli as rewards_cli
 from grpokit.sandbox import cli as sandbox_cli
@@ -43,10 +45,19 @@ def cmd_eval(args) -> int:
 
 
 def _load_or_resume(args):
-    """The config of a new run, or, with --resume DIR, DIR's saved config plus the overrides."""
-    if args.resume:
-        return load_config(args.config or Path(args.resume) / "config.yaml", args.overrides)
-    return _load(args)
+    """The config of a new run, or, with --resume DIR, DIR's saved config plus the overrides.
+    A resumed run continues in DIR: an explicit other `log.output_dir` is an error."""
+    if not args.resume:
+        return _load(args)
+    run = run_folder_of(args.resume)
+    if not (run / "config.yaml").is_file() and args.config is None:
+        raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run folder?")
+    explicit = parse_overrides(args.overrides).get("log", {}).get("output_dir")
+    if explicit is not None and Path(explicit).resolve() != run.resolve():
+        raise ConfigError(f"log.output_dir={explicit} differs from --resume {args.resume}: a "
+                          f"resumed run continues in its own folder")
+    return load_config(args.config or run / "config.yaml",
+                       [*args.overrides, f"log.output_dir={run}"])
 
 
 def cmd_sft(args) -> int:
@@ -87,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"grpokit: config error: {exc}", file=sys.stderr)
+    except UserError as exc:
+        kind = "config error" if isinstance(exc, ConfigError) else "error"
+        print(f"grpokit: {kind}: {exc}", file=sys.stderr)
         return 2
 
 

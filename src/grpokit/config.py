@@ -18,7 +18,7 @@ import yaml
 
 from grpokit.algo.presets import PRESETS, preset_values
 from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec
-from grpokit.typed_tree import ConfigError, build, choice, merge, parse_overrides
+from grpokit.typed_tree import ConfigError, build, choice, load_yaml, merge, parse_overrides
 
 
 @dataclass
@@ -91,8 +91,9 @@ class RolloutConfig:
     """Nucleus sampling mass (1.0 disables it)."""
     top_k: int = 0
     """Top-k sampling (0 disables it)."""
-    engine: str = choice("hf", "hf", "generate")
-    """hf: shared-prefill KV-cache sampler; generate: transformers `generate` (reference path)."""
+    engine: str = choice("hf", "hf", "generate", "vllm")
+    """hf: shared-prefill KV-cache sampler; generate: transformers `generate` (reference path);
+    vllm: colocated vLLM engine with weight sync and a sync probe (needs `make setup-vllm`)."""
 
 
 @dataclass
@@ -308,7 +309,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     data = merge(data, parse_overrides(overrides or []))

@@ -16,6 +16,7 @@ from grpokit.groups import PromptGroups
 from grpokit.rewards.extract import extract_answers, normalize
 from grpokit.rollout.base import SamplingParams
 from grpokit.session import Session, build_session
+from grpokit.typed_tree import UserError
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -118,6 +119,11 @@ def run_eval(cfg: Config, console=None) -> dict[str, Any]:
     `eval.num_prompts` held-out prompts of the task. Sampling draws only from a generator seeded
     with train.seed, so the same config gives the same numbers."""
     session = build_session(cfg, training=False)
+    bad = [n for n, p in session.model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"model.path={cfg.model.path}: {len(bad)} weight tensors hold NaN or "
+                        f"infinite values (e.g. {', '.join(bad[:3])}); the model cannot be "
+                        "evaluated")
     rows = session.task.eval_rows[: cfg.eval.num_prompts]
     if not rows:
         raise ValueError(f"task {session.task.name!r} has no held-out rows to evaluate")

@@ -12,7 +12,7 @@ from grpokit import distributed as dist
 from grpokit.algo.advantages import combine_rewards
 from grpokit.algo.masks import is_tied
 from grpokit.batch import ScoredBatch, concat, select_groups
-from grpokit.config import AlgoConfig, Config
+from grpokit.config import AlgoConfig, Config, ConfigError
 from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.data.sampler import PromptSampler
 from grpokit.rewards.base import Sample, StepRewards
@@ -62,8 +62,11 @@ class PromptGroups:
                                      temperature=cfg.rollout.temperature,
                                      top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
         r = cfg.reward_runner
-        self.runner = runner or RewardRunner(session.rewards, max_error_rate=r.max_error_rate,
-                                             timeout=r.timeout)
+        try:
+            self.runner = runner or RewardRunner(session.rewards, max_error_rate=r.max_error_rate,
+                                                 timeout=r.timeout)
+        except ValueError as exc:  # an unknown reward name or bad arguments: the user's config
+            raise ConfigError(f"rewards: {exc}") from exc
         self.weights = [s.weight for s in session.rewards]
         self.names = [s.name for s in session.rewards]
 

@@ -29,13 +29,13 @@ from torch.nn.utils.rnn import pad_sequence
 from grpokit import models
 from grpokit.config import Config, ConfigError
 from grpokit.data.base import Task, load_task
-from grpokit.data.datasets import load_rows, split_rows
+from grpokit.data.datasets import load_rows, row_name, split_rows
 from grpokit.data.render import has_chat_template, render_prompt
 from grpokit.logprobs import completion_logprobs, length_sorted_chunks
 from grpokit.sinks import make_sinks
 from grpokit.training import (
-    NonFiniteError, RunState, check_output_dir, load_resume, new_run_state, optimizer_step,
-    save_run, seed_everything, write_config,
+    NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
+    optimizer_step, resume_changes, save_run, seed_everything, write_config,
 )
 
 
@@ -180,10 +180,13 @@ def evaluate_loss(model: torch.nn.Module, examples: list[SFTExample], pad_id: in
 # ---------------------------------------------------------------- the run
 
 
-def _encode_rows(rows: list[dict[str, Any]], where: str, tokenizer: Any, cfg: Config,
+def _encode_rows(rows: list[dict[str, Any]], where: str | Path, tokenizer: Any, cfg: Config,
                  system_prompt: str | None, rule: Callable[[dict], str] | None = None,
                  ) -> list[SFTExample]:
-    return [encode_example(row, tokenizer, where=f"{where} {i}", system_prompt=system_prompt,
+    """Rows named `{where} {i}`, or by their line in the file when `where` is the file's path."""
+    name = (lambda i: f"{where}: {row_name(where, i)}") if isinstance(where, Path) else \
+        (lambda i: f"{where} {i}")
+    return [encode_example(row, tokenizer, where=name(i), system_prompt=system_prompt,
                            max_prompt_length=cfg.data.max_prompt_length,
                            max_completion_length=cfg.rollout.max_new_tokens, rule=rule)
             for i, row in enumerate(rows)]
@@ -210,10 +213,10 @@ def load_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[S
         return _task_examples(cfg, tokenizer)
     columns = {"prompt_column": d.prompt_column, "messages_column": d.messages_column,
                "columns": d.columns}
-    examples = _encode_rows(load_rows(d.path, **columns), f"{d.path}: row", tokenizer, cfg,
+    examples = _encode_rows(load_rows(d.path, **columns), Path(d.path), tokenizer, cfg,
                             d.system_prompt)
     if d.eval_path is not None:
-        held_out = _encode_rows(load_rows(d.eval_path, **columns), f"{d.eval_path}: row",
+        held_out = _encode_rows(load_rows(d.eval_path, **columns), Path(d.eval_path),
                                 tokenizer, cfg, d.system_prompt)
         return examples, held_out[:limit]
     train, held_out = split_rows(examples, eval_fraction=d.eval_fraction, seed=d.seed)
@@ -227,7 +230,7 @@ def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> RunState:
 
 def _train_loop(cfg, model, tokenizer, state, train_examples, evaluate, out, console) -> float:
     """Steps until train.steps; logs each and checkpoints every checkpoint.every; the last loss."""
-    sinks = make_sinks(cfg, out, console)
+    sinks = make_sinks(cfg, out, console, start_step=state.step)
     loss = float("nan")
     try:
         while state.step < cfg.train.steps:
@@ -266,38 +269,50 @@ def run_sft(cfg: Config, console: Any = None, resume: str | Path | None = None) 
     """Supervised fine-tuning as the config says; writes checkpoints and `<output_dir>/final`
     (merged when LoRA) for `grpokit train model.path=<output_dir>/final`. Returns the results."""
     out = Path(cfg.log.output_dir)
-    saved = load_resume(resume)
-    check_output_dir(out, resume)
-    seed_everything(cfg.train.seed)
-    path = models.resolve_model_path(cfg.model.path)
-    tokenizer = models.load_tokenizer(path)
-    # Every row is checked before the weights load: a bad row fails in seconds, not minutes.
-    train_examples, eval_examples = load_examples(cfg, tokenizer)
-    model = models.load_trainable(cfg.model, path,
-                                  resume_from=None if saved is None else saved["path"] / "model")
-    write_config(out, cfg)
-    bf16 = models.use_bf16(cfg.model.autocast)
-    evaluate = _HeldOut(model, eval_examples, tokenizer.pad_token_id, cfg,
-                        lambda: models.autocast(bf16))
-    state = make_state(cfg, model, len(train_examples))
-    if saved is not None:
-        state.load_state_dict(saved)
-    before_after = bool(eval_examples) and cfg.eval.before_and_after and state.step == 0
-    results: dict[str, Any] = {"before": {"loss": evaluate()}} if before_after else {}
-    if console is not None:
-        console.print(f"[bold]grpokit sft[/]: {len(train_examples)} training rows, "
-                      f"{cfg.train.steps} steps of {cfg.rollout.prompts_per_step} rows, "
-                      f"{len(eval_examples)} held out")
-    results["train_loss"] = _train_loop(cfg, model, tokenizer, state, train_examples, evaluate,
-                                        out, console)
-    results["checkpoint"] = str(save_run(out, cfg, model, tokenizer, state))
-    results["final"] = str(models.save_model(model, tokenizer, out / "final", merge_lora=True))
-    if before_after:
-        results["after"] = {"loss": evaluate()}
-    (out / "eval.json").write_text(json.dumps(results, indent=2))
+    saved = load_resume(resume, cfg, "sft")
+    with claimed(out, resume) as folder:
+        model, tokenizer, state, train_examples, evaluate = _start(cfg, saved, console)
+        write_config(out, cfg, folder)
+        before_after = bool(evaluate.examples) and cfg.eval.before_and_after and state.step == 0
+        results: dict[str, Any] = {"before": {"loss": evaluate()}} if before_after else {}
+        if console is not None:
+            console.print(f"[bold]grpokit sft[/]: {len(train_examples)} training rows, "
+                          f"{cfg.train.steps} steps of {cfg.rollout.prompts_per_step} rows, "
+                          f"{len(evaluate.examples)} held out")
+        results["train_loss"] = _train_loop(cfg, model, tokenizer, state, train_examples,
+                                            evaluate, out, console)
+        results["checkpoint"] = str(save_run(out, cfg, model, tokenizer, state))
+        results["final"] = str(models.save_model(model, tokenizer, out / "final", merge_lora=True))
+        if before_after:
+            results["after"] = {"loss": evaluate()}
+        (out / "eval.json").write_text(json.dumps(results, indent=2))
     if console is not None:
         for k in ("before", "after"):
             if k in results:
                 console.print(f"held-out loss {k} training: {results[k]['loss']:.4g}")
         console.print(f"final model: {results['final']}")
     return results
+
+
+def _start(cfg: Config, saved: dict[str, Any] | None, console: Any):
+    """Tokenizer, every example (checked before the weights load: a bad row fails in seconds),
+    the model, and the run state restored when resuming."""
+    seed_everything(cfg.train.seed)
+    changes = resume_changes(saved, cfg) if saved is not None else {}
+    path = models.resolve_model_path(cfg.model.path)
+    tokenizer = models.load_tokenizer(path)
+    train_examples, eval_examples = load_examples(cfg, tokenizer)
+    model = models.load_trainable(cfg.model, path,
+                                  resume_from=None if saved is None else saved["path"] / "model")
+    bf16 = models.use_bf16(cfg.model.autocast)
+    evaluate = _HeldOut(model, eval_examples, tokenizer.pad_token_id, cfg,
+                        lambda: models.autocast(bf16))
+    state = make_state(cfg, model, len(train_examples))
+    if saved is not None:
+        state.load_state_dict(saved)
+        if "train.lr" in changes:
+            apply_learning_rate(state, cfg.train.lr)
+    for key, (old, new) in changes.items():
+        if console is not None:
+            console.print(f"resume: {key} {old!r} -> {new!r}")
+    return model, tokenizer, state, train_examples, evaluate

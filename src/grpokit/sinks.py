@@ -32,8 +32,9 @@ class MetricSink(Protocol):
 class JsonlSink:
     """One JSON object per step: {"step": s, "time": t, **metrics}."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, start_step: int = 0):
         path.parent.mkdir(parents=True, exist_ok=True)
+        drop_after(path, start_step)
         self._file = open(path, "a", encoding="utf-8")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -48,8 +49,9 @@ class JsonlSink:
 class TensorBoardSink:
     """TensorBoard event files, one scalar per metric."""
 
-    def __init__(self, path: Path):
-        self._writer = SummaryWriter(log_dir=str(path))
+    def __init__(self, path: Path, start_step: int = 0):
+        # purge_step hides the events a killed run wrote after its last checkpoint
+        self._writer = SummaryWriter(log_dir=str(path), purge_step=start_step + 1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -104,11 +106,26 @@ class MultiSink:
             sink.close()
 
 
-def make_sinks(cfg: Any, out: Path, console: Console | None) -> MultiSink:
-    """The run's sinks: metrics.jsonl, TensorBoard (unless disabled), the console when given."""
-    sinks: list[Any] = [JsonlSink(out / "metrics.jsonl")]
+def drop_after(path: Path, step: int) -> None:
+    """Drop the lines of a JSONL log whose "step" is past `step` (left by a run that died after
+    its last checkpoint), so a resumed or restarted run never logs a step twice."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
+
+
+def make_sinks(cfg: Any, out: Path, console: Console | None, start_step: int = 0) -> MultiSink:
+    """The run's sinks: metrics.jsonl, TensorBoard (unless disabled), the console when given.
+    Logs of steps after `start_step` (the step a run starts or resumes at) are dropped first."""
+    drop_after(out / "samples.jsonl", start_step)
+    sinks: list[Any] = [JsonlSink(out / "metrics.jsonl", start_step)]
     if cfg.log.tensorboard:
-        sinks.append(TensorBoardSink(out / "tensorboard"))
+        sinks.append(TensorBoardSink(out / "tensorboard", start_step))
     if console is not None:
         sinks.append(ConsoleSink(cfg.train.steps, console))
     return MultiSink(sinks)

@@ -28,8 +28,8 @@ from grpokit.models import disabled_adapter
 from grpokit.session import Session, build_session
 from grpokit.sinks import make_sinks
 from grpokit.training import (
-    NonFiniteError, RunState, check_output_dir, load_resume, new_run_state, optimizer_step,
-    save_run, seed_everything, write_config,
+    NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
+    optimizer_step, resume_changes, save_run, seed_everything, write_config,
 )
 
 
@@ -186,39 +186,55 @@ def _micro_step(session, batch, idx, old, ref, knobs, counts) -> dict[str, float
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dict[str, Any]:
-    """Run GRPO as the config says; returns the final evaluations and the checkpoint path."""
+    """Run GRPO as the config says; returns the final evaluations and the checkpoint path.
+
+    Everything that can be checked before training is checked before anything is written to
+    the run folder, which is claimed with a lock for the whole run (docs/runs.md)."""
     dist.init_from_env()
     check_world(cfg, dist.world_size())
     out = Path(cfg.log.output_dir)
-    saved = load_resume(resume)
-    check_output_dir(out, resume)
-    dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+    saved = load_resume(resume, cfg, "grpo")
+    with claimed(out, resume) as folder:
+        dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+        session, groups, state, held_out = _start(cfg, saved, console)
+        cfg = session.cfg
+        write_config(out, cfg, folder)
+        results: dict[str, Any] = {}
+        if held_out and cfg.eval.before_and_after and state.step == 0:
+            results["before"] = _evaluate(session, held_out, console, "before training")
+        sinks = make_sinks(cfg, out, console, start_step=state.step) if dist.is_main() else None
+        try:
+            while state.step < cfg.train.steps:
+                batch, metrics = train_step(session, groups, state)
+                state.step += 1
+                _after_step(session, groups, state, batch, metrics, sinks, held_out, out)
+        finally:
+            if sinks is not None:
+                sinks.close()
+        return _finish(session, state, out, held_out, results, console)
+
+
+def _start(cfg: Config, saved: dict[str, Any] | None, console):
+    """Session, prompt groups, run state (restored when resuming) and held-out prompts: every
+    check that can run before training (rewards, prompts, optimizer, resume conflicts)."""
     seed_everything(cfg.train.seed)
     session = build_session(cfg, resume_from=None if saved is None else saved["path"] / "model")
     cfg = session.cfg
-    write_config(out, cfg)
-    if console is not None:
-        console.print(f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)))
+    changes = resume_changes(saved, cfg) if saved is not None else {}
     groups = PromptGroups(session, session.task.train_rows)
+    rows = session.task.eval_rows[: cfg.eval.num_prompts]
+    held_out = PromptGroups(session, rows, runner=groups.runner) if rows else None
     state = new_run_state("grpo", cfg, session.model, len(groups.rows), total_updates(cfg),
                           session.reference if cfg.algo.ref_refresh_steps else None)
     if saved is not None:
         state.load_state_dict(saved)
-    rows = session.task.eval_rows[: cfg.eval.num_prompts]
-    held_out = PromptGroups(session, rows, runner=groups.runner) if rows else None
-    results: dict[str, Any] = {}
-    if held_out and cfg.eval.before_and_after and state.step == 0:
-        results["before"] = _evaluate(session, held_out, console, "before training")
-    sinks = make_sinks(cfg, out, console) if dist.is_main() else None
-    try:
-        while state.step < cfg.train.steps:
-            batch, metrics = train_step(session, groups, state)
-            state.step += 1
-            _after_step(session, groups, state, batch, metrics, sinks, held_out, out)
-    finally:
-        if sinks is not None:
-            sinks.close()
-    return _finish(session, state, out, held_out, results, console)
+        if "train.lr" in changes:
+            apply_learning_rate(state, cfg.train.lr)
+    if console is not None:
+        console.print(f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)))
+        for key, (old, new) in changes.items():
+            console.print(f"resume: {key} {old!r} -> {new!r}")
+    return session, groups, state, held_out
 
 
 def total_updates(cfg: Config) -> int:

@@ -3,8 +3,12 @@ the run state saved in checkpoints, and the run folder's lifecycle."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +22,7 @@ from grpokit import distributed as dist
 from grpokit.config import Config, ConfigError, TrainConfig, to_dict
 from grpokit.data.sampler import PromptSampler
 from grpokit.models import save_model
+from grpokit.typed_tree import load_yaml
 
 
 class NonFiniteError(RuntimeError):
@@ -67,6 +72,16 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 _KINDS = {"grpo": "a GRPO", "sft": "an SFT"}
 
 
+def check_kind(saved: dict[str, Any], kind: str) -> None:
+    """A checkpoint resumes only a run of its own kind (GRPO or SFT)."""
+    found = saved.get("kind")
+    if found != kind:
+        hint = f"; start GRPO from it with model.path={saved['path'] / 'model'}" \
+            if found == "sft" else ""
+        raise ConfigError(f"--resume: {saved['path']} is {_KINDS.get(found, 'an unknown')} "
+                          f"checkpoint, not {_KINDS[kind]} one{hint}")
+
+
 @dataclass
 class RunState:
     """What changes during a run and is saved in its checkpoints."""
@@ -95,12 +110,7 @@ class RunState:
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Restore optimizer, schedule, row order, RNG streams and step; checks come first, so
         nothing is restored from a checkpoint that cannot be resumed."""
-        kind = saved.get("kind")
-        if kind != self.kind:
-            hint = f"; start GRPO from it with model.path={saved['path'] / 'model'}" \
-                if kind == "sft" else ""
-            raise ConfigError(f"--resume: {saved['path']} is {_KINDS.get(kind, 'an unknown')} "
-                              f"checkpoint, not {_KINDS[self.kind]} one{hint}")
+        check_kind(saved, self.kind)
         generators = saved.get("rank_generators")
         if self.generator is not None and len(generators) != dist.world_size():
             raise ValueError(f"the checkpoint was written by {len(generators)} rank(s); resume it "
@@ -134,23 +144,140 @@ def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int,
 
 # ---------------------------------------------------------------- the run folder
 
-
-def load_resume(resume: str | Path | None) -> dict[str, Any] | None:
-    """The saved state of the newest checkpoint under `resume` (None for a new run)."""
-    return None if resume is None else ckpt.load_state(Path(resume))
-
-
-def check_output_dir(out: Path, resume: str | Path | None) -> None:
-    if resume is None and (out / "config.yaml").exists():
-        raise ConfigError(f"log.output_dir: {out} already holds a run; resume it with "
-                          f"--resume {out}, or choose another log.output_dir")
+# What a resume may change: settings that leave the run's exactness and meaning intact. Every
+# other key (model, data, seeds, batch shape, sampling, algorithm knobs) is frozen by the first
+# start, and a resume that changes one is refused.
+RESUME_MAY_CHANGE = ("train.steps", "train.lr", "train.micro_batch_size",
+                     "train.logprob_chunk_size", "model.gradient_checkpointing", "log.",
+                     "checkpoint.", "eval.", "reward_runner.")
 
 
-def write_config(out: Path, cfg: Config) -> None:
-    """The resolved config of the run, on rank 0."""
-    if dist.is_main():
+def run_folder_of(resume: str | Path) -> Path:
+    """The run folder of `--resume`: the folder itself, or the run a checkpoint folder is in."""
+    path = Path(resume)
+    if (path / ckpt.STATE_FILE).is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent
+    return path
+
+
+def load_resume(resume: str | Path | None, cfg: Config, kind: str) -> dict[str, Any] | None:
+    """The saved state of the newest verified checkpoint under `resume` (None for a new run), of
+    a run of this `kind`. A resumed run continues in its own folder: another `log.output_dir` is
+    an error."""
+    if resume is None:
+        return None
+    run = run_folder_of(resume)
+    if Path(cfg.log.output_dir).resolve() != run.resolve():
+        raise ConfigError(f"log.output_dir={cfg.log.output_dir} differs from --resume {resume}: "
+                          f"a resumed run continues in its own folder ({run})")
+    try:
+        saved = ckpt.load_state(Path(resume))
+    except (FileNotFoundError, ckpt.CheckpointError) as exc:
+        raise ConfigError(f"--resume: {exc}") from None
+    check_kind(saved, kind)
+    return saved
+
+
+def resume_changes(saved: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (saved value, new value)} of the keys a resume may change; a ConfigError
+    listing every frozen key that differs from the checkpoint's config."""
+    old = _flat(load_yaml((saved["path"] / "config.yaml").read_text()))
+    new = _flat(to_dict(cfg))
+    changed = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    frozen = sorted(k for k in changed if not k.startswith(RESUME_MAY_CHANGE))
+    if frozen:
+        listed = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in frozen)
+        raise ConfigError(f"--resume: these settings cannot change in a resumed run without "
+                          f"breaking it: {listed}; start a new run for them")
+    return changed
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or (prefix and not tree):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        sub = f"{prefix}{key}."
+        out.update(_flat(value, sub) if key not in ("task_args", "columns", "args") else
+                   {sub[:-1]: value})
+    return out
+
+
+def apply_learning_rate(state: RunState, lr: float) -> None:
+    """A new peak learning rate on resume reaches the scheduler and the optimizer for real."""
+    state.scheduler.base_lrs = [lr for _ in state.scheduler.base_lrs]
+    for group, factor in zip(state.optimizer.param_groups, state.scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(state.scheduler.last_epoch)
+
+
+class RunFolder:
+    """A run folder claimed for the whole run with an exclusive lock on `.lock` (released by the
+    OS when the process dies, so a killed run never blocks its own resume)."""
+
+    LOCK = ".lock"
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.started = False
+        """Set once the run has written its config: from then on the folder is the run's."""
+        self._created = not out.exists()
+        self._lock_existed = (out / self.LOCK).exists()
         out.mkdir(parents=True, exist_ok=True)
+        self._file = open(out / self.LOCK, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "unknown"
+            self._file.close()
+            raise ConfigError(f"log.output_dir: {out} is in use by another grpokit run "
+                              f"(pid {holder}); wait for it or choose another folder") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def abandon(self) -> None:
+        """A start that failed before training: leave the folder as it was (or no folder)."""
+        self.release()
+        if not self._lock_existed:
+            (self.out / self.LOCK).unlink(missing_ok=True)
+        if self._created and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+@contextlib.contextmanager
+def claimed(out: Path, resume: str | Path | None) -> Iterator[RunFolder | None]:
+    """Claim `out` on rank 0 for the body; if the body fails before `started()` is called on the
+    folder, the folder is left as it was. A new run refuses a folder that holds checkpoints."""
+    folder = RunFolder(out) if dist.is_main() else None
+    try:
+        if resume is None and ckpt.checkpoint_dirs(out / "checkpoints"):
+            raise ConfigError(f"log.output_dir: {out} already holds a run; resume it with "
+                              f"--resume {out}, or choose another log.output_dir")
+        yield folder
+    except BaseException:
+        if folder is not None and not folder.started:
+            folder.abandon()
+        raise
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def write_config(out: Path, cfg: Config, folder: RunFolder | None) -> None:
+    """The resolved config of the run, on rank 0, once every check before training has passed:
+    from here on a failure leaves a run that `--resume` (or, with no checkpoint yet, a plain
+    re-run) continues."""
+    if dist.is_main():
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        folder.started = True
 
 
 def save_run(out: Path, cfg: Config, model: torch.nn.Module, tokenizer: Any,

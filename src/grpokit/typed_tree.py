@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import field
@@ -16,13 +18,39 @@ from typing import Any
 import yaml
 
 
+class Loader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2: only true / false. YAML 1.1 also reads on, off, yes
+    and no as booleans, so a documented value such as `model.autocast=off` could not be given."""
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                             list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with `Loader`."""
+    return yaml.load(text, Loader=Loader)
+
+
 def choice(default: Any, *choices: Any) -> Any:
     """A field whose value must be one of `choices`."""
     return field(default=default, metadata={"choices": choices})
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Bad input from the user (config, data, command-line arguments, a resume conflict): the
+    command line prints the message alone and exits with status 2, never a traceback."""
+
+
+class ConfigError(UserError):
     """A config key or value is invalid."""
+
+
+class DataError(UserError):
+    """A dataset, row or prompt is invalid; the message names the file, the row and the field."""
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -57,11 +85,14 @@ def _convert(value: Any, tp: Any, where: str, replaced: dict[str, str] | None = 
         return dict(value)
     if tp is Any:
         return value
-    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:  # YAML 1.1 reads "1e-6" (no dot) as a string
-            return float(value)
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # YAML reads "1e-6" (no dot) as a string
+            number = float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
@@ -85,10 +116,13 @@ def build(cls: type, data: Any, where: str = "config", replaced: dict[str, str] 
         if key not in fields:
             raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, list(fields))}; "
                               f"valid keys: {', '.join(fields)}")
-        kwargs[key] = _convert(value, hints[key], sub, replaced)
         choices = fields[key].metadata.get("choices")
+        shown = ", ".join(repr(c) if c is not None else "null" for c in choices or ())
+        try:
+            kwargs[key] = _convert(value, hints[key], sub, replaced)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; valid values: {shown}" if choices else str(exc)) from None
         if choices and kwargs[key] not in choices:
-            shown = ", ".join(repr(c) if c is not None else "null" for c in choices)
             raise ConfigError(f"{sub}: invalid value {kwargs[key]!r}; valid values: {shown}")
     return cls(**kwargs)
 
@@ -106,7 +140,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with an earlier override")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = load_yaml(raw) if raw.strip() else ""
     return tree
 
 

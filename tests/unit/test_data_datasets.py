@@ -3,6 +3,7 @@ import json
 import pytest
 
 from grpokit.data.datasets import load_rows, split_rows
+from grpokit.typed_tree import DataError
 
 ROWS = [
     {"question": "1+1?", "solution": "2", "level": 1},
@@ -90,7 +91,7 @@ def test_messages_column_is_found_by_default(tmp_path, load):
 
 
 def test_missing_file(tmp_path, load):
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(DataError, match="dataset not found: .*nope.jsonl"):
         load(tmp_path / "nope.jsonl")
 
 
@@ -127,18 +128,18 @@ def test_bad_columns(tmp_path, load, kwargs, message):
         (
             [{"p": "ok"}, {"p": ""}],
             {},
-            r"data.jsonl: row 1 \(column 'p'\): 'prompt' must be a non-empty string",
+            r"data.jsonl: line 2 \(column 'p'\): 'prompt' must be a non-empty string",
         ),
         (
             [{"p": "ok"}, {"p": None}],
             {},
-            r"row 1 \(column 'p'\): 'prompt' must be a non-empty string, got None",
+            r"line 2 \(column 'p'\): 'prompt' must be a non-empty string, got None",
         ),
-        ([{"p": "ok"}, {"p": "   "}], {}, "row 1"),
+        ([{"p": "ok"}, {"p": "   "}], {}, "line 2"),
         (
             [{"p": ["a"]}],
             {},
-            r"row 0 \(column 'p'\): 'prompt' must be a non-empty string, got \['a'\]",
+            r"line 1 \(column 'p'\): 'prompt' must be a non-empty string, got \['a'\]",
         ),
     ],
 )
@@ -211,7 +212,7 @@ def test_csv_cells_arrive_as_written(tmp_path, load):
     path.write_text('prompt,answer\n"What is 3+4, then +0?",007\nq2,1.50\n,3\n')
     with pytest.raises(
         ValueError,
-        match=r"data.csv: row 2 \(column 'prompt'\): 'prompt' must be a non-empty string, got None",
+        match=r"data.csv: line 4 \(column 'prompt'\): 'prompt' must be a non-empty string, got None",
     ):
         load(path)
     rows = load(path, limit=2)

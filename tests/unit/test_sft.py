@@ -236,7 +236,7 @@ def test_dataset_columns_are_mapped_and_errors_name_the_file_row(tiny, tmp_path)
     bad = _jsonl(tmp_path / "bad.jsonl", [*rows[:2], {"question": "q", "response": ""}])
     cfg = load_config(overrides=[f"data.path={bad}", "data.prompt_column=question",
                                  "data.columns={response: completion}"])
-    with pytest.raises(ValueError, match=r"bad.jsonl: row 2: 'completion' must be a non-empty"):
+    with pytest.raises(ValueError, match=r"bad.jsonl: line 3: 'completion' must be a non-empty"):
         load_examples(cfg, tokenizer)
 
 

@@ -15,12 +15,26 @@ def test_jsonl_sink_appends_one_object_per_step(tmp_path):
     sink = JsonlSink(path)
     sink.log(1, {"reward/mean": 0.5})
     sink.close()
-    again = JsonlSink(path)  # a resumed run appends
+    again = JsonlSink(path, start_step=1)  # a run resumed at step 1 appends
     again.log(2, {"reward/mean": float("nan")})
     again.close()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2] and lines[0]["reward/mean"] == 0.5
     assert math.isnan(lines[1]["reward/mean"]) and lines[0]["time"] <= lines[1]["time"]
+
+
+def test_steps_past_the_resumed_step_are_dropped_once(tmp_path):
+    from grpokit.sinks import drop_after
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in (1, 2, 3, 4)))
+    sink = JsonlSink(path, start_step=2)  # the run died after step 4, its checkpoint is step 2
+    sink.log(3, {"x": 30})
+    sink.close()
+    assert [(r["step"], r["x"]) for r in map(json.loads, path.read_text().splitlines())] == [
+        (1, 1), (2, 2), (3, 30)]
+    drop_after(tmp_path / "absent.jsonl", 0)  # nothing to do
+    assert not (tmp_path / "absent.jsonl").exists()
 
 
 def test_tensorboard_sink_writes_finite_scalars_only(tmp_path):

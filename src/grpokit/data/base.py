@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from grpokit.data.datasets import load_rows, split_rows
 from grpokit.rewards.base import RewardSpec
+from grpokit.typed_tree import DataError
 
 
 @dataclass
@@ -66,11 +67,11 @@ def load_task(name: str, **args: Any) -> Task:
     if name not in _TASKS:
         close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown task {name!r}{hint}; built-in tasks: {', '.join(names)}")
+        raise DataError(f"unknown task {name!r}{hint}; built-in tasks: {', '.join(names)}")
     try:
         return _TASKS[name](**args)
     except TypeError as exc:
-        raise ValueError(f"task {name!r}: bad args {args!r}: {exc}") from exc
+        raise DataError(f"task {name!r}: bad args {args!r}: {exc}") from exc
 
 
 def load_data(data: Any) -> Task:

@@ -14,23 +14,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from grpokit.typed_tree import DataError
+
 Messages = list[dict[str, str]]
 
 
 def check_messages(messages: Any, where: str) -> Messages:
     """`messages` itself when it is a non-empty list of {role: str, content: str}, else an error."""
     if not isinstance(messages, list) or not messages:
-        raise ValueError(
+        raise DataError(
             f"{where}: messages must be a non-empty list of {{role, content}} dicts, "
             f"got {type(messages).__name__} {_short(messages)}"
         )
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ValueError(
+            raise DataError(
                 f"{where}: messages[{i}] must be a dict with a string 'role', got {_short(message)}"
             )
         if not isinstance(message.get("content"), str):
-            raise ValueError(
+            raise DataError(
                 f"{where}: messages[{i}]['content'] must be a string, "
                 f"got {_short(message.get('content'))}"
             )
@@ -42,7 +44,7 @@ def prompt_messages(
 ) -> Messages:
     """The chat messages of a row, with `system_prompt` (if any) as the leading system message."""
     if not isinstance(row, dict):
-        raise ValueError(
+        raise DataError(
             f"{where}: a row must be a dict with 'prompt' or 'messages', got {_short(row)}"
         )
     if row.get("messages") is not None:
@@ -50,10 +52,10 @@ def prompt_messages(
     elif "prompt" in row:
         prompt = row["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{where}: 'prompt' must be a non-empty string, got {_short(prompt)}")
+            raise DataError(f"{where}: 'prompt' must be a non-empty string, got {_short(prompt)}")
         messages = [{"role": "user", "content": prompt}]
     else:
-        raise ValueError(f"{where}: has neither 'prompt' nor 'messages' (keys: {sorted(row)})")
+        raise DataError(f"{where}: has neither 'prompt' nor 'messages' (keys: {sorted(row)})")
     if system_prompt is not None:
         if messages[0]["role"] == "system":
             messages = messages[1:]
@@ -92,7 +94,7 @@ def encode_prompts(
         text = _render(row, tokenizer, system_prompt, f"row {i}")
         ids = list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
         if max_prompt_length is not None and len(ids) > max_prompt_length:
-            raise ValueError(
+            raise DataError(
                 f"row {i}: the prompt is {len(ids)} tokens, longer than max_prompt_length="
                 f"{max_prompt_length} (prompts are never truncated); raise max_prompt_length or "
                 f"shorten the prompt: {_short(text)}"

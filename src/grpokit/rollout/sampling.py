@@ -44,6 +44,9 @@ def sample_next(
     top_p = 1 and top_k = 0). Greedy decoding (temperature 0) reports the unscaled log-prob.
     """
     logits = logits.float()
+    if torch.isnan(logits).any():  # sampling from NaN logits would return arbitrary tokens
+        raise FloatingPointError("the model produced NaN logits: its weights or inputs are not "
+                                 "finite")
     if params.temperature == 0:
         logprobs = logits.log_softmax(-1)  # (N, V)
         tokens = logits.argmax(-1)  # (N,)
