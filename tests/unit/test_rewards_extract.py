@@ -1,5 +1,6 @@
 import pytest
 
+from grpokit.rewards.answers import Answer
 from grpokit.rewards.extract import (
     boxed_contents,
     check_strategies,
@@ -58,9 +59,14 @@ def test_unwrap(answer, expected):
     assert unwrap(answer) == expected
 
 
-def test_split_keeps_comparisons():
-    assert split_alternatives("x <= 3") == ["x <= 3"]
-    assert split_alternatives("f(x) = x+1") == ["x+1"]
+def test_split_keeps_comparisons_and_names_the_left_hand_side():
+    assert split_alternatives("x <= 3") == [Answer("x <= 3")]
+    assert split_alternatives("f(x) = x+1") == [Answer("x+1", "f(x)")]
+    assert split_alternatives(r"\sum_{k=1}^{10} k") == [Answer(r"\sum_{k=1}^{10} k")]
+    assert split_alternatives("3x+2y=6") == [Answer("3x+2y"), Answer("6")]
+    assert split_alternatives("3x+2y=6", keep_equations=True) == [Answer("3x+2y=6")]
+    assert split_alternatives("p=-1, p=15/8") == [Answer("-1", "p"), Answer("15/8", "p")]
+    assert split_alternatives("1,000") == [Answer("1,000")]
 
 
 @pytest.mark.parametrize("bad", [[], ["boxed", "nope"], "nope"])

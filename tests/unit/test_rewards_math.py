@@ -4,7 +4,7 @@ import time
 import pytest
 
 from grpokit.rewards.base import Sample
-from grpokit.rewards.math import MathReward, build_math, gold_answer, quick_verdict
+from grpokit.rewards.math import MathReward, build_math, gold_answer, plan, read_gold
 
 TOWER = r"\boxed{9^{9^{9^{9^{9}}}}}"
 
@@ -55,11 +55,12 @@ def test_batch_keeps_order(math_reward):
 
 
 @pytest.mark.parametrize(
-    "gold, candidates, expected",
-    [("42", ["42.0"], 1.0), ("42", ["41"], 0.0), ("0.5", ["1/2"], None), ("42", [], 0.0), ("x", ["x"], None)],
+    "gold, raw, expected",
+    [("42", ["42.0"], 1.0), ("42", ["41"], 0.0), ("0.5", ["1/2"], [("0.5", "1/2")]), ("42", [], 0.0),
+     ("x", ["x"], [("x", "x")]), ("Yes", ["yes"], 1.0), ("Yes", ["no"], 0.0), ("42", ["4" * 501], 0.0)],
 )
-def test_quick_verdict(gold, candidates, expected):
-    assert quick_verdict(gold, candidates, 500) == expected
+def test_plan_decides_numbers_and_text_in_process(gold, raw, expected):
+    assert plan(read_gold(gold), raw, 500) == expected
 
 
 @pytest.mark.parametrize(

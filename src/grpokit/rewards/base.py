@@ -1,7 +1,10 @@
-"""The reward contract (DESIGN.md §3): one float or None per completion.
+"""The reward contract (DESIGN.md §3): one float, None or RewardFailure per completion.
 
-None means "not applicable" (e.g. a row with no tests) or "could not score" (the verifier crashed
-or timed out). It is never turned into 0.
+None means "not applicable" by design (e.g. a row with no tests, a gold answer that does not
+parse, an answer too pathological to verify in time). RewardFailure means the function tried and
+its infrastructure failed (a judge answering 500, a worker that died, a missed deadline): the
+runner counts it as an error of that function and stops the run when errors pass
+`max_error_rate`. Neither is ever turned into 0.
 """
 
 from __future__ import annotations
@@ -49,7 +52,15 @@ class StepRewards:
             )
 
 
-RewardValue = Union[float, None, StepRewards]
+@dataclass(frozen=True)
+class RewardFailure:
+    """Could not score because something outside the completion failed; never a verdict."""
+
+    message: str
+    """What failed, for the error count's examples and the message that stops the run."""
+
+
+RewardValue = Union[float, None, StepRewards, RewardFailure]
 
 
 class RewardFunction(Protocol):

@@ -9,6 +9,9 @@ from typing import Any, Callable
 from grpokit.rewards.base import RewardFunction, RewardSpec, RewardValue, Sample
 
 _FACTORIES: dict[str, Callable[..., RewardFunction]] = {}
+# Functions registered with isolate=True, and the module that registers them (imported again in
+# the worker process that runs them).
+_ISOLATED: dict[str, str] = {}
 
 # Modules whose import registers the built-in reward functions.
 _BUILTIN_MODULES = (
@@ -25,16 +28,37 @@ _BUILTIN_MODULES = (
 _loaded = False
 
 
-def register(name: str) -> Callable[[Callable[..., RewardFunction]], Callable[..., RewardFunction]]:
-    """Register a factory `factory(**args) -> RewardFunction` (the batch form)."""
+def register(
+    name: str, isolate: bool = False, module: str | None = None
+) -> Callable[[Callable[..., RewardFunction]], Callable[..., RewardFunction]]:
+    """Register a factory `factory(**args) -> RewardFunction` (the batch form).
+
+    With `isolate=True` the runner runs the function in a killable worker process under a hard
+    deadline (for functions that may hang, also while holding the interpreter lock). The worker
+    imports the module that registers it, so that module must be importable (not a script).
+    """
 
     def decorator(factory: Callable[..., RewardFunction]) -> Callable[..., RewardFunction]:
         if name in _FACTORIES and _FACTORIES[name] is not factory:
             raise ValueError(f"reward function {name!r} is registered twice")
         _FACTORIES[name] = factory
+        if isolate:
+            home = module or factory.__module__
+            if home == "__main__":
+                raise ValueError(
+                    f"reward function {name!r}: isolate=True needs it defined in an importable "
+                    "module (the worker process imports it), not in the script being run"
+                )
+            _ISOLATED[name] = home
         return factory
 
     return decorator
+
+
+def isolated_module(name: str) -> str | None:
+    """The module to import in a worker for a function registered with isolate=True, else None."""
+    _load_builtins()
+    return _ISOLATED.get(name)
 
 
 class _PerItem:
@@ -49,11 +73,14 @@ class _PerItem:
         return [self._fn(sample, **self._args) for sample in samples]
 
 
-def per_item(name: str) -> Callable[[Callable[..., RewardValue]], Callable[..., RewardValue]]:
-    """Register a simple per-completion function `fn(sample, **args) -> float | None`."""
+def per_item(
+    name: str, isolate: bool = False
+) -> Callable[[Callable[..., RewardValue]], Callable[..., RewardValue]]:
+    """Register a simple per-completion function `fn(sample, **args) -> float | None` (isolate:
+    see `register`)."""
 
     def decorator(fn: Callable[..., RewardValue]) -> Callable[..., RewardValue]:
-        register(name)(lambda **args: _PerItem(name, fn, args))
+        register(name, isolate=isolate, module=fn.__module__)(lambda **args: _PerItem(name, fn, args))
         return fn
 
     return decorator

@@ -1,10 +1,16 @@
 """Runs the configured reward functions over a batch: concurrently, with deadlines and checks.
 
 Each function runs in its own thread (CPU-bound verifiers use worker processes inside). A function
-that raises on the batch is retried one sample at a time (through its `score_one` when it has one):
-a sample whose call raises gets None, is counted as an error and logged with its row. A function
-that misses the whole-batch deadline gets None for every sample, all counted as errors. When a
-function's errors exceed `max_error_rate` of the batch, `score` raises RewardError.
+registered with `isolate=True` runs in its own worker process instead (grpokit.rewards.isolated),
+whose deadline always fires: the worker, and whatever it started, is killed. An in-process
+function cannot be stopped: when it misses the deadline its batch is counted as errors, and while
+it is still running a later batch does not start it again (so at most one thread per function is
+ever left behind).
+
+Errors: a sample whose function raised (a function that raises on the batch is retried one sample
+at a time, through its `score_one` when it has one), returned a RewardFailure, or missed the
+deadline. Each error gives None (NaN) and is counted per function; when a function's errors exceed
+`max_error_rate` of the batch, `score` raises RewardError naming it and its last error.
 
 Process rewards: a function may return StepRewards for a sample. Its column of the (N, K) matrix
 then holds NaN for that sample, and the StepRewards are carried in `step_rewards[name][i]`.
@@ -18,15 +24,16 @@ import numbers
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from grpokit.rewards.base import (
-    REWARD_TIMEOUT_S, RewardFunction, RewardSpec, RewardValue, Sample, StepRewards,
+    REWARD_TIMEOUT_S, RewardFailure, RewardFunction, RewardSpec, RewardValue, Sample, StepRewards,
 )
+from grpokit.rewards.isolated import IsolatedReward
 from grpokit.rewards.item import describe_row
-from grpokit.rewards.registry import build
+from grpokit.rewards.registry import build, isolated_module
 
 logger = logging.getLogger(__name__)
 
@@ -42,59 +49,93 @@ class RewardResult:
     """The scores of one batch."""
 
     rewards: torch.Tensor
-    """(N, K) float32, column k = function k; NaN where it returned None or StepRewards."""
+    """(N, K) float32, column k = function k; NaN where it returned None, StepRewards or failed."""
     names: list[str]
     """The K function names, in column order."""
     weights: list[float]
     """The K weights w_k."""
     errors: dict[str, int]
-    """Per function: the number of samples whose scoring raised or missed the deadline."""
+    """Per function: the number of samples whose scoring failed (raised, RewardFailure, deadline)."""
     error_examples: dict[str, list[str]] = field(default_factory=dict)
-    """Per function: up to three error messages (sample index, row, exception)."""
+    """Per function: up to three error messages (sample index, row, what failed)."""
     step_rewards: dict[str, list[StepRewards | None]] | None = None
     """Per function that returned process rewards: one StepRewards or None per sample; None when
     no function did."""
+    error_mask: torch.Tensor | None = None
+    """(N, K) bool: True where the function failed on the sample (its reward is NaN)."""
+    seconds: torch.Tensor | None = None
+    """(N, K) float64 seconds per sample and function, when scored with timed=True."""
 
 
 @dataclass
 class _Outcome:
     values: list[RewardValue] | None = None
-    errors: list[str] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    seconds: list[float] | None = None
 
 
-def _call_safely(fn: RewardFunction, samples: list[Sample]) -> _Outcome:
-    try:
-        return _Outcome(values=list(fn(samples)))
-    except Exception as batch_exc:  # noqa: BLE001 - retried per sample to find the culprit
-        logger.warning("reward %s failed on the batch (%r); scoring one sample at a time", fn.name, batch_exc)
-    score_one = getattr(fn, "score_one", None) or (lambda sample: fn([sample])[0])
-    outcome = _Outcome(values=[])
+def _failed(sample: Sample, i: int, what: str) -> str:
+    return f"sample {i} ({describe_row(sample.row)}): {what}"
+
+
+def _caller(fn: RewardFunction, deadline: float | None) -> Callable[[list[Sample]], list[RewardValue]]:
+    if isinstance(fn, IsolatedReward):
+        return lambda batch: fn.run(batch, deadline)
+    return lambda batch: list(fn(batch))
+
+
+def _one_by_one(fn: RewardFunction, samples: list[Sample], call, timed: bool) -> _Outcome:
+    score_one = getattr(fn, "score_one", None)
+    if isinstance(fn, IsolatedReward) or score_one is None:
+        score_one = lambda sample: call([sample])[0]  # noqa: E731 - the batch-of-one fallback
+    outcome = _Outcome(values=[], seconds=[] if timed else None)
     for i, sample in enumerate(samples):
+        start = time.perf_counter()
         try:
             outcome.values.append(score_one(sample))
         except Exception as exc:  # noqa: BLE001 - one bad sample must not stop the batch
-            message = f"sample {i} ({describe_row(sample.row)}): {type(exc).__name__}: {exc}"
-            logger.warning("reward %s: %s", fn.name, message)
             outcome.values.append(None)
-            outcome.errors.append(message)
+            outcome.errors[i] = _failed(sample, i, f"{type(exc).__name__}: {exc}")
+            logger.warning("reward %s: %s", fn.name, outcome.errors[i])
+        if outcome.seconds is not None:
+            outcome.seconds.append(time.perf_counter() - start)
     return outcome
 
 
-def _check_value(name: str, i: int, value: Any) -> float | StepRewards | None:
-    if value is None:
-        return None
+def _call_safely(fn: RewardFunction, samples: list[Sample], deadline: float | None, timed: bool) -> _Outcome:
+    call = _caller(fn, deadline)
+    if timed:
+        return _one_by_one(fn, samples, call, timed=True)
+    try:
+        return _Outcome(values=call(samples))
+    except Exception as batch_exc:  # noqa: BLE001 - retried per sample to find the culprit
+        logger.warning("reward %s failed on the batch (%r); scoring one sample at a time", fn.name, batch_exc)
+    return _one_by_one(fn, samples, call, timed=False)
+
+
+def _check_value(name: str, i: int, value: Any) -> float | StepRewards | RewardFailure | None:
+    if value is None or isinstance(value, RewardFailure):
+        return value
     if isinstance(value, StepRewards):
         if not all(isinstance(r, numbers.Real) and math.isfinite(r) for r in value.rewards):
             raise RewardError(f"reward {name!r}: sample {i}: non-finite step rewards {value.rewards!r}")
         return value
     if not isinstance(value, numbers.Real):
         raise RewardError(
-            f"reward {name!r}: sample {i}: expected a float, None or StepRewards, got "
-            f"{type(value).__name__} {value!r:.100}"
+            f"reward {name!r}: sample {i}: expected a float, None, StepRewards or RewardFailure, "
+            f"got {type(value).__name__} {value!r:.100}"
         )
     if not math.isfinite(value):
         raise RewardError(f"reward {name!r}: sample {i}: non-finite value {value!r}")
     return float(value)
+
+
+def build_function(spec: RewardSpec, timeout: float | None) -> RewardFunction:
+    """The function of a config entry: in its own worker process when registered isolate=True."""
+    module = isolated_module(spec.name)
+    if module is None:
+        return build(spec)
+    return IsolatedReward(spec, module, timeout if timeout is not None else REWARD_TIMEOUT_S)
 
 
 class RewardRunner:
@@ -116,18 +157,24 @@ class RewardRunner:
             raise ValueError(f"rewards: each function may appear once, repeated: {duplicates}")
         if not 0.0 <= max_error_rate <= 1.0:
             raise ValueError(f"max_error_rate must be in [0, 1], got {max_error_rate!r}")
+        if timeout is not None and not 0 < timeout < math.inf:
+            raise ValueError(f"reward timeout must be a positive number of seconds, got {timeout!r}")
         self.specs = list(specs)
         self.names = names
         self.weights = [float(spec.weight) for spec in specs]
-        self.functions = functions if functions is not None else [build(spec) for spec in specs]
         self.max_error_rate = max_error_rate
         self.timeout = timeout
+        self.functions = functions if functions is not None else [build_function(s, timeout) for s in specs]
+        # In-process functions still running past an earlier deadline, by column.
+        self._stuck: dict[int, threading.Thread] = {}
 
-    def score(self, samples: list[Sample]) -> RewardResult:
-        """Score every sample with every function (see the module docstring)."""
-        outcomes = self._run_all(samples)
+    def score(self, samples: list[Sample], timed: bool = False) -> RewardResult:
+        """Score every sample with every function (see the module docstring). With `timed`, each
+        function scores one sample at a time and the seconds of each are returned."""
+        outcomes = self._run_all(samples, timed)
         n, k = len(samples), len(self.functions)
         rewards = torch.full((n, k), float("nan"), dtype=torch.float32)  # (N, K)
+        error_mask = torch.zeros((n, k), dtype=torch.bool)  # (N, K)
         step_rewards: dict[str, list[StepRewards | None]] = {}
         for col, (name, outcome) in enumerate(zip(self.names, outcomes)):
             values = outcome.values or []
@@ -135,47 +182,73 @@ class RewardRunner:
                 raise RewardError(f"reward {name!r} returned {len(values)} values for {n} samples")
             for i, raw in enumerate(values):
                 value = _check_value(name, i, raw)
-                if isinstance(value, StepRewards):
+                if isinstance(value, RewardFailure):
+                    outcome.errors.setdefault(i, _failed(samples[i], i, value.message))
+                elif isinstance(value, StepRewards):
                     step_rewards.setdefault(name, [None] * n)[i] = value
                 elif value is not None:
                     rewards[i, col] = value
+            for i in outcome.errors:
+                rewards[i, col], error_mask[i, col] = float("nan"), True
         self._check_error_rates(outcomes, n)
+        seconds = None
+        if timed:
+            seconds = torch.tensor([o.seconds or [math.nan] * n for o in outcomes], dtype=torch.float64).T
         return RewardResult(
-            rewards=rewards,
-            names=list(self.names),
-            weights=list(self.weights),
+            rewards=rewards, names=list(self.names), weights=list(self.weights),
             errors={name: len(o.errors) for name, o in zip(self.names, outcomes)},
-            error_examples={name: o.errors[:_MAX_EXAMPLES] for name, o in zip(self.names, outcomes)},
-            step_rewards=step_rewards or None,
+            error_examples={name: [o.errors[i] for i in sorted(o.errors)][:_MAX_EXAMPLES]
+                            for name, o in zip(self.names, outcomes)},
+            step_rewards=step_rewards or None, error_mask=error_mask, seconds=seconds,
         )
 
-    def _run_all(self, samples: list[Sample]) -> list[_Outcome]:
+    def _run_all(self, samples: list[Sample], timed: bool) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(self.functions)
+        start = time.monotonic()
+        deadline = None if self.timeout is None else start + self.timeout
 
         def work(col: int) -> None:
-            outcomes[col] = _call_safely(self.functions[col], samples)
+            outcomes[col] = _call_safely(self.functions[col], samples, deadline, timed)
 
-        # Daemon threads: a function stuck past the deadline is abandoned, never joined.
-        threads = [threading.Thread(target=work, args=(col,), daemon=True) for col in range(len(outcomes))]
-        start = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            left = None if self.timeout is None else max(0.0, self.timeout - (time.monotonic() - start))
-            thread.join(left)
-        outcomes = list(outcomes)  # a late thread may still write into the original list
-        for col, outcome in enumerate(outcomes):
+        threads: dict[int, threading.Thread] = {}
+        for col in range(len(outcomes)):
+            if col in self._stuck and self._stuck[col].is_alive():
+                message = "still running on an earlier batch that missed its deadline; not started"
+                outcomes[col] = self._all_failed(samples, message, col)
+                continue
+            self._stuck.pop(col, None)
+            # Daemon threads: an in-process function stuck past the deadline is never joined.
+            threads[col] = threading.Thread(target=work, args=(col,), daemon=True)
+            threads[col].start()
+        for col, thread in threads.items():
+            hard = isinstance(self.functions[col], IsolatedReward)
+            # An isolated function keeps its own deadline (its worker is killed at it).
+            thread.join(None if deadline is None or hard else max(0.0, deadline - time.monotonic()))
+        snapshot = list(outcomes)  # a late thread may still write into the original list
+        for col, outcome in enumerate(snapshot):
             if outcome is None:
-                message = f"missed the {self.timeout}s deadline for a batch of {len(samples)}"
-                logger.warning("reward %s %s", self.names[col], message)
-                outcomes[col] = _Outcome(values=[None] * len(samples), errors=[message] * len(samples))
-        return outcomes  # type: ignore[return-value]
+                self._stuck[col] = threads[col]
+                snapshot[col] = self._all_failed(samples, f"missed the {self.timeout}s deadline", col)
+        return snapshot  # type: ignore[return-value]
+
+    def _all_failed(self, samples: list[Sample], message: str, col: int) -> _Outcome:
+        logger.warning("reward %s %s (batch of %d)", self.names[col], message, len(samples))
+        return _Outcome(values=[None] * len(samples),
+                        errors={i: _failed(s, i, message) for i, s in enumerate(samples)})
 
     def _check_error_rates(self, outcomes: list[_Outcome], n: int) -> None:
         for name, outcome in zip(self.names, outcomes):
             if n and len(outcome.errors) / n > self.max_error_rate:
-                examples = "\n  ".join(outcome.errors[:_MAX_EXAMPLES])
+                ordered = [outcome.errors[i] for i in sorted(outcome.errors)]
+                examples = "\n  ".join(ordered[:_MAX_EXAMPLES])
                 raise RewardError(
-                    f"reward {name!r} failed on {len(outcome.errors)} of {n} samples "
-                    f"(max_error_rate {self.max_error_rate}); examples:\n  {examples}"
+                    f"reward {name!r} failed on {len(ordered)} of {n} samples, more than "
+                    f"reward_runner.max_error_rate={self.max_error_rate}; last error: {ordered[-1]}"
+                    f"\n  examples:\n  {examples}"
                 )
+
+    def close(self) -> None:
+        """Stop the worker processes of isolated functions."""
+        for fn in self.functions:
+            if isinstance(fn, IsolatedReward):
+                fn.close()

@@ -1,21 +1,29 @@
-"""Killable worker processes with hard per-task deadlines, for verifiers that can hang (SymPy).
+"""Killable worker processes with hard per-task deadlines, for verifiers that can hang (SymPy)
+and reward functions that opt in to run isolated.
 
 A `WorkerPool` keeps a few long-lived processes (fresh interpreters, never forked, so it is safe
 with threads) and reuses them. `run(fn, args, timeout)` sends one task to an idle worker and waits at most
-`timeout` seconds for its answer; a worker that misses its deadline is killed and a fresh one takes
-its place on the next task. Signals are never used, so `run` works from any thread.
+`timeout` seconds for its answer; a worker that misses its deadline is killed together with every
+process it started (each worker leads its own process group) and a fresh one takes its place on
+the next task. `lease()` keeps one worker for a series of tasks, so that what a worker caches
+(a parsed gold answer) serves all of them. Signals are never used in the parent, so `run` works
+from any thread.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
+from typing import Iterator
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
@@ -28,8 +36,9 @@ class TaskResult:
     """What happened to one task."""
 
     status: str
-    """"ok" (value is the function's return value), "error" (value is the exception text) or
-    "timeout" (value is None: the worker was killed)."""
+    """"ok" (value is the function's return value), "error" (value is the exception text),
+    "died" (value says how the worker went away) or "timeout" (value is None: the worker was
+    killed)."""
     value: Any = None
     """The return value, or the error message."""
 
@@ -61,20 +70,65 @@ class _Worker:
         parent, child = socket.socketpair()
         code = f"from grpokit.rewards.workers import serve; serve({child.fileno()}, {preload!r})"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno()], env=env)
+        # Its own session and process group: a kill reaches whatever the task started, too.
+        self.process = subprocess.Popen([sys.executable, "-c", code], pass_fds=[child.fileno()],
+                                        env=env, start_new_session=True)
         child.close()
         self.conn = Connection(parent.detach())
-        if not self.conn.poll(_STARTUP_TIMEOUT) or self.conn.recv() != "ready":
+        try:
+            ready = self.conn.poll(_STARTUP_TIMEOUT) and self.conn.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
             self.kill()
-            raise RuntimeError(f"reward worker did not start within {_STARTUP_TIMEOUT:.0f}s")
+            raise RuntimeError(f"reward worker importing {', '.join(preload) or 'nothing'} did not "
+                               f"start within {_STARTUP_TIMEOUT:.0f}s (exit code {self.process.returncode})")
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def kill(self) -> None:
-        self.process.kill()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            self.process.kill()
         self.process.wait(5)
         self.conn.close()
+
+    def run(self, fn: Callable[..., Any], args: tuple, timeout: float) -> TaskResult:
+        """One task on this worker; on a missed deadline or a dead worker it is killed."""
+        try:
+            self.conn.send((fn, args))
+            if not self.conn.poll(timeout):
+                self.kill()
+                return TaskResult("timeout")
+            status, value = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            self.kill()
+            return TaskResult("died", f"worker died: {exc!r}")
+        return TaskResult(status, value)
+
+
+class Lease:
+    """One worker kept for a series of tasks; a killed worker is replaced on the next task."""
+
+    def __init__(self, pool: "WorkerPool"):
+        self._pool = pool
+        self._worker: _Worker | None = None
+
+    def run(self, fn: Callable[..., Any], args: tuple, timeout: float) -> TaskResult:
+        """Run `fn(*args)` (a module-level, picklable function) within `timeout` seconds."""
+        if self._worker is None or not self._worker.alive():
+            self._worker = self._pool._take()
+        result = self._worker.run(fn, args, timeout)
+        if not self._worker.alive():
+            self._worker = None
+        return result
+
+    def release(self) -> None:
+        if self._worker is not None:
+            self._pool._give_back(self._worker)
+            self._worker = None
 
 
 class WorkerPool:
@@ -87,22 +141,27 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._closed = False
+        _pools.add(self)
 
     def run(self, fn: Callable[..., Any], args: tuple, timeout: float) -> TaskResult:
         """Run `fn(*args)` (a module-level, picklable function) in a worker within `timeout` s."""
+        with self.lease() as lease:
+            return lease.run(fn, args, timeout)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Lease]:
+        """One worker slot for a series of tasks (see Lease)."""
         with self._slots:
-            worker = self._take()
+            lease = Lease(self)
             try:
-                worker.conn.send((fn, args))
-                if not worker.conn.poll(timeout):
-                    worker.kill()
-                    return TaskResult("timeout")
-                status, value = worker.conn.recv()
-            except (EOFError, OSError) as exc:
-                worker.kill()
-                return TaskResult("error", f"worker died: {exc!r}")
-            self._give_back(worker)
-            return TaskResult(status, value)
+                yield lease
+            finally:
+                lease.release()
+
+    def alive_workers(self) -> int:
+        """Idle workers whose process is running (for tests and reports)."""
+        with self._lock:
+            return sum(w.alive() for w in self._idle)
 
     def _take(self) -> _Worker:
         with self._lock:
@@ -137,6 +196,8 @@ class WorkerPool:
 
 _shared: dict[tuple[str, ...], WorkerPool] = {}
 _shared_lock = threading.Lock()
+# Every pool, so that none leaves a worker behind at exit.
+_pools: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 
 
 def shared_pool(preload: tuple[str, ...] = ()) -> WorkerPool:
@@ -148,6 +209,6 @@ def shared_pool(preload: tuple[str, ...] = ()) -> WorkerPool:
 
 
 @atexit.register
-def _close_shared() -> None:
-    for pool in _shared.values():
+def _close_all() -> None:
+    for pool in list(_pools):
         pool.close()
