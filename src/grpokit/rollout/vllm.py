@@ -1,0 +1,300 @@
+"""The vLLM engine: rollouts from vLLM's offline `LLM`, colocated with the trainer (DESIGN.md §5).
+
+The trainer owns the weights. The engine starts from a copy of the policy's current weights, and
+`sync_weights()` pushes them again after every optimizer step through vLLM's in-place reload, then
+resets the prefix cache (cached KV blocks would otherwise keep serving the old weights) and runs
+the sync probe: the engine's and the policy's log-probs of a fixed short text must agree within a
+tolerance, so a push that silently did nothing stops the run instead of training off-policy.
+Settings, pitfalls and installation: docs/vllm.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown the run's own log
+import vllm  # noqa: E402  (after the logging default above, which vllm reads at import)
+from vllm.inputs import TokensPrompt  # noqa: E402
+
+from grpokit.rollout.base import RolloutBatch, SamplingParams  # noqa: E402
+from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad  # noqa: E402
+from grpokit.rollout.sampling import check_params  # noqa: E402
+
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 12 + 30 = 42."
+"""The sync probe's fixed text: every token after the first is scored by engine and policy."""
+PROBE_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5}
+"""Default largest |Δ log-prob| of the probe, by the engine's dtype. fp32 engines agree with the
+policy to ~1e-5; a bf16 engine scored against the fp32 policy differs by up to a few tenths."""
+
+
+def policy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's full weights under the base model's checkpoint names.
+
+    A LoRA-wrapped policy gives its merged weights (W + ΔW of the active adapters), computed
+    without merging into the module, so the trainer's weights are never touched. A tensor that
+    aliases an earlier one (a tied output matrix) is left out: the engine ties it itself.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    weights: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name or tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        weights[name.replace(".base_layer.", ".")] = tensor.detach()
+    for name, module in base.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+            adapters = [a for a in module.active_adapters if a in module.lora_A]
+            if adapters and not getattr(module, "merged", False):
+                key = f"{name}.weight"
+                weights[key] = weights[key] + sum(module.get_delta_weight(a) for a in adapters)
+    return weights
+
+
+class WorkerSync:
+    """Methods added to vLLM's worker (its `worker_extension_cls`), run there by `collective_rpc`.
+
+    Weights travel as a safetensors file in shared memory: the RPC carries only the path, which
+    is what vLLM advises for its control channel.
+    """
+
+    def grpokit_load_weights(self, path: str) -> int:
+        """Reload the weights at `path` in place; return how many tensors were read."""
+        # The reload warns, every push, that the rotary embedding and a tied head loaded
+        # nothing; both are expected (the head is refreshed below).
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+        with safe_open(path, framework="pt") as f:
+            weights = [(name, f.get_tensor(name)) for name in f.keys()]
+        self.model_runner.reload_weights(weights_iterator=weights)
+        # The output head's matmul is prepared from its weight when loaded (a packed copy on
+        # CPU). A tied head is never loaded itself, so after a push it would keep the old copy.
+        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+        for module in self.model_runner.get_model().modules():
+            if isinstance(module, ParallelLMHead):
+                module.quant_method.process_weights_after_loading(module)
+        return len(weights)
+
+
+def _cpu_bind() -> str:
+    """The cores this process may run on, as vLLM's OpenMP binding wants them (e.g. "0-1")."""
+    cores = sorted(os.sched_getaffinity(0))
+    if cores == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return ",".join(map(str, cores))
+
+
+@contextlib.contextmanager
+def _engine_environment(cpu: bool):
+    """Set what vLLM reads at start-up; afterwards put back the LD_PRELOAD it rewrites.
+
+    On CPU vLLM preloads torch's libgomp (and its own malloc) by editing LD_PRELOAD in this
+    process, so that its worker binds threads. The worker has started by the end of the block;
+    restoring the variable keeps every later child of the trainer (sandboxed code, reward
+    workers) from inheriting those libraries.
+    """
+    if cpu:
+        # vLLM's default binding used a single core here; bind to every core we may use.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_bind())
+    preload = os.environ.get("LD_PRELOAD")
+    try:
+        yield
+    finally:
+        if preload is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = preload
+
+
+class VLLMEngine(EngineBase):
+    """Rollouts from a colocated vLLM engine holding a copy of the policy's weights."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        stop_token_ids: tuple[int, ...] = (),
+        autocast: bool = False,
+        kv_cache_gib: float | None = 1.0,
+        gpu_memory_utilization: float = 0.5,
+        block_size: int = 32,
+        max_model_len: int | None = None,
+        probe_tolerance: float | None = None,
+        enforce_eager: bool = True,
+    ) -> None:
+        super().__init__(model, tokenizer, stop_token_ids, autocast)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.dtype = torch.bfloat16 if autocast else base.dtype
+        """The engine's dtype: bf16 when the run samples under bf16, else the policy's."""
+        self.probe_tolerance = probe_tolerance if probe_tolerance is not None else \
+            PROBE_TOLERANCE.get(self.dtype, PROBE_TOLERANCE[torch.bfloat16])
+        """Largest |Δ log-prob| between engine and policy on the probe before a sync fails."""
+        self.last_sync_s = 0.0
+        """Seconds the last weight push took (write, in-place reload, prefix-cache reset)."""
+        self.last_probe_s = 0.0
+        """Seconds the last sync probe took."""
+        self.last_probe_max_abs = 0.0
+        """Largest |Δ log-prob| between engine and policy on the probe at the last check."""
+        self.probe_ids = [int(t) for t in tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]]
+        self._dir = Path(tempfile.mkdtemp(prefix="grpokit-vllm-", dir=_shared_memory_dir()))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
+        self._write_checkpoint(base)
+        cpu = not torch.cuda.is_available()
+        with _engine_environment(cpu):
+            self.llm = vllm.LLM(
+                model=str(self._dir), skip_tokenizer_init=True, dtype=_dtype_name(self.dtype),
+                block_size=block_size, max_model_len=max_model_len, seed=0,
+                kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),
+                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                logprobs_mode="processed_logprobs", generation_config="vllm",
+                worker_extension_cls=f"{__name__}.WorkerSync",
+            )
+        self.check_probe()
+
+    def _write_checkpoint(self, base: torch.nn.Module) -> None:
+        """The folder vLLM starts from: the policy's config and its current weights."""
+        base.config.save_pretrained(self._dir)
+        save_file(_contiguous(policy_weights(self.model)), str(self._dir / "model.safetensors"))
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        group_size: int,
+        params: SamplingParams,
+        generator: torch.Generator,
+    ) -> RolloutBatch:
+        """Sample group_size completions for each prompt (token ids, no padding).
+
+        vLLM seeds sample j of a request with seed + j, so the seeds of consecutive prompts are
+        spaced by group_size; the first is drawn from `generator`, which makes a run's rollouts
+        reproducible from its seed.
+        """
+        check_params(params)
+        check_prompts(prompt_ids, group_size, self.model.get_input_embeddings().num_embeddings)
+        first = int(torch.randint(0, 2**31, (1,), generator=generator))
+        # vLLM refuses n > 1 for greedy decoding: there, each of the G samples is its own request.
+        copies = group_size if params.temperature == 0 else 1
+        requests = [self._sampling(params, group_size // copies, first + i * group_size)
+                    for i in range(len(prompt_ids)) for _ in range(copies)]
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids for _ in range(copies)]
+        outputs = self.llm.generate(prompts, requests, use_tqdm=False)
+        samples = [s for out in outputs for s in sorted(out.outputs, key=lambda s: s.index)]
+        return self._to_batch(prompt_ids, samples, group_size)
+
+    def _sampling(self, params: SamplingParams, n: int, seed: int) -> Any:
+        return vllm.SamplingParams(
+            n=n, max_tokens=params.max_new_tokens, temperature=params.temperature,
+            top_p=params.top_p, top_k=params.top_k, seed=seed, stop_token_ids=self.stop_ids,
+            logprobs=0, detokenize=False,
+        )
+
+    def _to_batch(self, prompt_ids: list[list[int]], samples: list[Any],
+                  group_size: int) -> RolloutBatch:
+        """Right-padded completions, masks and sampling log-probs, on the policy's device."""
+        device = self.model.get_input_embeddings().weight.device
+        width = max(len(s.token_ids) for s in samples)
+        ids = torch.full((len(samples), width), self.pad_id, dtype=torch.long)
+        logprobs = torch.zeros((len(samples), width), dtype=torch.float32)
+        for row, sample in enumerate(samples):
+            n = len(sample.token_ids)
+            ids[row, :n] = torch.tensor(sample.token_ids, dtype=torch.long)
+            logprobs[row, :n] = torch.tensor([step[t].logprob for step, t in
+                                              zip(sample.logprobs, sample.token_ids)])
+        lengths = torch.tensor([len(s.token_ids) for s in samples])
+        mask = torch.arange(width)[None, :] < lengths[:, None]
+        stopped = torch.tensor([s.finish_reason == "stop" for s in samples])
+        prompts, prompt_mask = left_pad(prompt_ids, self.pad_id, device)
+        return assemble(
+            self.tokenizer, prompts.repeat_interleave(group_size, 0),
+            prompt_mask.repeat_interleave(group_size, 0), ids.to(device), mask.to(device),
+            stopped.to(device), group_size, logprobs.to(device),
+        )
+
+    def sync_weights(self) -> None:
+        """Push the policy's current weights into the engine, then check them with the probe."""
+        start = time.perf_counter()
+        self._push(policy_weights(self.model))
+        self.llm.reset_prefix_cache()
+        self.last_sync_s = time.perf_counter() - start
+        self.check_probe()
+
+    def _push(self, weights: dict[str, torch.Tensor]) -> None:
+        """Write the weights to shared memory and have the worker reload them in place."""
+        path = self._dir / "push.safetensors"
+        save_file(_contiguous(weights, self.dtype), str(path))
+        try:
+            self.llm.collective_rpc("grpokit_load_weights", args=(str(path),))
+        finally:
+            path.unlink(missing_ok=True)
+
+    def check_probe(self) -> float:
+        """Compare engine and policy log-probs of the probe text; raise beyond the tolerance."""
+        start = time.perf_counter()
+        engine = self.engine_logprobs(self.probe_ids)
+        policy = self.policy_logprobs(self.probe_ids)
+        self.last_probe_max_abs = float((engine - policy).abs().max())
+        self.last_probe_s = time.perf_counter() - start
+        if not self.last_probe_max_abs <= self.probe_tolerance:
+            raise RuntimeError(
+                f"vLLM sync probe failed: engine and policy log-probs of the probe text differ by "
+                f"up to {self.last_probe_max_abs:.3g} (tolerance {self.probe_tolerance:g}); the "
+                "engine is not sampling from the policy's weights (a weight push that did not "
+                "land, or a stale prefix cache). See docs/vllm.md."
+            )
+        return self.last_probe_max_abs
+
+    def engine_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """(L-1,) the engine's log-prob of each token of `ids` after the first."""
+        request = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], request, use_tqdm=False)[0]
+        return torch.tensor([step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])])
+
+    def policy_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """(L-1,) the policy module's log-prob of each token of `ids` after the first (fp32)."""
+        device = self.model.get_input_embeddings().weight.device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits = self.model(input_ids=torch.tensor([ids], device=device)).logits[0, :-1]
+        finally:
+            self.model.train(was_training)
+        targets = torch.tensor(ids[1:], device=device)[:, None]
+        return logits.float().log_softmax(-1).gather(-1, targets).squeeze(-1).cpu()
+
+    def close(self) -> None:
+        """Stop the engine's processes and remove its weight folder (also done at exit)."""
+        engine = getattr(getattr(self, "llm", None), "llm_engine", None)
+        if engine is not None:
+            engine.engine_core.shutdown()
+        self._cleanup()
+
+
+def _contiguous(weights: dict[str, torch.Tensor],
+                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Tensors safetensors can write: contiguous, on the CPU, optionally cast (floats only)."""
+    def prepare(t: torch.Tensor) -> torch.Tensor:
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        return t.cpu().contiguous()
+    return {name: prepare(t) for name, t in weights.items()}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+
+
+def _shared_memory_dir() -> str | None:
+    """A RAM-backed folder for the weight pushes when the machine has one, else the default."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None

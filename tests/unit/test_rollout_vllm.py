@@ -1,0 +1,188 @@
+"""The vLLM engine on a tiny random model: the rollout contract, seeding, sampling log-probs, the
+weight push and the sync probe (run by `make test-vllm` in .venv-vllm; skipped without vllm)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from grpokit.models import apply_lora
+from grpokit.rollout import SamplingParams, make_engine
+from grpokit.testing import tiny_llama
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed here; "
+                                "`make test-vllm` runs these tests in .venv-vllm")
+STOP_CHARS = "aeiou "
+TEXTS = ["What is 7 + 5?", "Hi", "Tell me a long story about cats, please."]
+
+
+def _tied_tiny(seed: int = 0):
+    """A tiny_llama whose output matrix is its input embedding, as in the default model (the tied
+    head is the case a weight push can miss); vLLM's CPU attention needs hidden >= 128. The shared
+    matrix is a fresh small one (tiny_llama's scaled, EOS-calibrated head would make a tied model
+    repeat itself), so the engine also stops on a few characters (STOP_CHARS) to give both
+    finish reasons."""
+    model, tokenizer = tiny_llama(hidden=128, seed=seed)
+    shared = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape,
+                                            generator=torch.Generator().manual_seed(seed)) * 0.02)
+    model.model.embed_tokens.weight = model.lm_head.weight = shared
+    model.config.tie_word_embeddings = True
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from grpokit.rollout.vllm import VLLMEngine
+
+    model, tokenizer = _tied_tiny()
+    preload = os.environ.get("LD_PRELOAD")
+    stops = tuple(tokenizer.convert_tokens_to_ids(list(STOP_CHARS)))
+    eng = VLLMEngine(model, tokenizer, stop_token_ids=stops, kv_cache_gib=0.25)
+    eng.preload_before = preload
+    yield eng
+    eng.close()
+
+
+def _prompts(tokenizer) -> list[list[int]]:
+    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                              add_generation_prompt=True) for t in TEXTS]
+    return [tokenizer(r, add_special_tokens=False)["input_ids"] for r in rendered]
+
+
+def _gen(engine, group_size=4, seed=0, **params):
+    return engine.generate(_prompts(engine.tokenizer), group_size, SamplingParams(**params),
+                           torch.Generator().manual_seed(seed))
+
+
+def _perturb(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> None:
+    """Move every weight, the shared embedding / head included, as an optimizer step would."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale * p.abs().mean())
+
+
+def test_make_engine_names_the_setup_target_without_vllm():
+    if HAS_VLLM:
+        pytest.skip("vllm is installed: the error for its absence cannot happen here")
+    model, tokenizer = tiny_llama()
+    with pytest.raises(RuntimeError, match="make setup-vllm"):
+        make_engine("vllm", model, tokenizer, bf16=False)
+
+
+@needs_vllm
+@pytest.mark.parametrize("params", [dict(max_new_tokens=16, temperature=1.0),
+                                    dict(max_new_tokens=16, temperature=0.7, top_p=0.9, top_k=20),
+                                    dict(max_new_tokens=1, temperature=1.0)])
+def test_layout_masks_and_finish_reasons(engine, params):
+    prompts, tokenizer = _prompts(engine.tokenizer), engine.tokenizer
+    batch = _gen(engine, group_size=4, **params)
+    n, stops, pad = 4 * len(prompts), set(engine.stop_ids), tokenizer.pad_token_id
+    assert tokenizer.eos_token_id in stops and len(stops) == len(STOP_CHARS) + 1
+    assert batch.completion_ids.shape[0] == batch.prompt_ids.shape[0] == n
+    assert batch.completion_ids.shape[1] <= params["max_new_tokens"]
+    assert batch.group_index.tolist() == [g for g in range(len(prompts)) for _ in range(4)]
+    for row in range(n):
+        prompt = prompts[row // 4]
+        assert batch.prompt_ids[row][batch.prompt_mask[row]].tolist() == prompt
+        length = int(batch.completion_mask[row].sum())
+        assert length >= 1 and batch.completion_mask[row, :length].all()
+        ids = batch.completion_ids[row].tolist()
+        assert all(t == pad for t in ids[length:]) and not stops & set(ids[: length - 1])
+        if batch.finish_reason[row] == "stop":
+            assert ids[length - 1] in stops
+        else:
+            assert batch.finish_reason[row] == "length" and length == params["max_new_tokens"]
+    logprobs = batch.sampling_logprobs
+    assert torch.all(logprobs[~batch.completion_mask] == 0)
+    assert torch.all(logprobs[batch.completion_mask] <= 0) and torch.isfinite(logprobs).all()
+    assert batch.completions[0] == tokenizer.decode(
+        batch.completion_ids[0][batch.completion_mask[0]], skip_special_tokens=True)
+
+
+@needs_vllm
+def test_sampling_mixes_stop_and_length_and_greedy_samples_agree(engine):
+    batch = _gen(engine, group_size=8, max_new_tokens=24)
+    assert set(batch.finish_reason) == {"stop", "length"}
+    greedy = _gen(engine, group_size=3, max_new_tokens=12, temperature=0)
+    rows = greedy.completion_ids.view(len(TEXTS), 3, -1)
+    assert all(torch.equal(group[0], group[j]) for group in rows for j in (1, 2))
+
+
+@needs_vllm
+def test_seeded_reproducible_and_samples_of_a_group_differ(engine):
+    a, b = _gen(engine, seed=1, max_new_tokens=16), _gen(engine, seed=1, max_new_tokens=16)
+    c = _gen(engine, seed=2, max_new_tokens=16)
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.completions == b.completions
+    # Not bit-equal: the second call hits the prefix cache, another kernel path.
+    assert torch.allclose(a.sampling_logprobs, b.sampling_logprobs, atol=1e-4)
+    assert a.completions != c.completions
+    assert len(set(a.completions[:4])) > 1  # sample j of a request has its own seed
+
+
+@needs_vllm
+def test_sampling_logprobs_are_the_policys_after_temperature(engine):
+    batch = _gen(engine, group_size=4, max_new_tokens=16, temperature=0.8)
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+    mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    p = batch.prompt_ids.shape[1]
+    expected = (logits[:, p - 1 : -1] / 0.8).log_softmax(-1).gather(
+        -1, batch.completion_ids[..., None])[..., 0]
+    m = batch.completion_mask
+    assert torch.allclose(batch.sampling_logprobs[m], expected[m], atol=1e-3)
+
+
+@needs_vllm
+def test_sync_pushes_changed_weights_and_the_probe_passes(engine):
+    before = engine.engine_logprobs(engine.probe_ids)
+    _perturb(engine.model, scale=0.3, seed=1)
+    engine.sync_weights()
+    after = engine.engine_logprobs(engine.probe_ids)
+    assert (after - before).abs().max() > 20 * engine.probe_tolerance  # the push landed
+    assert engine.last_probe_max_abs <= engine.probe_tolerance
+    assert torch.allclose(after, engine.policy_logprobs(engine.probe_ids), atol=1e-3)
+    assert engine.last_sync_s > 0 and engine.last_probe_s > 0
+
+
+@needs_vllm
+def test_probe_catches_a_sync_that_did_nothing(engine, monkeypatch):
+    _perturb(engine.model, scale=0.3, seed=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "_push", lambda weights: None)
+        with pytest.raises(RuntimeError, match="sync probe failed") as failure:
+            engine.sync_weights()
+    assert f"{engine.last_probe_max_abs:.3g}" in str(failure.value)
+    assert engine.last_probe_max_abs > engine.probe_tolerance
+    engine.sync_weights()  # a real push brings the engine back
+    assert engine.last_probe_max_abs <= engine.probe_tolerance
+
+
+@needs_vllm
+def test_the_engine_leaves_ld_preload_as_it_found_it(engine):
+    assert os.environ.get("LD_PRELOAD") == engine.preload_before
+
+
+@needs_vllm
+def test_lora_policy_pushes_its_merged_weights():
+    from grpokit.rollout.vllm import policy_weights
+
+    model, _ = tiny_llama(hidden=128, seed=3)
+    lora = apply_lora(copy.deepcopy(model), rank=4, target_modules=["q_proj", "v_proj"])
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    weights = policy_weights(lora)
+    merged = copy.deepcopy(lora).merge_and_unload().state_dict()
+    assert set(weights) == set(model.state_dict())
+    assert all(torch.allclose(weights[k], merged[k], atol=1e-6) for k in weights)
+    assert not torch.allclose(weights["model.layers.0.self_attn.q_proj.weight"],
+                              model.state_dict()["model.layers.0.self_attn.q_proj.weight"])
