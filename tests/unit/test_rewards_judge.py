@@ -5,8 +5,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from grpokit.rewards.base import Sample
+from grpokit.rewards.base import RewardFailure, RewardSpec, Sample
 from grpokit.rewards.judge import Judge
+from grpokit.rewards.runner import RewardError, RewardRunner
 
 
 class Stub(BaseHTTPRequestHandler):
@@ -42,6 +43,8 @@ class Stub(BaseHTTPRequestHandler):
             time.sleep(0.1)
         if "BADREQ" in text:
             return self._send(400, b"bad")
+        if "DOWN" in text:
+            return self._send(500, b"internal error")
         reply = "I cannot tell." if "GARBAGE" in text else f"Reasoning...\nScore: 7\n[{text}]"
         payload = {"choices": [{"message": {"role": "assistant", "content": reply}}]}
         self._send(200, json.dumps(payload).encode())
@@ -76,20 +79,37 @@ def judge(url, **kwargs):
         ("fine", {}, 0.7),
         ("fine", {"min_score": 5, "max_score": 9}, 0.5),
         ("fine", {"max_score": 5}, 1.0),
-        ("GARBAGE", {}, None),
-        ("BADREQ", {"max_retries": 3}, None),
-        ("SLOW", {"timeout": 0.3}, None),
+        ("GARBAGE", {}, "no score in the reply"),
+        ("BADREQ", {"max_retries": 3}, "without retry: HTTP Error 400"),
+        ("SLOW", {"timeout": 0.3}, "after 1 attempts"),
         ("FLAKY", {"max_retries": 2}, 0.7),
         ("", {}, 0.7),
     ],
 )
 def test_judge_table(url, completion, kwargs, expected):
-    assert judge(url, **kwargs)([Sample(completion, {"prompt": "q", "answer": "a"})]) == [expected]
+    (value,) = judge(url, **kwargs)([Sample(completion, {"prompt": "q", "answer": "a"})])
+    if isinstance(expected, str):  # an outage or an unusable reply is an error, never None
+        assert isinstance(value, RewardFailure) and expected in value.message
+    else:
+        assert value == expected
 
 
-def test_retry_exhausted_is_none(url):
+def test_retry_exhausted_is_an_error(url):
     Stub.state["failed_once"] = False
-    assert judge(url, max_retries=0)([Sample("FLAKY", {})]) == [None]
+    (value,) = judge(url, max_retries=0)([Sample("FLAKY", {})])
+    assert isinstance(value, RewardFailure) and "HTTP 500 after 1 attempts" in value.message
+
+
+def test_a_judge_answering_500_stops_the_run_naming_it_and_its_last_error(url):
+    fn = judge(url, max_retries=1)
+    runner = RewardRunner([RewardSpec("judge")], functions=[fn], max_error_rate=0.1)
+    samples = [Sample(f"DOWN {i}", {"id": i}) for i in range(5)]
+    with pytest.raises(RewardError) as caught:
+        runner.score(samples)
+    message = str(caught.value)
+    assert "reward 'judge' failed on 5 of 5 samples" in message
+    assert "max_error_rate=0.1" in message
+    assert f"last error: sample 4 (row id=4): judge {url}/chat/completions: HTTP 500 after 2 attempts" in message
 
 
 def test_concurrency_limit(url):

@@ -20,12 +20,12 @@ from fractions import Fraction
 from typing import Any
 
 from grpokit.rewards.base import Sample
+from grpokit.rewards.extract import answer_tags
 from grpokit.rewards.registry import per_item
 
 DEFAULT_MAX_LENGTH = 200
 """Longest equation (in characters) that is evaluated; anything longer scores 0.0."""
 
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # [0-9], not \d: \d also matches non-ASCII digits, which are refused.
 _EQUATION_CHARS = re.compile(r"^[0-9+\-*/() =]*$")
 _EQUATION_RUN = re.compile(r"[0-9+\-*/() \t=]+")
@@ -40,7 +40,8 @@ class _Rejected(Exception):
 
 def extract_equation(completion: str) -> str | None:
     """The equation text of a completion (see the module docstring), or None when there is none."""
-    answers = _ANSWER_RE.findall(completion)
+    # A linear scan: a regex would retry from every unclosed <answer> (quadratic on tag soup).
+    answers = answer_tags(completion)
     if answers:
         text = " ".join(answers[-1].translate(_SYMBOLS).split())
         return text if text and _EQUATION_CHARS.match(text) else None

@@ -14,17 +14,18 @@ from typing import Any
 import jsonschema
 
 from grpokit.rewards.base import Sample
+from grpokit.rewards.extract import answer_tags
 from grpokit.rewards.item import ItemReward, describe_row
 from grpokit.rewards.registry import register
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FENCE = re.compile(r"```(?:json|JSON)?[ \t]*\n(.*?)```", re.DOTALL)
 _NO_JSON = object()
 
 
 def json_text(completion: str) -> str | None:
     """The part of the completion that should be JSON, or None when it is ambiguous."""
-    answers = _ANSWER.findall(completion)
+    # A linear scan: a regex would retry from every unclosed <answer> (quadratic on tag soup).
+    answers = answer_tags(completion)
     if len(answers) > 1:
         return None
     if answers:

@@ -5,7 +5,9 @@ The rubric is filled in one pass ({prompt}, {completion}, {answer}; a completion
 match of `score_pattern` in the reply is the raw score s. The reward is
 (s - min_score) / (max_score - min_score), clipped to [0, 1]. A reply without a score, a 4xx
 answer, or a request that still fails after `max_retries` retries (5xx, 429, network errors,
-timeouts; exponential backoff with jitter) gives None. At most `concurrency` requests are in flight.
+timeouts; exponential backoff with jitter) is a RewardFailure, not None: the runner counts it as
+an error of the judge, so a judge that is down stops the run instead of training on nothing. At
+most `concurrency` requests are in flight.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from grpokit.rewards.base import RewardValue, Sample
+from grpokit.rewards.base import RewardFailure, RewardValue, Sample
 from grpokit.rewards.registry import register
 
 logger = logging.getLogger(__name__)
@@ -89,37 +91,37 @@ class Judge:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(samples))) as pool:
             return list(pool.map(self.score_one, samples))
 
-    def score_one(self, sample: Sample) -> float | None:
+    def score_one(self, sample: Sample) -> float | RewardFailure:
         reply = self._ask(self.render(sample))
-        if reply is None:
-            return None
+        if isinstance(reply, RewardFailure):
+            return reply
         matches = self.pattern.findall(reply)
         if not matches:
-            logger.warning("judge: no score in reply %r", reply[:200])
-            return None
+            return self._failure(f"no score in the reply {reply[:200]!r}")
         last = matches[-1] if isinstance(matches[-1], str) else matches[-1][0]
         try:
             raw = float(last)
         except ValueError:
-            logger.warning("judge: score %r is not a number", last)
-            return None
+            return self._failure(f"the score {last!r} is not a number")
         scaled = (raw - self.min_score) / (self.max_score - self.min_score)
         return min(1.0, max(0.0, scaled))
 
-    def _ask(self, content: str) -> str | None:
+    def _failure(self, what: str) -> RewardFailure:
+        logger.warning("judge %s: %s", self.url, what)
+        return RewardFailure(f"judge {self.url}: {what}")
+
+    def _ask(self, content: str) -> str | RewardFailure:
         body = {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": 0}
         for attempt in range(self.max_retries + 1):
             try:
                 return self._post(body)
             except _Retryable as exc:
                 if attempt == self.max_retries:
-                    logger.warning("judge: giving up after %d attempts: %s", attempt + 1, exc)
-                    return None
+                    return self._failure(f"{exc} after {attempt + 1} attempts")
                 time.sleep(self.backoff * 2**attempt * (0.5 + random.random()))
             except (urllib.error.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
-                logger.warning("judge: request failed without retry: %s", exc)
-                return None
-        return None
+                return self._failure(f"request failed without retry: {exc}")
+        return self._failure("no attempt was made")
 
     def _post(self, body: dict) -> str:
         headers = {"Content-Type": "application/json"}

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXTRACT = ("boxed", "answer_tag", "answer_line", "last_number")
 _LIST = re.compile(r"[,;]")
 _GOLD_CACHE_SIZE = 4096
+# More answers than this in one completion is a spray of guesses: wrong, without reading them all.
+_MAX_ANSWERS = 64
 # Worker side: parsed gold answers by their text, so a row's gold is parsed once per worker.
 _PARSED_GOLD: "OrderedDict[str, Any]" = OrderedDict()
 
@@ -149,7 +151,7 @@ def quick_match(part: GoldPart, value: Answer) -> bool | None:
 def plan(gold: Gold, raw: list[str], max_answer_chars: int) -> float | list[tuple[str, str]]:
     """The reward when it is decided without SymPy, else the (gold, candidate) pairs a worker
     must verify."""
-    if not raw or any(not a.strip() or len(a) > max_answer_chars for a in raw):
+    if not raw or len(raw) > _MAX_ANSWERS or any(not a.strip() or len(a) > max_answer_chars for a in raw):
         return 0.0
     pairs = pairs_of(gold, raw)
     if not pairs:

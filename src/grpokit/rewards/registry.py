@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from typing import Any, Callable
 
 from grpokit.rewards.base import RewardFunction, RewardSpec, RewardValue, Sample
@@ -65,6 +66,8 @@ class _PerItem:
     """Adapts `fn(sample, **args) -> float | None` to the batch protocol."""
 
     def __init__(self, name: str, fn: Callable[..., RewardValue], args: dict[str, Any]):
+        # Bad args are an error when the function is built, not at its first sample.
+        inspect.signature(fn).bind(None, **args)
         self.name = name
         self._fn = fn
         self._args = args
