@@ -19,6 +19,7 @@ class ScoredBatch:
     rewards: torch.Tensor  # (N, K) float, NaN = not applicable / could not score
     reward: torch.Tensor  # (N,) weighted combination, NaN = unscorable
     step_rewards: list[StepRewards | None] | None = None  # (N,) process rewards, if any
+    reward_errors: torch.Tensor | None = None  # (N, K) bool: the function failed on the sample
 
 
 @dataclass
@@ -58,7 +59,8 @@ def select_groups(scored: ScoredBatch, groups: list[int]) -> ScoredBatch:
         rows=[r.rows[grp] for grp in groups],
     )
     steps = None if scored.step_rewards is None else [scored.step_rewards[i] for i in idx.tolist()]
-    return ScoredBatch(rollout, scored.rewards[idx], scored.reward[idx], steps)
+    errors = None if scored.reward_errors is None else scored.reward_errors[idx]
+    return ScoredBatch(rollout, scored.rewards[idx], scored.reward[idx], steps, errors)
 
 
 def _pad_cat(tensors: list[torch.Tensor], left: bool, value: int | bool) -> torch.Tensor:
@@ -91,6 +93,10 @@ def concat(parts: list[ScoredBatch], pad_token_id: int) -> ScoredBatch:
     steps = None
     if any(p.step_rewards is not None for p in parts):
         steps = [s for p in parts for s in (p.step_rewards or [None] * len(p.reward))]
+    errors = None
+    if any(p.reward_errors is not None for p in parts):
+        errors = torch.cat([p.reward_errors if p.reward_errors is not None
+                            else torch.zeros(p.rewards.shape, dtype=torch.bool) for p in parts])
     return ScoredBatch(rollout, torch.cat([p.rewards for p in parts]),
-                       torch.cat([p.reward for p in parts]), steps)
+                       torch.cat([p.reward for p in parts]), steps, errors)
 

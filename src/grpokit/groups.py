@@ -79,7 +79,7 @@ class PromptGroups:
         samples = make_samples(rollout, [self.prompts[i] for i in indices], params.max_new_tokens)
         result = self.runner.score(samples)
         reward = combine_rewards(result.rewards, self.weights).to(torch.float32)  # (N,)
-        return ScoredBatch(rollout, result.rewards, reward, step_rewards_of(result))
+        return ScoredBatch(rollout, result.rewards, reward, step_rewards_of(result), result.error_mask)
 
 
 @dataclass

@@ -55,6 +55,10 @@ def rollout_metrics(batch: TrainingBatch, names: list[str]) -> dict[str, float]:
     truncated = torch.tensor([f == "length" for f in r.finish_reason], dtype=torch.float64)
     columns = [batch.reward, lengths, truncated, batch.advantages.double().reshape(-1)]
     columns += [batch.rewards[:, k] for k in range(len(names))]
+    errors = batch.scored.reward_errors
+    if errors is None:
+        errors = torch.zeros((len(lengths), len(names)), dtype=torch.bool)
+    columns += [errors[:, k].double() for k in range(len(names))]  # (N,) 1.0 where it failed
     sums = dist.all_reduce_sum(torch.tensor(
         [x for col in columns for x in _sum_count(col)] + [float(len(lengths))], dtype=torch.float64))
     extremes = dist.all_reduce_max(torch.stack([lengths.max(), -lengths.min()]))
@@ -70,8 +74,10 @@ def rollout_metrics(batch: TrainingBatch, names: list[str]) -> dict[str, float]:
         "completion/truncated_frac": triples[2][0] / triples[2][2],
         "advantage/mean": adv_mean, "advantage/std": adv_std,
     }
-    for name, triple in zip(names, triples[4:]):
+    for name, triple in zip(names, triples[4:4 + len(names)]):
         metrics[f"reward/{name}"] = _mean_std(*triple)[0]
+    for name, triple in zip(names, triples[4 + len(names):]):
+        metrics[f"reward_error_frac/{name}"] = triple[0] / max(triple[2], 1.0)
     return metrics
 
 
