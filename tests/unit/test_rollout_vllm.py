@@ -148,6 +148,7 @@ def test_sync_pushes_changed_weights_and_the_probe_passes(engine):
     after = engine.engine_logprobs(engine.probe_ids)
     assert (after - before).abs().max() > 20 * engine.probe_tolerance  # the push landed
     assert engine.last_probe_max_abs <= engine.probe_tolerance
+    assert engine.last_probe_shift > 20 * engine.probe_tolerance  # the probe could see a miss
     assert torch.allclose(after, engine.policy_logprobs(engine.probe_ids), atol=1e-3)
     assert engine.last_sync_s > 0 and engine.last_probe_s > 0
 
@@ -166,8 +167,15 @@ def test_probe_catches_a_sync_that_did_nothing(engine, monkeypatch):
 
 
 @needs_vllm
-def test_the_engine_leaves_ld_preload_as_it_found_it(engine):
+def test_the_engine_leaves_ld_preload_and_the_thread_count_to_the_trainer(engine):
     assert os.environ.get("LD_PRELOAD") == engine.preload_before
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(threads)
 
 
 @needs_vllm

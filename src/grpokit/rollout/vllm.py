@@ -146,6 +146,10 @@ class VLLMEngine(EngineBase):
         """Seconds the last sync probe took."""
         self.last_probe_max_abs = 0.0
         """Largest |Δ log-prob| between engine and policy on the probe at the last check."""
+        self.last_probe_shift = 0.0
+        """How far the policy's probe log-probs moved since the check before (max |Δ|): a
+        push that did nothing is caught only when this exceeds the tolerance."""
+        self._policy_probe: torch.Tensor | None = None
         self.probe_ids = [int(t) for t in tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]]
         self._dir = Path(tempfile.mkdtemp(prefix="grpokit-vllm-", dir=_shared_memory_dir()))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
@@ -153,7 +157,7 @@ class VLLMEngine(EngineBase):
         cpu = not torch.cuda.is_available()
         with _engine_environment(cpu):
             self.llm = vllm.LLM(
-                model=str(self._dir), skip_tokenizer_init=True, dtype=_dtype_name(self.dtype),
+                model=str(self._dir), dtype=_dtype_name(self.dtype),
                 block_size=block_size, max_model_len=max_model_len, seed=0,
                 kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),
                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
@@ -163,9 +167,12 @@ class VLLMEngine(EngineBase):
         self.check_probe()
 
     def _write_checkpoint(self, base: torch.nn.Module) -> None:
-        """The folder vLLM starts from: the policy's config and its current weights."""
+        """The folder vLLM starts from: the policy's config, tokenizer (vLLM's start-up renders a
+        chat with it) and current weights, in the engine's dtype (it warns on every cast)."""
         base.config.save_pretrained(self._dir)
-        save_file(_contiguous(policy_weights(self.model)), str(self._dir / "model.safetensors"))
+        self.tokenizer.save_pretrained(self._dir)
+        save_file(_contiguous(policy_weights(self.model), self.dtype),
+                  str(self._dir / "model.safetensors"))
 
     def generate(
         self,
@@ -243,6 +250,9 @@ class VLLMEngine(EngineBase):
         start = time.perf_counter()
         engine = self.engine_logprobs(self.probe_ids)
         policy = self.policy_logprobs(self.probe_ids)
+        if self._policy_probe is not None:
+            self.last_probe_shift = float((policy - self._policy_probe).abs().max())
+        self._policy_probe = policy
         self.last_probe_max_abs = float((engine - policy).abs().max())
         self.last_probe_s = time.perf_counter() - start
         if not self.last_probe_max_abs <= self.probe_tolerance:
