@@ -1,6 +1,9 @@
 import argparse
 import json
 import re
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -56,3 +59,95 @@ def test_scores_each_line(tmp_path):
 def test_bad_input_is_a_clear_error(tmp_path, capsys, config, lines, message):
     assert run(tmp_path, config, lines) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def _parse(tmp_path, *extra):
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    (tmp_path / "in.jsonl").write_text(json.dumps(LINES[0]))
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    return parser.parse_args(["score", "-c", str(tmp_path / "c.yaml"), "--input", str(tmp_path / "in.jsonl"),
+                              *extra])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--batch-size", "-1"], "--batch-size: must be a positive integer, got '-1'"),
+        (["--batch-size", "0"], "--batch-size: must be a positive integer"),
+        (["--batch-size", "2.5"], "--batch-size: must be a positive integer"),
+        (["--max-error-rate", "2"], "--max-error-rate: must be a number in \\[0, 1\\]"),
+        (["--max-error-rate", "nan"], "--max-error-rate: must be a number in \\[0, 1\\]"),
+        (["--timeout", "0"], "--timeout: must be a positive, finite number of seconds"),
+        (["--timeout", "inf"], "--timeout: must be a positive, finite number of seconds"),
+        (["--slowest", "-3"], "--slowest: must be a non-negative integer"),
+    ],
+)
+def test_nonsensical_numbers_exit_with_status_2(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_:
+        _parse(tmp_path, *extra)
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_batch_size_minus_one_from_the_command_line(tmp_path):
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    (tmp_path / "in.jsonl").write_text(json.dumps(LINES[0]))
+    out = subprocess.run([sys.executable, "-m", "grpokit", "score", "-c", str(tmp_path / "c.yaml"),
+                          "--input", str(tmp_path / "in.jsonl"), "--batch-size", "-1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "--batch-size: must be a positive integer, got '-1'" in out.stderr
+    assert out.stdout == ""
+
+
+def test_bad_counts_in_a_line_name_the_line(tmp_path, capsys):
+    lines = [LINES[0], {"completion": "x", "num_tokens": -4}]
+    assert run(tmp_path, CONFIG, lines) == 2
+    assert "in.jsonl:2: `num_tokens` must be a non-negative integer, got -4" in capsys.readouterr().err
+
+
+def test_report_counts_and_slowest_items(tmp_path, capsys):
+    lines = LINES + [{"completion": r"\boxed{4}", "answer": "4"}, {"completion": "<answer>x</answer>", "answer": "}{"}]
+    args = _parse(tmp_path, "--output", str(tmp_path / "out.jsonl"), "--report", str(tmp_path / "r.json"),
+                  "--slowest", "2", "--batch-size", "2")
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    assert args.func(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["completions"] == 5
+    math_ = report["functions"]["math"]
+    # lines 1 and 4 right, line 2 wrong, line 3 has no answer, line 5's gold is not mathematics
+    assert {k: math_[k] for k in ("1", "0", "other", "None", "error")} == \
+        {"1": 2, "0": 1, "other": 0, "None": 2, "error": 0}
+    assert math_["mean"] == pytest.approx(2 / 3)
+    assert len(math_["slowest"]) == 2 and {"line", "seconds", "value"} <= set(math_["slowest"][0])
+    assert math_["slowest"][0]["seconds"] >= math_["slowest"][1]["seconds"]
+    assert report["functions"]["json_schema"]["None"] == 5
+    table = capsys.readouterr().err
+    assert "grpokit score: 5 completions" in table and "math" in table
+
+
+def test_a_judge_that_is_down_stops_score_with_status_2(tmp_path, capsys):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Down(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        config = f"rewards:\n  - {{name: judge, args: {{base_url: '{url}', model: m, max_retries: 0}}}}\n"
+        assert run(tmp_path, config, LINES) == 2
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert "reward 'judge' failed on 3 of 3 samples" in err
+    assert "last error: sample 2" in err and "HTTP 500 after 1 attempts" in err

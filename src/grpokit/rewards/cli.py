@@ -1,9 +1,12 @@
-"""`grpokit score`: score completions in a JSONL file with a config's reward functions.
+"""`grpokit score`: score completions in a JSONL file with a config's reward functions, and report
+per function how many scored 1, 0, something else, None, or failed, with the slowest items, so a
+verifier can be audited on one's own data before training.
 
 Each input line is a JSON object with `completion` and the dataset fields the rewards read
 (answer, tests, schema, ...; optionally prompt, num_tokens, max_tokens, finish_reason). Each
 output line is the input plus `rewards` ({function name: value or null}) and `reward`, the
-weighted sum over the non-null values (null when all are null).
+weighted sum over the non-null values (null when all are null). Each function scores one
+completion at a time, so that the time of every item is known.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, TextIO
 import yaml
 
 from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec, Sample
+from grpokit.rewards.audit import ScoreReport
 from grpokit.rewards.runner import RewardError, RewardResult, RewardRunner
 
 
@@ -38,33 +42,48 @@ def load_specs(path: str) -> list[RewardSpec]:
         unknown = set(entry) - {"name", "weight", "args"}
         if unknown:
             raise ScoreInputError(f"{path}: rewards[{i}]: unknown keys {sorted(unknown)}; valid: name, weight, args")
-        specs.append(RewardSpec(entry["name"], float(entry.get("weight", 1.0)), dict(entry.get("args") or {})))
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ScoreInputError(f"{path}: rewards[{i}].weight must be a finite number, got {weight!r}")
+        args = entry.get("args") or {}
+        if not isinstance(args, dict):
+            raise ScoreInputError(f"{path}: rewards[{i}].args must be a mapping, got {args!r}")
+        specs.append(RewardSpec(entry["name"], float(weight), dict(args)))
     return specs
 
 
-def read_samples(path: str) -> tuple[list[dict[str, Any]], list[Sample]]:
-    """The input lines and their Samples (errors name the line number)."""
-    lines, samples = [], []
+def _count(line: dict[str, Any], key: str, where: str) -> int:
+    value = line.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ScoreInputError(f"{where}: `{key}` must be a non-negative integer, got {value!r}")
+    return value
+
+
+def read_samples(path: str) -> tuple[list[dict[str, Any]], list[Sample], list[int]]:
+    """The input lines, their Samples and their 1-based line numbers (errors name the line)."""
+    lines, samples, numbers = [], [], []
     for number, text in enumerate(Path(path).read_text().splitlines(), start=1):
         if not text.strip():
             continue
+        where = f"{path}:{number}"
         try:
             line = json.loads(text)
         except ValueError as exc:
-            raise ScoreInputError(f"{path}:{number}: not valid JSON: {exc}") from exc
+            raise ScoreInputError(f"{where}: not valid JSON: {exc}") from exc
         if not isinstance(line, dict) or not isinstance(line.get("completion"), str):
-            raise ScoreInputError(f"{path}:{number}: expected an object with a string `completion`")
+            raise ScoreInputError(f"{where}: expected an object with a string `completion`")
         prompt = line.get("prompt")
         samples.append(Sample(
             completion=line["completion"],
             row=line,
             prompt=prompt if isinstance(prompt, str) else "",
-            num_tokens=int(line.get("num_tokens", 0)),
+            num_tokens=_count(line, "num_tokens", where),
             finish_reason=str(line.get("finish_reason", "stop")),
-            max_tokens=int(line.get("max_tokens", 0)),
+            max_tokens=_count(line, "max_tokens", where),
         ))
         lines.append(line)
-    return lines, samples
+        numbers.append(number)
+    return lines, samples, numbers
 
 
 def _value(result: RewardResult, i: int, k: int) -> Any:
@@ -85,35 +104,93 @@ def write_scores(lines: list[dict], result: RewardResult, out: TextIO) -> None:
         out.write(json.dumps({**line, "rewards": rewards, "reward": sum(terms) if terms else None}) + "\n")
 
 
+def _score_all(args: argparse.Namespace, runner: RewardRunner, report: ScoreReport, out: TextIO) -> None:
+    lines, samples, numbers = read_samples(args.input)
+    for start in range(0, len(samples), args.batch_size):
+        stop = start + args.batch_size
+        result = runner.score(samples[start:stop], timed=True)
+        report.add(result, numbers[start:stop])
+        write_scores(lines[start:stop], result, out)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """Handler of `grpokit score`."""
+    report, runner, status = None, None, 0
     try:
         specs = load_specs(args.config)
-        lines, samples = read_samples(args.input)
+        report = ScoreReport([s.name for s in specs], args.slowest)
         runner = RewardRunner(specs, max_error_rate=args.max_error_rate, timeout=args.timeout)
         out = open(args.output, "w") if args.output else sys.stdout
         try:
-            for start in range(0, len(samples), args.batch_size):
-                stop = start + args.batch_size
-                write_scores(lines[start:stop], runner.score(samples[start:stop]), out)
+            _score_all(args, runner, report, out)
         finally:
             if out is not sys.stdout:
                 out.close()
     except (ScoreInputError, RewardError, ValueError, OSError) as exc:
         print(f"grpokit score: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        status = 2
+    finally:
+        if runner is not None:
+            runner.close()
+    if report is not None and report.total:
+        print(report.table(), file=sys.stderr)
+        if args.report:
+            Path(args.report).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return status
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
+    return value
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register `score` on the grpokit command line."""
+    """Register `score` on the grpokit command line; nonsensical numbers exit with status 2."""
     parser = subparsers.add_parser("score", help="score completions in a JSONL file with reward functions")
     parser.add_argument("-c", "--config", required=True, help="YAML file with a `rewards:` list")
     parser.add_argument("--input", required=True, help="JSONL: one {completion, answer, ...} per line")
     parser.add_argument("--output", help="JSONL to write (default: standard output)")
-    parser.add_argument("--batch-size", type=int, default=256, help="samples scored together")
-    parser.add_argument("--max-error-rate", type=float, default=0.1,
+    parser.add_argument("--batch-size", type=_positive_int, default=256, help="samples scored together")
+    parser.add_argument("--max-error-rate", type=_rate, default=0.1,
                         help="stop when a function fails on more than this share of a batch")
-    parser.add_argument("--timeout", type=float, default=REWARD_TIMEOUT_S,
+    parser.add_argument("--timeout", type=_seconds, default=REWARD_TIMEOUT_S,
                         help="seconds per function and batch")
+    parser.add_argument("--report", help="also write the per-function report as JSON to this file")
+    parser.add_argument("--slowest", type=_count_arg, default=5,
+                        help="how many of the slowest items the report lists per function")
     parser.set_defaults(func=cmd_score)

@@ -243,7 +243,8 @@ class RewardRunner:
                 examples = "\n  ".join(ordered[:_MAX_EXAMPLES])
                 raise RewardError(
                     f"reward {name!r} failed on {len(ordered)} of {n} samples, more than "
-                    f"reward_runner.max_error_rate={self.max_error_rate}; last error: {ordered[-1]}"
+                    f"max_error_rate={self.max_error_rate} (reward_runner.max_error_rate); "
+                    f"last error: {ordered[-1]}"
                     f"\n  examples:\n  {examples}"
                 )
 
