@@ -137,8 +137,12 @@ def test_twenty_steps_with_a_hanging_reward_leave_no_thread_or_process_behind():
         for _ in range(20):
             result = runner.score(SAMPLES[:2])
             assert result.errors == {"test_isolated_gil_hang": 2}
-        assert _threads() == threads
-        assert _descendants(os.getpid()) <= processes
+        python_threads, native_threads = _threads()
+        # A joined thread may take a moment to leave /proc, so native threads may only not grow.
+        assert python_threads == threads[0] and native_threads <= threads[1]
+        # Each step's hung worker was killed; what is left is one fresh spare for the next step.
+        after = _descendants(os.getpid())
+        assert len(after) <= len(processes)
     finally:
         runner.close()
 

@@ -93,3 +93,35 @@ def test_factory_passes_args():
 def test_bad_args(args):
     with pytest.raises(ValueError):
         MathReward(**args)
+
+
+def test_gold_is_read_once_per_row_and_parsed_once_per_worker():
+    from grpokit.rewards.math import parsed_gold_count
+    from grpokit.rewards.workers import WorkerPool
+
+    pool = WorkerPool(size=1, preload=("math_verify",))
+    try:
+        reward = MathReward(pool=pool)
+        read_gold.cache_clear()
+        rows = [{"id": 1, "answer": r"\frac{1}{2}"}, {"id": 2, "answer": r"\sqrt{2}"}]
+        samples = [Sample(rf"\boxed{{{c}}}", row) for row in rows for c in (r"\frac{2}{4}", "0.5", r"\sqrt{4}/2")]
+        assert reward(samples) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+        assert reward(samples) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+        assert read_gold.cache_info().misses == 2  # one per distinct gold, across both batches
+        assert pool.run(parsed_gold_count, (), 10).value == 2
+    finally:
+        pool.close()
+
+
+def test_a_gold_that_is_not_mathematics_is_none_with_one_warning_naming_the_row(math_reward, caplog):
+    samples = [Sample(r"\boxed{5}", {"id": "row-7", "answer": "}{"}) for _ in range(3)]
+    with caplog.at_level("WARNING", logger="grpokit.rewards.math"):
+        assert math_reward(samples) == [None, None, None]
+    warnings = [r.getMessage() for r in caplog.records if "row id='row-7'" in r.getMessage()]
+    assert len(warnings) == 1 and "cannot parse the gold answer" in warnings[0]
+
+
+def test_text_gold_is_never_a_letter_product():
+    gold = read_gold("on")
+    assert gold.parts[0].kind == "text"
+    assert plan(gold, ["no"], 500) == 0.0 and plan(gold, ["On"], 500) == 1.0

@@ -3,7 +3,8 @@
 A function registered with `isolate=True` is built and called inside its own worker process
 (grpokit.rewards.workers): the trainer only waits on a socket, so a function stuck in C code that
 holds the interpreter lock, or one that never returns, is killed at its deadline together with
-every process it started, and the next batch gets a fresh worker. Samples go to the worker and
+every process it started, and a fresh worker starts at once for the next batch (its start-up
+counts against that batch's deadline only while it is not ready yet). Samples go to the worker and
 values come back pickled, so rows and return values must be picklable (plain data).
 """
 
@@ -65,7 +66,7 @@ class IsolatedReward:
             return []
         deadline = time.monotonic() + self.timeout if deadline is None else deadline
         left = max(deadline - time.monotonic(), 0.0)
-        result = self._pool.run(score_in_worker, (self.name, self._args, samples), left)
+        result = self._pool.run(score_in_worker, (self.name, self._args, samples), left, deadline)
         if result.status == "ok":
             return result.value
         if result.status == "timeout":

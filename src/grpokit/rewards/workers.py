@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Iterator
@@ -65,7 +66,8 @@ def serve(fd: int, preload: tuple[str, ...]) -> None:
 
 class _Worker:
     # A fresh interpreter started with subprocess (never fork): safe with threads, and unlike
-    # multiprocessing's spawn it does not re-run the user's __main__ script.
+    # multiprocessing's spawn it does not re-run the user's __main__ script. Starting it does not
+    # wait for it: `wait_ready` does, so a replacement can start up while nothing waits on it.
     def __init__(self, preload: tuple[str, ...]):
         parent, child = socket.socketpair()
         code = f"from grpokit.rewards.workers import serve; serve({child.fileno()}, {preload!r})"
@@ -75,14 +77,29 @@ class _Worker:
                                         env=env, start_new_session=True)
         child.close()
         self.conn = Connection(parent.detach())
+        self.preload = preload
+        self.started = time.monotonic()
+        self.ready = False
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once it has started; False while it is still starting after `timeout` seconds.
+        Raises when it died or took longer than the start-up limit (it is then killed)."""
+        if self.ready:
+            return True
+        limit = self.started + _STARTUP_TIMEOUT - time.monotonic()
         try:
-            ready = self.conn.poll(_STARTUP_TIMEOUT) and self.conn.recv() == "ready"
+            if not self.conn.poll(max(min(timeout, limit), 0.0)):
+                if limit > timeout:
+                    return False
+                raise EOFError("start-up limit")
+            self.ready = self.conn.recv() == "ready"
         except (EOFError, OSError):
-            ready = False
-        if not ready:
+            self.ready = False
+        if not self.ready:
             self.kill()
-            raise RuntimeError(f"reward worker importing {', '.join(preload) or 'nothing'} did not "
+            raise RuntimeError(f"reward worker importing {', '.join(self.preload) or 'nothing'} did not "
                                f"start within {_STARTUP_TIMEOUT:.0f}s (exit code {self.process.returncode})")
+        return True
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -116,13 +133,20 @@ class Lease:
         self._pool = pool
         self._worker: _Worker | None = None
 
-    def run(self, fn: Callable[..., Any], args: tuple, timeout: float) -> TaskResult:
-        """Run `fn(*args)` (a module-level, picklable function) within `timeout` seconds."""
+    def run(self, fn: Callable[..., Any], args: tuple, timeout: float,
+            deadline: float | None = None) -> TaskResult:
+        """Run `fn(*args)` (a module-level, picklable function) within `timeout` seconds, or, with
+        an absolute `deadline` (time.monotonic()), before it, start-up of a fresh worker included."""
         if self._worker is None or not self._worker.alive():
             self._worker = self._pool._take()
-        result = self._worker.run(fn, args, timeout)
+        wait = _STARTUP_TIMEOUT if deadline is None else deadline - time.monotonic()
+        if not self._worker.wait_ready(wait):
+            return TaskResult("timeout")  # still starting: it stays in the pool for the next task
+        left = timeout if deadline is None else max(deadline - time.monotonic(), 0.0)
+        result = self._worker.run(fn, args, left)
         if not self._worker.alive():
             self._worker = None
+            self._pool._start_spare()
         return result
 
     def release(self) -> None:
@@ -143,10 +167,12 @@ class WorkerPool:
         self._closed = False
         _pools.add(self)
 
-    def run(self, fn: Callable[..., Any], args: tuple, timeout: float) -> TaskResult:
-        """Run `fn(*args)` (a module-level, picklable function) in a worker within `timeout` s."""
+    def run(self, fn: Callable[..., Any], args: tuple, timeout: float,
+            deadline: float | None = None) -> TaskResult:
+        """Run `fn(*args)` (a module-level, picklable function) in a worker within `timeout` s
+        (or before the absolute `deadline`, see Lease.run)."""
         with self.lease() as lease:
-            return lease.run(fn, args, timeout)
+            return lease.run(fn, args, timeout, deadline)
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[Lease]:
@@ -158,21 +184,22 @@ class WorkerPool:
             finally:
                 lease.release()
 
-    def alive_workers(self) -> int:
-        """Idle workers whose process is running (for tests and reports)."""
-        with self._lock:
-            return sum(w.alive() for w in self._idle)
-
     def _take(self) -> _Worker:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker pool is closed")
             while self._idle:
-                worker = self._idle.pop()
+                worker = self._idle.pop(0)
                 if worker.alive():
                     return worker
                 worker.kill()
         return _Worker(self._preload)
+
+    def _start_spare(self) -> None:
+        """Start a replacement for a killed worker now, so it is ready by the next task."""
+        with self._lock:
+            if not self._closed and len(self._idle) < self.size:
+                self._idle.append(_Worker(self._preload))
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
