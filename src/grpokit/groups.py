@@ -18,6 +18,7 @@ from grpokit.data.sampler import PromptSampler
 from grpokit.rewards.base import Sample, StepRewards
 from grpokit.rewards.runner import RewardRunner
 from grpokit.rollout.base import RolloutBatch, SamplingParams
+from grpokit.sandbox import SandboxUnavailable
 from grpokit.session import Session
 
 
@@ -65,8 +66,8 @@ class PromptGroups:
         try:
             self.runner = runner or RewardRunner(session.rewards, max_error_rate=r.max_error_rate,
                                                  timeout=r.timeout)
-        except ValueError as exc:  # an unknown reward name or bad arguments: the user's config
-            raise ConfigError(f"rewards: {exc}") from exc
+        except (ValueError, SandboxUnavailable) as exc:  # bad reward names or arguments, or no
+            raise ConfigError(f"rewards: {exc}") from exc  # sandbox for the code reward here
         self.weights = [s.weight for s in session.rewards]
         self.names = [s.name for s in session.rewards]
 

@@ -62,7 +62,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                if p.grad is not None and not torch.isfinite(p.grad).all()]
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(f"non-finite gradient (norm {norm.item()}) in {bad[:5]}")
-    lr = scheduler.get_last_lr()[0]
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -217,8 +217,8 @@ class RunFolder:
 
     LOCK = ".lock"
 
-    def __init__(self, out: Path):
-        self.out = out
+    def __init__(self, out: str | Path):
+        self.out = out = Path(out)
         self.started = False
         """Set once the run has written its config: from then on the folder is the run's."""
         self._created = not out.exists()
