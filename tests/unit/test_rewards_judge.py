@@ -142,3 +142,18 @@ def test_rubric_is_filled_once_and_key_sent(url, monkeypatch):
 def test_bad_args(kwargs, message):
     with pytest.raises(ValueError, match=message):
         judge("http://127.0.0.1:9", **kwargs)
+
+
+def test_a_training_run_against_a_judge_that_is_down_stops_with_a_clear_message(url, tiny_model_dir,
+                                                                               tmp_path, capsys):
+    from grpokit.cli import main
+
+    rewards = f"rewards=[{{name: judge, args: {{base_url: '{url}', model: stub, max_retries: 0, rubric: 'DOWN {{completion}}'}}}}]"
+    status = main(["train", f"model.path={tiny_model_dir}", f"log.output_dir={tmp_path / 'run'}", rewards,
+                   "train.steps=1", "rollout.prompts_per_step=2", "rollout.group_size=2",
+                   "rollout.max_new_tokens=4", "eval.before_and_after=false", "reward_runner.max_error_rate=0.1",
+                   "data.task_args={digits: 1, ops: '+', train_size: 8, eval_size: 4, style: short}"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "reward 'judge' failed on 4 of 4 samples" in err
+    assert "last error: sample 3" in err and "HTTP 500 after 1 attempts" in err

@@ -34,14 +34,17 @@ from grpokit.rewards.base import (
 from grpokit.rewards.isolated import IsolatedReward
 from grpokit.rewards.item import describe_row
 from grpokit.rewards.registry import build, isolated_module
+from grpokit.typed_tree import UserError
 
 logger = logging.getLogger(__name__)
 
 _MAX_EXAMPLES = 3
 
 
-class RewardError(RuntimeError):
-    """A reward function misbehaved: too many errors, or a malformed output."""
+class RewardError(UserError, RuntimeError):
+    """A reward function misbehaved: too many errors, or a malformed output. A UserError, so the
+    command line prints its message (naming the function and its last error) and exits with
+    status 2 instead of a traceback."""
 
 
 @dataclass
