@@ -48,7 +48,8 @@ def train_step(session: Session, groups: PromptGroups, state: RunState
         # weight decay would still move the weights).
         metrics.update({"train/skipped": 1.0, "train/tokens": 0.0})
     else:
-        metrics.update(update_policy(session, state, batch), **{"train/skipped": 0.0})
+        metrics.update(update_policy(session, state, batch))
+        metrics["train/skipped"] = 0.0
         session.engine.sync_weights()
     metrics.update(perf_metrics(batch, metrics["train/tokens"], gen_time,
                                 time.perf_counter() - start))
