@@ -51,6 +51,7 @@ def train_step(session: Session, groups: PromptGroups, state: RunState
         metrics.update(update_policy(session, state, batch))
         metrics["train/skipped"] = 0.0
         session.engine.sync_weights()
+        metrics.update(sync_metrics(session.engine))
     metrics.update(perf_metrics(batch, metrics["train/tokens"], gen_time,
                                 time.perf_counter() - start))
     return batch, metrics
@@ -71,6 +72,14 @@ def loss_mask_of(scored: ScoredBatch, cfg: Config) -> tuple[torch.Tensor, torch.
     truncated = torch.tensor([f == "length" for f in r.finish_reason])  # (N,)
     return loss_mask(r.completion_mask, truncated, tied, exclude_tied=a.exclude_tied,
                      mask_truncated=a.mask_truncated)
+
+
+def sync_metrics(engine: Any) -> dict[str, float]:
+    """Time of the last weight sync and its probe's deviation, for engines that keep their own
+    copy of the weights (the in-process engines sample from the policy itself: nothing to log)."""
+    names = {"last_sync_s": "perf/sync_time_s", "last_probe_max_abs": "rollout/probe_max_abs"}
+    return {key: float(getattr(engine, attr)) for attr, key in names.items()
+            if getattr(engine, attr, None) is not None}
 
 
 def perf_metrics(batch: TrainingBatch, train_tokens: float, gen_time: float,
