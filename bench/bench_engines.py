@@ -25,27 +25,9 @@ import torch
 from grpokit.models import autocast, load_policy, load_tokenizer, resolve_model
 from grpokit.rollout import HFEngine, SamplingParams
 
-QUESTIONS = [
-    "What is 7 + 5?",
-    "Name three primary colors.",
-    "Write a haiku about autumn.",
-    "What is the capital of France? Answer in one word.",
-    "Explain what a prime number is in one sentence.",
-    "If a train travels 60 km in 1.5 hours, what is its average speed?",
-    "List the first five square numbers.",
-    "Translate 'good morning' into Spanish.",
-]
-
-
-def prompts_for(tokenizer, batch: int) -> list[list[int]]:
-    """Chat-rendered prompt ids for the first `batch` questions (cycled)."""
-    out = []
-    for i in range(batch):
-        messages = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return out
-
+# The same prompts as the rollout benchmark (run as `python bench/bench_engines.py`, so the
+# bench folder is on the path).
+from bench_rollout import prompts_for
 
 def rates(engine, prompts, args: argparse.Namespace, bf16: bool) -> tuple[float, float]:
     """Tokens/s of the first call and the best of `args.repeats` later calls."""
