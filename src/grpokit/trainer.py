@@ -211,7 +211,10 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
         write_config(out, cfg, folder)
         results: dict[str, Any] = {}
         if held_out and cfg.eval.before_and_after and state.step == 0:
-            results["before"] = _evaluate(session, held_out, console, "before training")
+            results["before"] = _evaluate(session, held_out)
+            if console is not None:
+                print_eval(console, f"held-out evaluation before training ({len(held_out.rows)} "
+                           "prompts)", {"before": results["before"]})
         sinks = make_sinks(cfg, out, console, start_step=state.step) if dist.is_main() else None
         try:
             while state.step < cfg.train.steps:
@@ -252,12 +255,9 @@ def total_updates(cfg: Config) -> int:
     return cfg.train.steps * cfg.train.epochs_per_batch * cfg.train.minibatches
 
 
-def _evaluate(session, held_out, console, when: str) -> dict[str, float]:
-    result = evaluate(session, held_out, session.cfg.train.seed)
-    if console is not None and when:
-        print_eval(console, f"held-out evaluation {when} ({len(held_out.rows)} prompts)",
-                   {"before": result})
-    return result
+def _evaluate(session: Session, held_out: PromptGroups) -> dict[str, float]:
+    """Held-out evaluation, always from the run's seed: before and after differ only by weights."""
+    return evaluate(session, held_out, session.cfg.train.seed)
 
 
 def _after_step(session, groups, state, batch, metrics, sinks, held_out, out) -> None:
@@ -265,7 +265,7 @@ def _after_step(session, groups, state, batch, metrics, sinks, held_out, out) ->
     if cfg.algo.ref_refresh_steps and step % cfg.algo.ref_refresh_steps == 0:
         session.reference.load_state_dict(session.model.state_dict())  # iterative GRPO
     if cfg.eval.every and held_out and step % cfg.eval.every == 0:
-        metrics.update({f"eval/{k}": v for k, v in _evaluate(session, held_out, None, "").items()})
+        metrics.update({f"eval/{k}": v for k, v in _evaluate(session, held_out).items()})
     if sinks is not None:
         sinks.log(step, metrics)
         if cfg.log.samples_every and step % cfg.log.samples_every == 0:
@@ -281,7 +281,7 @@ def _finish(session, state, out, held_out, results, console) -> dict[str, Any]:
     if path is not None:
         results["checkpoint"] = str(path)
     if held_out and cfg.eval.before_and_after:
-        results["after"] = _evaluate(session, held_out, None, "")
+        results["after"] = _evaluate(session, held_out)
     if dist.is_main():
         (out / "eval.json").write_text(json.dumps(results, indent=2))
     if console is not None and "after" in results:

@@ -197,9 +197,7 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix[:-1]: tree}
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        sub = f"{prefix}{key}."
-        out.update(_flat(value, sub) if key not in ("task_args", "columns", "args") else
-                   {sub[:-1]: value})
+        out.update(_flat(value, f"{prefix}{key}."))
     return out
 
 

@@ -220,3 +220,16 @@ def test_sample_next_temperature_scales_the_distribution():
     assert tokens.float().mean().item() == pytest.approx(0.9, abs=0.01)
     expected = torch.where(tokens == 1, math.log(0.9), math.log(0.1))
     assert torch.allclose(logprobs, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_nan_logit_stops_sampling_with_a_clear_error(temperature):
+    from grpokit.rollout.sampling import sample_next
+
+    logits = torch.zeros(3, 5)
+    logits[1, 4] = float("nan")  # one bad logit in one row
+    with pytest.raises(FloatingPointError, match="NaN logits"):
+        sample_next(logits, SamplingParams(temperature=temperature), torch.Generator())
+    tokens, logprobs = sample_next(torch.zeros(3, 5), SamplingParams(temperature=temperature),
+                                   torch.Generator().manual_seed(0))
+    torch.testing.assert_close(logprobs, torch.full((3,), -torch.log(torch.tensor(5.0)).item()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,8 +82,6 @@ def test_a_failed_start_leaves_no_folder_and_exits_2(tiny_model_dir, tmp_path, e
     out = tmp_path / "run"
     done = _cli("train", *_args(tiny_model_dir, out, "train.steps=1", *extra))
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    import re
-
     assert re.search(message, done.stderr), done.stderr
     assert not out.exists()
     assert main(["train", *_args(tiny_model_dir, out, "train.steps=1")]) == 0  # the fixed command

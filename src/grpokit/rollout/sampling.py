@@ -44,15 +44,18 @@ def sample_next(
     top_p = 1 and top_k = 0). Greedy decoding (temperature 0) reports the unscaled log-prob.
     """
     logits = logits.float()
-    if torch.isnan(logits).any():  # sampling from NaN logits would return arbitrary tokens
+    greedy = params.temperature == 0
+    if not greedy:
+        logits = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+    logprobs = logits.log_softmax(-1)  # (N, V)
+    # One NaN logit makes its whole row NaN after log_softmax: column 0 tells, without a scan
+    # of the (N, V) matrix.
+    if torch.isnan(logprobs[:, 0]).any():
         raise FloatingPointError("the model produced NaN logits: its weights or inputs are not "
                                  "finite")
-    if params.temperature == 0:
-        logprobs = logits.log_softmax(-1)  # (N, V)
+    if greedy:
         tokens = logits.argmax(-1)  # (N,)
     else:
-        scaled = filter_logits(logits / params.temperature, params.top_k, params.top_p)
-        logprobs = scaled.log_softmax(-1)  # (N, V)
         probs = logprobs.exp()
         if generator.device != probs.device:
             probs = probs.to(generator.device)
