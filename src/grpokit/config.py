@@ -143,6 +143,12 @@ class AlgoConfig:
     top_entropy_fraction: float = 1.0
     """Train only on this share of tokens with the highest entropy (1.0: all tokens); costs one
     no-grad forward pass per step to find the batch's threshold."""
+    rollout_correction: str = choice("none", "none", "tis", "mis")
+    """Sampler–trainer mismatch correction: none, tis (truncated IS) or mis (masked IS)."""
+    rollout_correction_level: str = choice("token", "token", "sequence")
+    """Importance ratio of the correction per token, or per sequence (summed log-ratio)."""
+    rollout_correction_threshold: float = 2.0
+    """C > 1: tis weighs by min(ρ, C); mis drops tokens (or sequences) whose ρ exceeds C."""
 
     def __post_init__(self) -> None:
         for key, value in preset_values(self.preset).items():
@@ -174,6 +180,8 @@ class TrainConfig:
     """Gradient-norm clipping threshold (0 disables)."""
     seed: int = 0
     """Seed of sampling, initialisation and everything random."""
+    parallel: str = choice("ddp", "ddp", "fsdp")
+    """Over several ranks: ddp (whole model per rank) or fsdp (FSDP2 shards policy and reference)."""
     logprob_chunk_size: int = 1024
     """Positions per chunk of the vocabulary projection."""
 
@@ -298,6 +306,9 @@ def validate(cfg: Config) -> None:
         (len(a.tie_interval) == 2 and a.tie_interval[0] < a.tie_interval[1],
          "algo.tie_interval must be [lo, hi] with lo < hi"),
         (0 < a.top_entropy_fraction <= 1, "algo.top_entropy_fraction must be in (0, 1]"),
+        (1 < a.rollout_correction_threshold < float("inf"),  # NaN fails both comparisons
+         f"algo.rollout_correction_threshold must be a finite number > 1, got "
+         f"{a.rollout_correction_threshold}"),
         (a.max_refill_rounds >= 0 and a.ref_refresh_steps >= 0 and a.overlong_buffer >= 1,
          "algo.max_refill_rounds and algo.ref_refresh_steps must be >= 0, algo.overlong_buffer "
          ">= 1"),

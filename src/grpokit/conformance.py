@@ -1,8 +1,9 @@
 """Run GRPO conformance vectors (docs/conformance.md) through grpokit's own math.
 
 A vector pins the advantages, per-token losses, aggregated loss and d loss / d logprobs of one
-small batch. `run_case` recomputes them with `grpokit.algo` (the gradient with torch autograd,
-advantages and old / reference log-probs held fixed) and compares within the vector's tolerance.
+small batch, and with sampler log-probs the mismatch metrics of the rollout correction.
+`run_case` recomputes them with `grpokit.algo` (the gradient with torch autograd, advantages and
+old / reference / sampler log-probs held fixed) and compares within the vector's tolerance.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from grpokit.algo import LossKnobs, combine_rewards, compute_advantages, per_token_loss, policy_loss
-from grpokit.algo import process_advantages
+from grpokit.algo import process_advantages, rollout_correction_weights
 from grpokit.algo.advantages import ESTIMATORS, SCALES
+from grpokit.algo.correction import CORRECTION_LEVELS, CORRECTIONS, MISMATCH_METRICS
 from grpokit.algo.losses import AGGREGATIONS, KL_ESTIMATORS, RATIO_LEVELS
 from grpokit.rewards.base import StepRewards
 
@@ -29,6 +31,8 @@ EXPECTED_FIELDS = ("advantages", "per_token_loss", "loss", "grad_logprobs")
 _CHOICES = {"estimator": ESTIMATORS, "scale": SCALES, "ratio": RATIO_LEVELS, "kl": KL_ESTIMATORS,
             "aggregation": AGGREGATIONS}
 _NUMBERS = ("clip_low", "clip_high", "beta", "max_completion_length")
+_OPTIONAL_CHOICES = {"rollout_correction": CORRECTIONS,
+                     "rollout_correction_level": CORRECTION_LEVELS}
 
 
 class VectorError(ValueError):
@@ -75,7 +79,10 @@ def _check_knobs(knobs: Any) -> None:
             raise ValueError(f"knobs.{name}: expected one of {choices}, got {knobs.get(name)!r}")
     for name in _NUMBERS:
         _shape(knobs.get(name), f"knobs.{name}")
-    for name in ("adv_eps", "dual_clip"):
+    for name, choices in _OPTIONAL_CHOICES.items():  # absent: no rollout correction
+        if name in knobs and knobs[name] not in choices:
+            raise ValueError(f"knobs.{name}: expected one of {choices}, got {knobs[name]!r}")
+    for name in ("adv_eps", "dual_clip", "rollout_correction_threshold"):
         if knobs.get(name) is not None:
             _shape(knobs[name], f"knobs.{name}")
 
@@ -110,6 +117,8 @@ def _check_inputs(inputs: Any, knobs: dict[str, Any]) -> tuple[int, int]:
     names = ["logprobs", "old_logprobs", "completion_mask"]
     if knobs["beta"] != 0:
         names.append("ref_logprobs")
+    if knobs.get("rollout_correction", "none") != "none" or "sampler_logprobs" in inputs:
+        names.append("sampler_logprobs")
     for name in names:
         if name not in inputs:
             raise ValueError(f"inputs.{name}: missing")
@@ -138,6 +147,13 @@ def _check_expected(case: dict[str, Any], shape: tuple[int, int]) -> None:
             raise ValueError(f"expected.{name}: missing")
         if _shape(expected[name], f"expected.{name}") != want:
             raise ValueError(f"expected.{name}: expected shape {want}")
+    metrics = expected.get("metrics", {})
+    if not isinstance(metrics, dict) or not set(metrics) <= set(MISMATCH_METRICS):
+        raise ValueError(f"expected.metrics: expected an object with keys among {MISMATCH_METRICS}")
+    for name, value in metrics.items():
+        _shape(value, f"expected.metrics.{name}")
+    if metrics and "sampler_logprobs" not in case["inputs"]:
+        raise ValueError("expected.metrics: needs inputs.sampler_logprobs")
 
 
 def validate_case(case: Any) -> None:
@@ -188,27 +204,42 @@ def loss_knobs(knobs: dict[str, Any]) -> LossKnobs:
     return LossKnobs.from_values(knobs)
 
 
+def _tensor(inputs: dict[str, Any], name: str, needed: bool = True) -> torch.Tensor | None:
+    return torch.tensor(inputs[name], dtype=torch.float64) if needed else None  # (N, T)
+
+
 def compute(case: dict[str, Any]) -> dict[str, Any]:
-    """grpokit's numbers for a vector: advantages, per_token_loss, loss, grad_logprobs."""
+    """grpokit's numbers for a vector: advantages, per_token_loss, loss, grad_logprobs, and the
+    mismatch metrics when the inputs carry sampler_logprobs."""
     inputs = case["inputs"]
     knobs = loss_knobs(case["knobs"])
     logprobs = torch.tensor(inputs["logprobs"], dtype=torch.float64, requires_grad=True)  # (N, T)
-    old = torch.tensor(inputs["old_logprobs"], dtype=torch.float64)  # (N, T)
+    old = _tensor(inputs, "old_logprobs")  # (N, T)
     mask = torch.tensor(inputs["completion_mask"]).bool()  # (N, T)
-    ref = None
-    if knobs.beta != 0.0:
-        ref = torch.tensor(inputs["ref_logprobs"], dtype=torch.float64)  # (N, T)
+    ref = _tensor(inputs, "ref_logprobs", knobs.beta != 0.0)  # (N, T) or None
+    sampler = _tensor(inputs, "sampler_logprobs", "sampler_logprobs" in inputs)  # (N, T) or None
     advantages = _advantages(case)  # (N,) or (N, T)
+    weights, _ = rollout_correction_weights(
+        old, sampler, mask, knobs.rollout_correction, knobs.rollout_correction_level,
+        knobs.rollout_correction_threshold)  # (N, T) or None
     with torch.no_grad():
-        per_token = per_token_loss(logprobs, old, advantages, mask, knobs, ref_logprobs=ref)
-    loss, _ = policy_loss(logprobs, old, advantages, mask, knobs, ref_logprobs=ref)
+        per_token = per_token_loss(logprobs, old, advantages, mask, knobs, ref_logprobs=ref,
+                                   correction=weights)
+    loss, metrics = policy_loss(logprobs, old, advantages, mask, knobs, ref_logprobs=ref,
+                                sampler_logprobs=sampler)
     loss.backward()
     return {"advantages": advantages.tolist(), "per_token_loss": per_token.tolist(),
-            "loss": loss.item(), "grad_logprobs": logprobs.grad.tolist()}
+            "loss": loss.item(), "grad_logprobs": logprobs.grad.tolist(),
+            "metrics": {k: v for k, v in metrics.items() if k in MISMATCH_METRICS}}
 
 
 def max_deviation(got: Any, want: Any) -> float:
-    """Largest absolute difference between nested lists of numbers; inf when `got` is not finite."""
+    """Largest absolute difference between nested lists (or objects) of numbers; inf when `got`
+    is not finite or misses an entry."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict) or not set(want) <= set(got):
+            return math.inf
+        return max((max_deviation(got[k], w) for k, w in want.items()), default=0.0)
     if isinstance(want, list):
         if not isinstance(got, list) or len(got) != len(want):
             return math.inf
@@ -223,7 +254,8 @@ def run_case(case: dict[str, Any], path: str = "") -> CaseResult:
     got = compute(case)
     tolerance = float(case["tolerance"])
     expected = case["expected"]
-    deviations = {name: max_deviation(got[name], expected[name]) for name in EXPECTED_FIELDS}
+    names = EXPECTED_FIELDS + (("metrics",) if "metrics" in expected else ())
+    deviations = {name: max_deviation(got[name], expected[name]) for name in names}
     worst = max(deviations, key=lambda name: deviations[name])
     passed = deviations[worst] <= tolerance
     return CaseResult(name=case["name"], passed=passed, max_deviation=deviations[worst],

@@ -1,10 +1,13 @@
 """Write the conformance vectors in `vectors/` from the case table below, using only reference.py.
 
-Run from the repository root: `python tests/conformance/make_vectors.py`. Inputs are drawn from a
-seeded generator and rounded to 4 decimals; expected numbers come from the naive reference. Each
-case states which regimes it must exercise (clip sides, dual clip, clamp); generation fails if a
-case does not hit them, or if any ratio sits within 1e-6 of a kink where the derivative jumps.
-The shared example vectors are copied verbatim after checking the reference reproduces them.
+Run from the repository root: `python tests/conformance/make_vectors.py [NAME ...]` (names given:
+only those cases are written). Inputs are drawn from a seeded generator and rounded to 4
+decimals; expected numbers come from the naive reference. Each case states which regimes it must
+exercise (clip sides, dual clip, clamp, rollout-correction weights below and above C); generation
+fails if a case does not hit them, if any ratio sits within 1e-6 of a kink where the derivative
+jumps, or if a rollout-correction ratio sits within 1e-4 (relative) of its threshold C, where
+float32 and float64 could decide differently. The shared example vectors are copied verbatim after
+checking the reference reproduces them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import reference  # noqa: E402
 OUT = HERE / "vectors"
 SHARED = HERE.parents[2] / "shared" / "conformance"
 KINK_MARGIN = 1e-6
+THRESHOLD_MARGIN = 1e-4
 
 DEFAULT_KNOBS = {
     "estimator": "grpo", "scale": "group", "adv_eps": 1e-6, "ratio": "token",
@@ -46,6 +50,16 @@ def outcome(rewards: list, weights: list | None = None) -> dict[str, Any]:
 
 AGG_INPUTS = {"group_size": 4, "mask": UNEVEN_MASK_8x5, "shift": 0.3, "seed": 11,
               **outcome([1.0, 0.0, 0.5, 0.0, 1.0, 1.0, 0.0, 0.25])}
+
+
+def correction(mode: str, level: str, threshold: float) -> dict[str, Any]:
+    """The rollout-correction knobs of a case (the other cases leave them out: mode none)."""
+    return {"rollout_correction": mode, "rollout_correction_level": level,
+            "rollout_correction_threshold": threshold}
+
+
+CORRECTION_INPUTS = {"group_size": 4, "mask": UNEVEN_MASK_8x5, "shift": 0.3,
+                     **outcome([1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 1.0, 0.25])}
 
 CASES: list[dict[str, Any]] = [
     {"name": "adv_group_scale_one_correct_of_eight",
@@ -182,6 +196,40 @@ CASES: list[dict[str, Any]] = [
                 "shift": 0.1, "seed": 19,
                 "step_rewards": [[[1.0, 1], [1.0, 3]], [[1.0, 2]],
                                  [[0.2, 0], [0.9, 3]], [[0.4, 1]]]}},
+    {"name": "rollout_tis_token",
+     "description": "Truncated IS per token (TIS), C = 2: the surrogate of each token is weighted "
+                    "by min(exp(old - sampler), 2), detached; the beta 0.04 k3 KL term is not "
+                    "weighted; some tokens are truncated at 2.",
+     "knobs": {"beta": 0.04, **correction("tis", "token", 2.0)},
+     "requires": ["corr_kept", "corr_over"],
+     "inputs": {**CORRECTION_INPUTS, "seed": 21, "sampler_shift": 1.0}},
+    {"name": "rollout_tis_sequence",
+     "description": "Truncated IS per sequence, C = 2.5: every token of a completion gets "
+                    "min(exp(sum_t (old - sampler)), 2.5); token_mean aggregation; the "
+                    "normalizer is unchanged.",
+     "knobs": {"aggregation": "token_mean", **correction("tis", "sequence", 2.5)},
+     "requires": ["corr_kept", "corr_over"],
+     "inputs": {**CORRECTION_INPUTS, "seed": 32, "sampler_shift": 0.7}},
+    {"name": "rollout_mis_token",
+     "description": "Masked IS per token (MIS), C = 1.5: tokens with exp(old - sampler) > 1.5 "
+                    "lose their surrogate (weight 0) and keep only the beta 0.04 KL term and "
+                    "their place in the normalizer; the others are weighted by the ratio.",
+     "knobs": {"beta": 0.04, **correction("mis", "token", 1.5)},
+     "requires": ["corr_kept", "corr_over"],
+     "inputs": {**CORRECTION_INPUTS, "seed": 23, "sampler_shift": 0.8}},
+    {"name": "rollout_mis_sequence",
+     "description": "Masked IS per sequence, C = 2, with the GSPO sequence ratio: a completion "
+                    "whose summed log-ratio old - sampler exceeds log 2 gets weight 0 at every "
+                    "token; the others are weighted by their sequence ratio.",
+     "knobs": {"ratio": "sequence", **correction("mis", "sequence", 2.0)},
+     "requires": ["corr_kept", "corr_over"],
+     "inputs": {**CORRECTION_INPUTS, "seed": 24, "sampler_shift": 0.5}},
+    {"name": "rollout_none_with_sampler_logprobs",
+     "description": "rollout_correction none with sampler log-probs: the loss, per-token losses "
+                    "and gradient are those of agg_seq_mean_token_mean_uneven (same inputs); "
+                    "only the mismatch metrics are added.",
+     "knobs": {"beta": 0.04, **correction("none", "token", 2.0)},
+     "inputs": {**AGG_INPUTS, "sampler_shift": 0.5}},
 ]
 
 
@@ -197,7 +245,17 @@ def draw_logprobs(spec: dict[str, Any]) -> dict[str, list[list[float]]]:
         ref.append([round(x + rng.uniform(-0.3, 0.3), 4) for x in lp])
     for (i, t), log_ratio in spec.get("old_overrides", {}).items():
         old[i][t] = round(logprobs[i][t] - log_ratio, 4)
-    return {"logprobs": logprobs, "old_logprobs": old, "ref_logprobs": ref}
+    drawn = {"logprobs": logprobs, "old_logprobs": old, "ref_logprobs": ref}
+    if "sampler_shift" in spec:
+        drawn["sampler_logprobs"] = draw_sampler(old, spec["seed"], spec["sampler_shift"])
+    return drawn
+
+
+def draw_sampler(old: list[list[float]], seed: int, shift: float) -> list[list[float]]:
+    """The rollout engine's log-probs: old shifted by up to ±shift, at most -1e-4 (a log-prob),
+    from their own generator so the other inputs stay those of the same seed without a sampler."""
+    rng = random.Random(seed + 10_000)
+    return [[round(min(x + rng.uniform(-shift, shift), -1e-4), 4) for x in row] for row in old]
 
 
 def build_case(entry: dict[str, Any]) -> dict[str, Any]:
@@ -240,8 +298,29 @@ def regimes(case: dict[str, Any]) -> set[str]:
     return hit
 
 
+def correction_regimes(case: dict[str, Any]) -> set[str]:
+    """Whether the rollout-correction ratios of unmasked tokens fall below or above C; fails
+    when one sits within THRESHOLD_MARGIN (relative) of C."""
+    knobs, inputs = case["knobs"], case["inputs"]
+    if knobs.get("rollout_correction", "none") == "none":
+        return set()
+    threshold = knobs["rollout_correction_threshold"]
+    ratios = reference.correction_ratios(inputs["old_logprobs"], inputs["sampler_logprobs"],
+                                         inputs["completion_mask"],
+                                         knobs["rollout_correction_level"])
+    hit = set()
+    for i, row in enumerate(ratios):
+        for t, rho in enumerate(row):
+            if not inputs["completion_mask"][i][t]:
+                continue
+            if abs(rho - threshold) < THRESHOLD_MARGIN * threshold:
+                raise ValueError(f"{case['name']}: correction ratio {rho} at ({i}, {t}) sits on C")
+            hit.add("corr_over" if rho > threshold else "corr_kept")
+    return hit
+
+
 def check_regimes(case: dict[str, Any], required: list[str]) -> None:
-    missing = set(required) - regimes(case)
+    missing = set(required) - regimes(case) - correction_regimes(case)
     if missing:
         raise ValueError(f"{case['name']} does not exercise {sorted(missing)}; change its seed")
 
@@ -267,15 +346,22 @@ def max_deviation(got: Any, want: Any) -> float:
     return abs(got - want)
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    """Write every case and copy the shared examples, or write only the cases named."""
+    unknown = set(names) - {entry["name"] for entry in CASES}
+    if unknown:
+        raise SystemExit(f"no such case: {sorted(unknown)}")
     OUT.mkdir(exist_ok=True)
     for entry in CASES:
+        if names and entry["name"] not in names:
+            continue
         case = build_case(entry)
         (OUT / f"{case['name']}.json").write_text(json.dumps(case, indent=1) + "\n")
-        print(f"wrote {case['name']}: regimes {sorted(regimes(case))}")
-    for name in copy_shared_examples():
+        hit = sorted(regimes(case) | correction_regimes(case))
+        print(f"wrote {case['name']}: regimes {hit}")
+    for name in [] if names else copy_shared_examples():
         print(f"copied {name}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

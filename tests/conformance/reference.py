@@ -177,6 +177,68 @@ def aggregation_weights(mask: Matrix, mode: str, num_sequences: int, num_tokens:
     return weights
 
 
+def correction_ratios(old_logprobs: Matrix, sampler_logprobs: Matrix, mask: Matrix,
+                      level: str) -> Matrix:
+    """Sampler-to-trainer ratio ρ = exp(clamp(x, ±20)) at every token, with x = old - sampler
+    ("token") or x = Σ_t m_t (old_t - sampler_t) over the completion ("sequence")."""
+    result = []
+    for old_row, sampler_row, mask_row in zip(old_logprobs, sampler_logprobs, mask):
+        diffs = [(o - s) if m else 0.0 for o, s, m in zip(old_row, sampler_row, mask_row)]
+        if level == "sequence":
+            total = 0.0
+            for d in diffs:
+                total += d
+            diffs = [total] * len(diffs)
+        result.append([math.exp(clamp(d, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)) for d in diffs])
+    return result
+
+
+def correction_weight(ratio: float, mode: str, threshold: float) -> float:
+    """TIS: min(ρ, C); MIS: ρ if ρ <= C else 0; none: 1. The weight is a constant of the loss
+    (it depends on old and sampler log-probs only), so it scales the surrogate's gradient too."""
+    if mode == "tis":
+        return min(ratio, threshold)
+    if mode == "mis":
+        return ratio if ratio <= threshold else 0.0
+    return 1.0
+
+
+def correction_weights(knobs: dict[str, Any], inputs: dict[str, Any]) -> Matrix:
+    """(N, T) rollout-correction weights of the surrogate; all 1 for mode none."""
+    mode = knobs.get("rollout_correction", "none")
+    mask = inputs["completion_mask"]
+    if mode == "none":
+        return [[1.0] * len(row) for row in mask]
+    ratios = correction_ratios(inputs["old_logprobs"], inputs["sampler_logprobs"], mask,
+                               knobs.get("rollout_correction_level", "token"))
+    threshold = knobs.get("rollout_correction_threshold", 2.0)
+    return [[correction_weight(r, mode, threshold) for r in row] for row in ratios]
+
+
+def correction_metrics(knobs: dict[str, Any], inputs: dict[str, Any]) -> dict[str, float]:
+    """Means over the masked tokens of d = old - sampler: mismatch_kl = mean(-d) (k1 of
+    KL(sampler ‖ trainer)), mismatch_k3 = mean(e^d - d - 1) with d clamped to ±20; the ratio's
+    mean, max and min; is_clipped_frac = share of tokens whose weight is not ρ (ρ > C under tis
+    or mis, none under mode none)."""
+    mode = knobs.get("rollout_correction", "none")
+    threshold = knobs.get("rollout_correction_threshold", 2.0)
+    old, sampler = inputs["old_logprobs"], inputs["sampler_logprobs"]
+    mask = inputs["completion_mask"]
+    ratios = correction_ratios(old, sampler, mask, knobs.get("rollout_correction_level", "token"))
+    k1, k3, rhos, changed = [], [], [], []
+    for i, mask_row in enumerate(mask):
+        for t, m in enumerate(mask_row):
+            if not m:
+                continue
+            d = clamp(old[i][t] - sampler[i][t], -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+            k1.append(sampler[i][t] - old[i][t])
+            k3.append(math.exp(d) - d - 1.0)
+            rhos.append(ratios[i][t])
+            changed.append(1.0 if mode != "none" and ratios[i][t] > threshold else 0.0)
+    return {"mismatch_kl": mean(k1), "mismatch_k3": mean(k3), "is_ratio_mean": mean(rhos),
+            "is_ratio_max": max(rhos), "is_ratio_min": min(rhos), "is_clipped_frac": mean(changed)}
+
+
 def token_advantages(advantages: list[float] | Matrix, num_tokens: int) -> Matrix:
     """Broadcast (N,) outcome advantages to (N, T); (N, T) process advantages pass through."""
     return [list(a) if isinstance(a, list) else [a] * num_tokens for a in advantages]
@@ -185,8 +247,9 @@ def token_advantages(advantages: list[float] | Matrix, num_tokens: int) -> Matri
 def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix) -> dict[str, Any]:
     """Per-token loss, aggregated loss and d loss / d logprobs for one case.
 
-    With x the clamped log-ratio (per token, or the per-sequence mean), ρ = exp(x),
-    s_{i,t} = dl^sur_{i,t}/dρ from `surrogate`, k'_{i,t} from `kl_estimator`, w from
+    With x the clamped log-ratio (per token, or the per-sequence mean), ρ = exp(x), c_{i,t} the
+    rollout-correction weight from `correction_weights` (1 without correction), s_{i,t} =
+    c_{i,t} · dl^sur_{i,t}/dρ from `surrogate`, k'_{i,t} from `kl_estimator`, w from
     `aggregation_weights` and p = 1 when the unclamped log-ratio lies strictly inside ±20 (the clamp
     passes no gradient outside):
 
@@ -205,7 +268,9 @@ def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix) -> dict[s
     weights = aggregation_weights(mask, knobs["aggregation"], num_seq, num_tokens,
                                   knobs["max_completion_length"])
     beta = knobs["beta"]
-    per_token, slopes, kl_slopes = _per_token(knobs, raw, adv, logprobs, ref, mask, beta)
+    correction = correction_weights(knobs, inputs)
+    per_token, slopes, kl_slopes = _per_token(knobs, raw, adv, logprobs, ref, mask, beta,
+                                              correction)
     loss = sum(w * l for w_row, l_row in zip(weights, per_token) for w, l in zip(w_row, l_row))
     grad = []
     for i in range(num_seq):
@@ -222,8 +287,10 @@ def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix) -> dict[s
 
 
 def _per_token(knobs: dict[str, Any], raw: Matrix, adv: Matrix, logprobs: Matrix,
-               ref: Matrix | None, mask: Matrix, beta: float) -> tuple[Matrix, Matrix, Matrix]:
-    """(per-token loss with β·KL, 0 off the mask; dl^sur/dρ; dKL/dlogp) as three (N, T) lists."""
+               ref: Matrix | None, mask: Matrix, beta: float,
+               correction: Matrix) -> tuple[Matrix, Matrix, Matrix]:
+    """(per-token loss c·surrogate + β·KL, 0 off the mask; c·dl^sur/dρ; dKL/dlogp) as three
+    (N, T) lists; the correction weight c scales the surrogate only, never the KL term."""
     per_token, slopes, kl_slopes = [], [], []
     for i, raw_row in enumerate(raw):
         loss_row, slope_row, kl_row = [], [], []
@@ -231,6 +298,7 @@ def _per_token(knobs: dict[str, Any], raw: Matrix, adv: Matrix, logprobs: Matrix
             ratio = math.exp(clamp(x, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
             sur, slope = surrogate(ratio, adv[i][t], knobs["clip_low"], knobs["clip_high"],
                                    knobs.get("dual_clip"))
+            sur, slope = correction[i][t] * sur, correction[i][t] * slope
             kl, kl_slope = (0.0, 0.0)
             if beta != 0.0:
                 kl, kl_slope = kl_estimator(logprobs[i][t], ref[i][t], knobs["kl"])
@@ -255,6 +323,10 @@ def advantages_for(case: dict[str, Any]) -> list[float] | Matrix:
 
 
 def expected(case: dict[str, Any]) -> dict[str, Any]:
-    """Everything a vector pins: advantages, per_token_loss, loss, grad_logprobs."""
+    """Everything a vector pins: advantages, per_token_loss, loss, grad_logprobs, and the
+    mismatch metrics when the inputs carry sampler_logprobs."""
     advantages = advantages_for(case)
-    return {"advantages": advantages, **loss_terms(case, advantages)}
+    result = {"advantages": advantages, **loss_terms(case, advantages)}
+    if "sampler_logprobs" in case["inputs"]:
+        result["metrics"] = correction_metrics(case["knobs"], case["inputs"])
+    return result

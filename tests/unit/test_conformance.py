@@ -33,6 +33,9 @@ SHARED_FILES = sorted(SHARED.glob("*.json")) if SHARED.is_dir() else []
 
 
 def _deviation(got, want) -> float:
+    if isinstance(want, dict):
+        assert set(got) == set(want)
+        return max((_deviation(got[k], w) for k, w in want.items()), default=0.0)
     if isinstance(want, list):
         return max((_deviation(g, w) for g, w in zip(got, want, strict=True)), default=0.0)
     return abs(got - want)
@@ -40,6 +43,38 @@ def _deviation(got, want) -> float:
 
 def test_own_vectors_exist():
     assert len(OWN_FILES) >= 20
+    names = {path.stem for path in OWN_FILES}
+    assert {"rollout_tis_token", "rollout_tis_sequence", "rollout_mis_token",
+            "rollout_mis_sequence", "rollout_none_with_sampler_logprobs"} <= names
+
+
+def test_rollout_correction_none_changes_no_number_of_the_same_batch():
+    """Sampler log-probs under mode none add metrics only: the loss numbers are those of the
+    uncorrected vector drawn from the same seed."""
+    plain = json.loads((VECTORS / "agg_seq_mean_token_mean_uneven.json").read_text())
+    none = json.loads((VECTORS / "rollout_none_with_sampler_logprobs.json").read_text())
+    assert {k: none["expected"][k] for k in plain["expected"]} == plain["expected"]
+    assert none["expected"]["metrics"]["is_clipped_frac"] == 0.0
+
+
+def test_mis_token_vector_matches_the_hand_derivation():
+    """DERIVATIONS.md section 9: a token masked by MIS keeps only β·KL, a kept one is weighted."""
+    expected = json.loads((VECTORS / "rollout_mis_token.json").read_text())["expected"]
+    assert expected["per_token_loss"][0][1] == pytest.approx(1.44497e-5, rel=1e-4)
+    assert expected["grad_logprobs"][0][1] == pytest.approx(2.66388e-5, rel=1e-4)
+    assert expected["per_token_loss"][0][0] == pytest.approx(-1.115465, abs=1e-6)
+    assert expected["grad_logprobs"][0][0] == pytest.approx(-0.0277458, abs=1e-7)
+
+
+def test_reference_correction_weights_by_hand():
+    # old - sampler = log 3, 0, log 0.5 and C = 2; the sum log 1.5 for the sequence level
+    old, sampler, mask = [[math.log(3.0), 0.0, math.log(0.5)]], [[0.0, 0.0, 0.0]], [[1, 1, 1]]
+    token = reference.correction_ratios(old, sampler, mask, "token")[0]
+    assert token == pytest.approx([3.0, 1.0, 0.5])
+    assert [reference.correction_weight(r, "tis", 2.0) for r in token] == pytest.approx([2, 1, 0.5])
+    assert [reference.correction_weight(r, "mis", 2.0) for r in token] == pytest.approx([0, 1, 0.5])
+    sequence = reference.correction_ratios(old, sampler, mask, "sequence")[0]
+    assert sequence == pytest.approx([1.5] * 3)
 
 
 @pytest.mark.parametrize("path", OWN_FILES + SHARED_FILES, ids=lambda p: p.stem)
@@ -156,6 +191,9 @@ BROKEN = [
     (lambda c: c["expected"].pop("loss"), "expected.loss"),
     (lambda c: c["expected"]["advantages"].pop(), "expected.advantages"),
     (lambda c: c.pop("tolerance"), "tolerance"),
+    (lambda c: c["knobs"].update(rollout_correction="clip"), "knobs.rollout_correction"),
+    (lambda c: c["knobs"].update(rollout_correction="tis"), "inputs.sampler_logprobs"),
+    (lambda c: c["expected"].update(metrics={"mismatch_kl": 0.0}), "expected.metrics"),
 ]
 
 

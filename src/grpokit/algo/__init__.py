@@ -7,6 +7,7 @@ from grpokit.algo.advantages import (
     process_advantages,
     tied_groups,
 )
+from grpokit.algo.correction import rollout_correction_weights
 from grpokit.algo.losses import (
     LossKnobs,
     aggregate,
@@ -25,5 +26,6 @@ __all__ = [
     "LossKnobs", "PRESETS", "aggregate", "batch_advantages", "clipped_surrogate",
     "combine_rewards", "compute_advantages", "importance_ratio", "is_tied", "kl_penalty",
     "logprobs_from_logits", "loss_mask", "per_token_loss", "policy_loss", "preset_values",
-    "process_advantages", "selective_logprobs", "tied_groups", "top_entropy_mask",
+    "process_advantages", "rollout_correction_weights", "selective_logprobs", "tied_groups",
+    "top_entropy_mask",
 ]

@@ -12,10 +12,11 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from grpokit.algo.correction import LOG_RATIO_CLAMP, rollout_correction_weights
+
 RATIO_LEVELS = ("token", "sequence")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_sum_norm")
-LOG_RATIO_CLAMP = 20.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ class LossKnobs:
     """The constant length of seq_sum_norm (Dr. GRPO); the sampler's max_new_tokens."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient: the loss subtracts entropy_coef · entropy per token."""
+    rollout_correction: str = "none"
+    """Train–inference mismatch correction of the surrogate: none, tis (truncated IS) or mis
+    (masked IS), with ρ = π_old / π_sampler (algo/correction.py)."""
+    rollout_correction_level: str = "token"
+    """ρ per token, or per sequence (exp of the summed log-ratio, for every token)."""
+    rollout_correction_threshold: float = 2.0
+    """C > 1: tis uses min(ρ, C); mis drops tokens (or sequences) with ρ > C."""
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> "LossKnobs":
@@ -162,11 +170,17 @@ def aggregate(values: torch.Tensor, completion_mask: torch.Tensor, *, mode: str,
 def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                    completion_mask: torch.Tensor, knobs: LossKnobs, *,
                    ref_logprobs: torch.Tensor | None = None,
-                   entropy: torch.Tensor | None = None) -> torch.Tensor:
-    """Surrogate + β·KL − entropy_coef·entropy at each token (N, T); 0 where the mask is 0."""
+                   entropy: torch.Tensor | None = None,
+                   correction: torch.Tensor | None = None) -> torch.Tensor:
+    """w·surrogate + β·KL − entropy_coef·entropy at each token (N, T); 0 where the mask is 0.
+
+    `correction` holds the detached rollout-correction weights w (N, T) of
+    `rollout_correction_weights`; None (mode none) leaves the surrogate untouched."""
     ratio = importance_ratio(logprobs, old_logprobs, completion_mask, level=knobs.ratio)
     loss = clipped_surrogate(ratio, advantages, clip_low=knobs.clip_low,
                              clip_high=knobs.clip_high, dual_clip=knobs.dual_clip)  # (N, T)
+    if correction is not None:
+        loss = loss * correction  # (N, T) TIS / MIS weight on the policy term only
     if knobs.beta != 0.0:
         if ref_logprobs is None:
             raise ValueError("beta != 0 needs ref_logprobs")
@@ -181,24 +195,29 @@ def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 completion_mask: torch.Tensor, knobs: LossKnobs, *,
                 ref_logprobs: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
-                num_sequences: int | None = None,
+                sampler_logprobs: torch.Tensor | None = None, num_sequences: int | None = None,
                 num_tokens: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The aggregated loss of one micro-batch and its metrics.
 
     num_sequences / num_tokens are the counts of the whole optimizer step (all micro-batches and
-    ranks); they default to this batch's own counts.
+    ranks); they default to this batch's own counts. sampler_logprobs (N, T) are the rollout
+    engine's log-probs: with them the metrics include the sampler–trainer mismatch, and
+    knobs.rollout_correction tis / mis (which need them) weight the surrogate.
     """
     mask = completion_mask.bool()
     num_sequences = mask.shape[0] if num_sequences is None else num_sequences
     num_tokens = int(mask.sum()) if num_tokens is None else num_tokens
+    weights, mismatch = rollout_correction_weights(
+        old_logprobs, sampler_logprobs, mask, knobs.rollout_correction,
+        knobs.rollout_correction_level, knobs.rollout_correction_threshold)
     per_token = per_token_loss(logprobs, old_logprobs, advantages, mask, knobs,
-                               ref_logprobs=ref_logprobs, entropy=entropy)
+                               ref_logprobs=ref_logprobs, entropy=entropy, correction=weights)
     loss = aggregate(per_token, mask, mode=knobs.aggregation, num_sequences=num_sequences,
                      num_tokens=num_tokens, max_completion_length=knobs.max_completion_length)
     with torch.no_grad():
         metrics = loss_metrics(logprobs, old_logprobs, advantages, mask, knobs,
                                ref_logprobs=ref_logprobs, entropy=entropy)
-    return loss, metrics
+    return loss, {**metrics, **mismatch}
 
 
 def loss_metrics(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs, *,
