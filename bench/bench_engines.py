@@ -37,7 +37,7 @@ def rates(engine, prompts, args: argparse.Namespace, bf16: bool) -> tuple[float,
         with autocast(bf16):
             start = time.perf_counter()
             batch = engine.generate(prompts, args.group_size, params,
-                                    torch.Generator().manual_seed(call))
+                                    [call * len(prompts) + i for i in range(len(prompts))])
             seconds = time.perf_counter() - start
         measured.append(int(batch.completion_mask.sum()) / seconds)
     return measured[0], max(measured[1:]) if args.repeats else measured[0]

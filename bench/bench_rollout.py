@@ -47,7 +47,7 @@ def run_once(engine, prompts, group_size: int, params: SamplingParams, bf16: boo
     """Seconds and generated tokens for one generate call."""
     with autocast(bf16):
         start = time.perf_counter()
-        batch = engine.generate(prompts, group_size, params, torch.Generator().manual_seed(0))
+        batch = engine.generate(prompts, group_size, params, list(range(len(prompts))))
         seconds = time.perf_counter() - start
     return seconds, int(batch.completion_mask.sum())
 

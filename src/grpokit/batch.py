@@ -9,6 +9,7 @@ import torch
 
 from grpokit.rewards.base import StepRewards
 from grpokit.rollout.base import RolloutBatch
+from grpokit.rollout.batching import concat_rollouts
 
 
 @dataclass
@@ -20,6 +21,14 @@ class ScoredBatch:
     reward: torch.Tensor  # (N,) weighted combination, NaN = unscorable
     step_rewards: list[StepRewards | None] | None = None  # (N,) process rewards, if any
     reward_errors: torch.Tensor | None = None  # (N, K) bool: the function failed on the sample
+
+    def to(self, device: str | torch.device) -> "ScoredBatch":
+        """A copy with every tensor on `device` (to send a batch to another rank)."""
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                 for k, v in vars(self.rollout).items()}
+        errors = None if self.reward_errors is None else self.reward_errors.to(device)
+        return ScoredBatch(RolloutBatch(**moved), self.rewards.to(device), self.reward.to(device),
+                           self.step_rewards, errors)
 
 
 @dataclass
@@ -63,33 +72,11 @@ def select_groups(scored: ScoredBatch, groups: list[int]) -> ScoredBatch:
     return ScoredBatch(rollout, scored.rewards[idx], scored.reward[idx], steps, errors)
 
 
-def _pad_cat(tensors: list[torch.Tensor], left: bool, value: int | bool) -> torch.Tensor:
-    width = max(t.shape[1] for t in tensors)
-    padded = []
-    for t in tensors:
-        pad = (width - t.shape[1], 0) if left else (0, width - t.shape[1])
-        padded.append(torch.nn.functional.pad(t, pad, value=value))
-    return torch.cat(padded)
-
-
 def concat(parts: list[ScoredBatch], pad_token_id: int) -> ScoredBatch:
     """Join scored batches of the same group size (prompts left-padded, completions right-padded)."""
     if len(parts) == 1:
         return parts[0]
-    rs = [p.rollout for p in parts]
-    offsets = torch.tensor([0] + [len(r.rows) for r in rs]).cumsum(0)
-    logps = [r.sampling_logprobs for r in rs]
-    rollout = RolloutBatch(
-        prompt_ids=_pad_cat([r.prompt_ids for r in rs], True, pad_token_id),
-        prompt_mask=_pad_cat([r.prompt_mask for r in rs], True, False),
-        completion_ids=_pad_cat([r.completion_ids for r in rs], False, pad_token_id),
-        completion_mask=_pad_cat([r.completion_mask for r in rs], False, False),
-        finish_reason=[f for r in rs for f in r.finish_reason],
-        group_index=torch.cat([r.group_index + o for r, o in zip(rs, offsets)]),
-        completions=[c for r in rs for c in r.completions],
-        sampling_logprobs=None if any(x is None for x in logps) else _pad_cat(logps, False, 0.0),
-        rows=[row for r in rs for row in r.rows],
-    )
+    rollout = concat_rollouts([p.rollout for p in parts], pad_token_id)
     steps = None
     if any(p.step_rewards is not None for p in parts):
         steps = [s for p in parts for s in (p.step_rewards or [None] * len(p.reward))]

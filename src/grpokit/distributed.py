@@ -68,25 +68,29 @@ def barrier() -> None:
         tdist.barrier()
 
 
-def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Sum gradients over ranks in one flat buffer: the losses already use global normalizers."""
+def all_gather_object(obj):
+    """Every rank's picklable object, in rank order ([obj] in a single process). Tensors inside
+    should be on the CPU: a CUDA tensor would come back on the sender's device index."""
     if not is_distributed():
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+        return [obj]
+    out = [None] * world_size()
+    tdist.all_gather_object(out, obj)
+    return out
 
 
-def shard(items: list, *, of_rank: int | None = None) -> list:
-    """This rank's contiguous share of a list whose length the world size divides."""
-    n, w = len(items), world_size()
-    if n % w:
-        raise ValueError(f"{n} items do not split evenly over {w} ranks")
-    r = rank() if of_rank is None else of_rank
-    return items[r * n // w : (r + 1) * n // w]
+def share(n: int, *, of_rank: int | None = None) -> tuple[int, int]:
+    """This rank's contiguous share [start, stop) of n items (sizes differ by at most one)."""
+    r, w = rank() if of_rank is None else of_rank, world_size()
+    return r * n // w, (r + 1) * n // w
+
+
+def gather_shares(local: torch.Tensor, total: int) -> torch.Tensor:
+    """The (total, ...) tensor whose rows the ranks hold as their `share`s, on every rank."""
+    if not is_distributed():
+        return local.clone()
+    width = -(-total // world_size())  # the largest share
+    padded = torch.zeros((width, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    parts = all_gather_tensor(padded)
+    return torch.cat([part[: stop - start] for part, (start, stop) in
+                      zip(parts, (share(total, of_rank=r) for r in range(world_size())))])

@@ -14,7 +14,7 @@ from rich.table import Table
 from grpokit.config import Config
 from grpokit.groups import PromptGroups
 from grpokit.rewards.extract import extract_answers, normalize
-from grpokit.rollout.base import SamplingParams
+from grpokit.rollout.base import SamplingParams, sampling_seed
 from grpokit.session import Session, build_session
 from grpokit.typed_tree import UserError
 
@@ -78,9 +78,9 @@ def correctness(values: list[float | None], threshold: float) -> list[bool]:
 
 def evaluate(session: Session, held_out: PromptGroups, seed: int) -> dict[str, float]:
     """Mean reward per function, pass@k and maj@k over eval.samples_per_prompt samples of each
-    held-out prompt, sampled with the eval settings from a generator seeded with `seed`."""
+    held-out prompt, sampled with the eval settings; prompt k from the seed (seed, "eval", k)."""
     e = session.cfg.eval
-    n, generator = e.samples_per_prompt, torch.Generator().manual_seed(seed)
+    n = e.samples_per_prompt
     params = SamplingParams(max_new_tokens=held_out.params.max_new_tokens,
                             temperature=e.temperature, top_p=held_out.params.top_p,
                             top_k=held_out.params.top_k)
@@ -90,7 +90,7 @@ def evaluate(session: Session, held_out: PromptGroups, seed: int) -> dict[str, f
     chunk = max(session.cfg.rollout.prompts_per_step * session.cfg.rollout.group_size // n, 1)
     for start in range(0, len(held_out.rows), chunk):
         sub = list(range(start, min(start + chunk, len(held_out.rows))))
-        scored = held_out.score(sub, n, generator, params)
+        scored = held_out.score(sub, n, [sampling_seed(seed, "eval", k) for k in sub], params)
         for g in range(len(sub)):
             block = scored.rewards[g * n:(g + 1) * n]  # (n, K)
             for k, name in enumerate(names):

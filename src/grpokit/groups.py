@@ -4,6 +4,7 @@ sampling (drop tied groups, refill with fresh prompts) when it is on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.data.sampler import PromptSampler
 from grpokit.rewards.base import Sample, StepRewards
 from grpokit.rewards.runner import RewardRunner
-from grpokit.rollout.base import RolloutBatch, SamplingParams
+from grpokit.rollout.base import RolloutBatch, SamplingParams, sampling_seed
 from grpokit.sandbox import SandboxUnavailable
 from grpokit.session import Session
 
@@ -71,11 +72,12 @@ class PromptGroups:
         self.weights = [s.weight for s in session.rewards]
         self.names = [s.name for s in session.rewards]
 
-    def score(self, indices: list[int], group_size: int, generator: torch.Generator,
+    def score(self, indices: list[int], group_size: int, seeds: Sequence[int],
               params: SamplingParams | None = None) -> ScoredBatch:
+        """Generate and score G completions of each prompt; prompt k's from seeds[k]."""
         params = params or self.params
         ids = [self.prompt_ids[i] for i in indices]
-        rollout = self.session.engine.generate(ids, group_size, params, generator)
+        rollout = self.session.engine.generate(ids, group_size, params, seeds)
         rollout.rows = [self.rows[i] for i in indices]
         samples = make_samples(rollout, [self.prompts[i] for i in indices], params.max_new_tokens)
         result = self.runner.score(samples)
@@ -114,53 +116,87 @@ class GroupStats:
                 "groups/dropped_frac": 1 - trained / max(self.prompts_generated, 1)}
 
 
-def sample_groups(source: PromptGroups, sampler: PromptSampler, generator: torch.Generator,
+def sample_groups(source: PromptGroups, sampler: PromptSampler, step: int,
                   cfg: Config) -> tuple[ScoredBatch, GroupStats]:
     """This step's B scored groups. Every rank draws the same B prompts from its sampler (the
-    order stays identical) and generates and scores only its contiguous share of them."""
+    order stays identical) and generates and scores only its contiguous share of them; prompt k
+    of the step samples from the seed (train.seed, step, k), wherever it runs (DESIGN.md §5)."""
     G, a = cfg.rollout.group_size, cfg.algo
-    indices = dist.shard(sampler.next_batch())
-    scored = source.score(indices, G, generator)
+    draw = _Draw(source, cfg.train.seed, step, G)
+    scored = draw.round(sampler.next_batch())
     if a.dynamic_sampling:
-        return _refill(source, sampler, generator, scored, len(indices), a, G)
+        return _refill(draw, sampler, scored, cfg.rollout.prompts_per_step, a)
     tied = int(is_tied(scored.reward, G, a.tie_rule, tuple(a.tie_interval)).sum())
-    return scored, GroupStats(len(indices), tied, len(indices)).over_ranks()
+    return scored, GroupStats(len(scored.rollout.rows), tied, len(scored.rollout.rows)).over_ranks()
 
 
-def _refill(source: PromptGroups, sampler: PromptSampler, generator: torch.Generator,
-            scored: ScoredBatch, B: int, a: AlgoConfig, G: int) -> tuple[ScoredBatch, GroupStats]:
+@dataclass
+class _Draw:
+    """One step's generation rounds: global prompt positions continue across refill rounds."""
+
+    source: PromptGroups
+    seed: int
+    step: int
+    group_size: int
+    drawn: int = 0
+    """Prompts drawn this step so far, over every rank."""
+    span: tuple[int, int] = (0, 0)
+    """This rank's share [start, stop) of the last round's prompts."""
+
+    def round(self, indices: list[int]) -> ScoredBatch:
+        start, stop = dist.share(len(indices))
+        seeds = [sampling_seed(self.seed, self.step, self.drawn + k) for k in range(start, stop)]
+        self.drawn += len(indices)
+        self.span = (start, stop)
+        return self.source.score(indices[start:stop], self.group_size, seeds)
+
+    def global_tied(self, scored: ScoredBatch, a: AlgoConfig, total: int) -> list[bool]:
+        """The tie decision of every prompt of the last round, in global order, on every rank."""
+        tied = is_tied(scored.reward, self.group_size, a.tie_rule, tuple(a.tie_interval))
+        return dist.gather_shares(tied.to(torch.int64), total).bool().tolist()
+
+
+def _refill(draw: _Draw, sampler: PromptSampler, scored: ScoredBatch, B: int,
+            a: AlgoConfig) -> tuple[ScoredBatch, GroupStats]:
     """DAPO dynamic sampling (Yu et al., 2025, eq. 11): keep the informative groups, draw B − kept
-    fresh prompts per extra round, up to max_refill_rounds, then train on what was kept."""
-    parts, kept, rounds, generated = [], 0, 0, B
+    fresh prompts per extra round, up to max_refill_rounds, then train on what was kept. The
+    decision is global: every rank sees every prompt's tie flag and keeps the same first
+    informative prompts, so the kept set does not depend on the number of ranks."""
+    parts, kept, rounds, size = [], 0, 0, B
     while True:
-        tied = is_tied(scored.reward, G, a.tie_rule, tuple(a.tie_interval))
-        keep = [g for g in range(len(tied)) if not tied[g]][: B - kept]
-        if keep:
-            parts.append(select_groups(scored, keep))
-            kept += len(keep)
+        tied = draw.global_tied(scored, a, size)
+        keep = [g for g in range(size) if not tied[g]][: B - kept]
+        start, stop = draw.span
+        local = [g - start for g in keep if start <= g < stop]
+        parts.append(select_groups(scored, local) if local else None)
+        kept += len(keep)
         if kept >= B or rounds >= a.max_refill_rounds:
             break
         rounds += 1
-        indices = sampler.take(B - kept)
-        scored = source.score(indices, G, generator)
-        generated += len(indices)
-    if not parts:  # every group tied in every round: the last round is kept for its metrics
-        return scored, GroupStats(len(tied), len(tied), generated, rounds, no_signal=True)
-    batch = concat(parts, source.session.tokenizer.pad_token_id)
-    return batch, GroupStats(kept, 0, generated, rounds)
+        size = B - kept
+        scored = draw.round(sampler.take(size))
+    if kept == 0:  # every group tied in every round: the last round is kept for its metrics
+        return scored, GroupStats(B, B, draw.drawn, rounds, no_signal=True)
+    return _rebalance(parts, kept, draw.source.session.tokenizer.pad_token_id), \
+        GroupStats(kept, 0, draw.drawn, rounds)
+
+
+def _rebalance(parts: list[ScoredBatch | None], kept: int, pad_id: int) -> ScoredBatch:
+    """The kept groups in global order (round by round, rank by rank), then this rank's equal
+    share of them, so every rank trains on kept / world groups."""
+    gathered = dist.all_gather_object([None if p is None else p.to("cpu") for p in parts])
+    ordered = [by_rank[r] for r in range(len(parts)) for by_rank in gathered
+               if by_rank[r] is not None]
+    batch = concat(ordered, pad_id)
+    start, stop = dist.share(kept)
+    if (start, stop) == (0, kept):
+        return batch
+    return select_groups(batch, list(range(start, stop)))
 
 
 def check_world(cfg: Config, world: int) -> None:
-    """What a run over `world` ranks needs: an even split of prompts, rank-local statistics."""
-    if world == 1:
-        return
+    """What a run over `world` ranks needs: an equal share of the step's prompts per rank."""
     B = cfg.rollout.prompts_per_step
     if B % world:
         raise ValueError(f"rollout.prompts_per_step={B} must be divisible by the world size "
-                         f"{world}: each rank generates an equal, contiguous share of the prompts")
-    if cfg.algo.scale == "batch":
-        raise ValueError("algo.scale='batch' is not supported with more than one rank (the batch "
-                         "std would be rank-local); use 'group' or 'none'")
-    if cfg.algo.dynamic_sampling:
-        raise ValueError("algo.dynamic_sampling is not supported with more than one rank "
-                         "(refills would desynchronize the ranks' prompt order)")
+                         f"{world}: each rank trains on an equal, contiguous share of the prompts")

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import torch
 
+from grpokit import distributed as dist
 from grpokit.algo.losses import selective_logprobs
 
 
@@ -62,6 +63,26 @@ def completion_logprobs(
     return _unflatten(lp, mask, t_full), (None if ent is None else _unflatten(ent, mask, t_full))
 
 
+class CompletionScorer(torch.nn.Module):
+    """`completion_logprobs` as a module, so that DDP or FSDP can wrap the whole training pass
+    (backbone, and the output projection used outside the model's own forward)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, *,
+                temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False):
+        return completion_logprobs(self.model, prompt_ids, prompt_mask, completion_ids,
+                                   completion_mask, temperature=temperature,
+                                   chunk_size=chunk_size, with_entropy=with_entropy)
+
+
+def as_scorer(module: torch.nn.Module) -> torch.nn.Module:
+    """A causal LM becomes a CompletionScorer; a scorer (plain, DDP or FSDP) stays as it is."""
+    return CompletionScorer(module) if hasattr(module, "get_decoder") else module
+
+
 def _unflatten(values: torch.Tensor, mask: torch.Tensor, width: int) -> torch.Tensor:
     """(M,) values at the mask's True positions -> (N, width), zero elsewhere."""
     dense = torch.zeros(mask.shape, dtype=values.dtype).masked_scatter(mask, values)  # (N, T')
@@ -74,6 +95,14 @@ def length_sorted_chunks(lengths: torch.Tensor, size: int) -> Iterator[torch.Ten
     yield from torch.split(order, size)
 
 
+def padded_chunks(lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """`length_sorted_chunks`, padded to the largest count over ranks with passes that keep
+    sharded (FSDP) ranks in step: such a pass holds index -1 and its results are dropped."""
+    chunks = list(length_sorted_chunks(lengths, size))
+    most = int(dist.all_reduce_max(torch.tensor(len(chunks))))
+    return chunks + [torch.tensor([-1])] * (most - len(chunks))
+
+
 @torch.no_grad()
 def batched_logprobs(model, batch, *, micro_batch_size: int, temperature: float,
                      chunk_size: int, autocast=contextlib.nullcontext,
@@ -83,12 +112,15 @@ def batched_logprobs(model, batch, *, micro_batch_size: int, temperature: float,
     logprobs = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)  # (N, T)
     entropy = torch.zeros_like(logprobs) if with_entropy else None  # (N, T)
     lengths = batch.prompt_mask.sum(1) + batch.completion_mask.sum(1)
-    for idx in length_sorted_chunks(lengths, micro_batch_size):
+    scorer = as_scorer(model)
+    for idx in padded_chunks(lengths, micro_batch_size):
         with autocast():
-            lp, ent = completion_logprobs(model, batch.prompt_ids[idx], batch.prompt_mask[idx],
-                                          batch.completion_ids[idx], batch.completion_mask[idx],
-                                          temperature=temperature, chunk_size=chunk_size,
-                                          with_entropy=with_entropy)
+            lp, ent = scorer(batch.prompt_ids[idx], batch.prompt_mask[idx],
+                             batch.completion_ids[idx], batch.completion_mask[idx],
+                             temperature=temperature, chunk_size=chunk_size,
+                             with_entropy=with_entropy)
+        if bool(idx[0] < 0):
+            continue  # a rank's padding pass (see padded_chunks)
         logprobs[idx] = lp
         if entropy is not None:
             entropy[idx] = ent

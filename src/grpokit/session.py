@@ -12,9 +12,12 @@ from typing import Any
 
 import torch
 
+from grpokit import distributed as dist
 from grpokit import models
 from grpokit.config import Config, ConfigError
 from grpokit.data.base import Task, load_data
+from grpokit.logprobs import CompletionScorer
+from grpokit.parallel import GenerationCopy, Layout, SyncedEngine, lay_out
 from grpokit.rewards.base import RewardSpec
 from grpokit.rollout import RolloutEngine, make_engine
 
@@ -37,6 +40,12 @@ class Session:
     """Samples completions from `model`."""
     bf16: bool = False
     """Forward passes run under bf16 autocast (models.use_bf16)."""
+    layout: Layout | None = None
+    """The training pass laid out over the ranks (train.parallel)."""
+
+    def __post_init__(self) -> None:
+        if self.layout is None:  # a session built by hand (tests): the plain layout
+            self.layout = lay_out(self.model, self.reference, self.cfg.train.parallel, self.bf16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return models.autocast(self.bf16)
@@ -75,5 +84,23 @@ def build_session(cfg: Config, *, resume_from: Path | None = None,
     if training and not cfg.model.lora.enabled and cfg.algo.beta > 0:
         reference = models.load_reference(path, dtype=cfg.model.dtype)
     bf16 = models.use_bf16(cfg.model.autocast)
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16)
-    return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16)
+    if not training:
+        engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16)
+        return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16,
+                       Layout("single", CompletionScorer(model), None))
+    engine, layout = _engine_and_layout(cfg, model, reference, tokenizer, bf16)
+    return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16, layout)
+
+
+def _engine_and_layout(cfg: Config, model, reference, tokenizer, bf16: bool):
+    """The rollout engine and the training layout. A sharded policy's forward is collective,
+    so its engine samples from a whole copy that each weight sync refreshes."""
+    sharded = cfg.train.parallel == "fsdp" and dist.world_size() > 1
+    if sharded and cfg.model.lora.enabled:
+        raise ConfigError("train.parallel: 'fsdp' does not take LoRA here (its adapter-only "
+                          "checkpoints are not sharded); use 'ddp' with model.lora.enabled")
+    copy = GenerationCopy(model) if sharded else None
+    engine = make_engine(cfg.rollout.engine, model if copy is None else copy.module, tokenizer,
+                         bf16)
+    layout = lay_out(model, reference, cfg.train.parallel, bf16)
+    return (engine if copy is None else SyncedEngine(engine, copy, model)), layout

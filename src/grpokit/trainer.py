@@ -22,9 +22,10 @@ from grpokit.batch import ScoredBatch, TrainingBatch
 from grpokit.config import Config, to_dict
 from grpokit.evaluation import evaluate, print_eval
 from grpokit.groups import PromptGroups, check_world, sample_groups
-from grpokit.logprobs import batched_logprobs, completion_logprobs, length_sorted_chunks
+from grpokit.logprobs import batched_logprobs, padded_chunks
 from grpokit.metrics import reduce_metrics, rollout_metrics, write_samples
 from grpokit.models import disabled_adapter
+from grpokit.rollout.base import sampling_seed
 from grpokit.session import Session, build_session
 from grpokit.sinks import make_sinks
 from grpokit.training import (
@@ -37,7 +38,7 @@ def train_step(session: Session, groups: PromptGroups, state: RunState
                ) -> tuple[TrainingBatch, dict[str, float]]:
     """One GRPO step; returns the training batch and the step's metrics."""
     cfg, start = session.cfg, time.perf_counter()
-    scored, stats = sample_groups(groups, state.sampler, state.generator, cfg)
+    scored, stats = sample_groups(groups, state.sampler, state.step, cfg)
     gen_time = time.perf_counter() - start
     advantages = advantages_of(scored, cfg)  # (N,) or (N, T)
     included, mask = loss_mask_of(scored, cfg)  # (N,), (N, T)
@@ -58,11 +59,24 @@ def train_step(session: Session, groups: PromptGroups, state: RunState
 
 
 def advantages_of(scored: ScoredBatch, cfg: Config) -> torch.Tensor:
-    """Group-relative advantages (DESIGN.md §3), per sequence or, with step rewards, per token."""
+    """Group-relative advantages (DESIGN.md §3), per sequence or, with step rewards, per token.
+    The batch std (scale=batch) is the whole step's: over several ranks, every rank computes the
+    advantages of the gathered batch and keeps its own rows."""
     a, r = cfg.algo, scored.rollout
-    return batch_advantages(scored.reward, scored.step_rewards, r.group_size,
-                            r.completion_ids.shape[1], estimator=a.estimator, scale=a.scale,
-                            eps=a.adv_eps)
+    reward, steps, width = scored.reward, scored.step_rewards, r.completion_ids.shape[1]
+    gather = a.scale == "batch" and dist.world_size() > 1
+    if gather:
+        reward = torch.cat(dist.all_gather_tensor(reward))  # (N·world,)
+        if steps is not None:
+            steps = [s for part in dist.all_gather_object(steps) for s in part]
+            width = int(dist.all_reduce_max(torch.tensor(width)))
+    advantages = batch_advantages(reward, steps, r.group_size, width, estimator=a.estimator,
+                                  scale=a.scale, eps=a.adv_eps)
+    if not gather:
+        return advantages
+    start, stop = dist.share(len(reward))
+    return advantages[start:stop, : r.completion_ids.shape[1]] if steps is not None \
+        else advantages[start:stop]
 
 
 def loss_mask_of(scored: ScoredBatch, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,11 +121,16 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
     ref = _reference_logprobs(session, batch)
     lengths = batch.rollout.prompt_mask.sum(1) + batch.rollout.completion_mask.sum(1)
     parts, optim = [], []
-    for _ in range(t.epochs_per_batch):
-        for mb in _minibatches(len(lengths), t.minibatches, state.generator):
+    for epoch in range(t.epochs_per_batch):
+        for mb in _minibatches(len(lengths), t.minibatches, (t.seed, state.step, epoch)):
             counts = _global_counts(batch, mb)
-            for chunk in length_sorted_chunks(lengths[mb], t.micro_batch_size):
-                parts.append(_micro_step(session, batch, mb[chunk], old, ref, knobs, counts))
+            chunks = padded_chunks(lengths[mb], t.micro_batch_size)
+            for k, chunk in enumerate(chunks):
+                padding = bool(chunk[0] < 0)
+                idx = torch.tensor([0]) if padding else mb[chunk]
+                with session.layout.accumulating(last=k == len(chunks) - 1):
+                    part = _micro_step(session, batch, idx, old, ref, knobs, counts, padding)
+                parts += [part] if part else []
             optim.append(optimizer_step(session.model, state.optimizer, state.scheduler,
                                         t.max_grad_norm))
     metrics = {f"loss/{k}": v for k, v in reduce_metrics(parts).items()
@@ -140,7 +159,7 @@ def _old_logprobs(session: Session, batch: TrainingBatch
     select = a.top_entropy_fraction < 1.0
     if on_policy and not select:
         return batch, None
-    old, entropy = batched_logprobs(session.model, batch.rollout, with_entropy=select,
+    old, entropy = batched_logprobs(session.layout.scorer, batch.rollout, with_entropy=select,
                                     **_logprob_args(session))
     if select:
         batch = dataclasses.replace(batch, loss_mask=top_entropy_mask(
@@ -151,16 +170,22 @@ def _old_logprobs(session: Session, batch: TrainingBatch
 def _reference_logprobs(session: Session, batch: TrainingBatch) -> torch.Tensor | None:
     if not session.cfg.algo.beta:
         return None  # β = 0: no reference forward at all
-    if session.reference is not None:
-        return batched_logprobs(session.reference, batch.rollout, **_logprob_args(session))[0]
+    layout = session.layout
+    if layout.reference is not None:
+        return batched_logprobs(layout.reference, batch.rollout, **_logprob_args(session))[0]
     with disabled_adapter(session.model):  # LoRA: the reference is the base model
-        return batched_logprobs(session.model, batch.rollout, **_logprob_args(session))[0]
+        return batched_logprobs(layout.scorer, batch.rollout, **_logprob_args(session))[0]
 
 
-def _minibatches(n: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
+def _minibatches(n: int, count: int, keys: tuple[int, ...]) -> list[torch.Tensor]:
+    """This rank's rows of each minibatch. The split is of the whole step's batch, from a seed
+    of (seed, step, epoch), so it is the same whatever the number of ranks."""
     if count == 1:
         return [torch.arange(n)]
-    return list(torch.randperm(n, generator=generator).chunk(count))
+    start, stop = dist.share(n * dist.world_size())
+    generator = torch.Generator().manual_seed(sampling_seed(*keys, "minibatches"))
+    order = torch.randperm(n * dist.world_size(), generator=generator)
+    return [part[(part >= start) & (part < stop)] - start for part in order.chunk(count)]
 
 
 def _global_counts(batch: TrainingBatch, idx: torch.Tensor) -> tuple[int, int]:
@@ -170,24 +195,30 @@ def _global_counts(batch: TrainingBatch, idx: torch.Tensor) -> tuple[int, int]:
     return int(counts[0]), int(counts[1])
 
 
-def _micro_step(session, batch, idx, old, ref, knobs, counts) -> dict[str, float]:
-    """Forward and backward of one micro-batch; the loss is normalized by the step's global counts."""
-    cfg, r = session.cfg, batch.rollout
+def _micro_step(session, batch, idx, old, ref, knobs, counts, padding=False
+                ) -> dict[str, float] | None:
+    """Forward and backward of one micro-batch; the loss is normalized by the step's global counts.
+    A padding pass (a rank with fewer micro-batches than another) backpropagates zero."""
+    cfg, r, layout = session.cfg, batch.rollout, session.layout
     with session.autocast():
-        logprobs, entropy = completion_logprobs(
-            session.model, r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx],
-            r.completion_mask[idx], temperature=cfg.rollout.temperature,
-            chunk_size=cfg.train.logprob_chunk_size, with_entropy=True)
+        logprobs, entropy = layout.scorer(
+            r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx],
+            temperature=cfg.rollout.temperature, chunk_size=cfg.train.logprob_chunk_size,
+            with_entropy=True)
     old_lp = logprobs.detach() if old is None else old[idx]
     if knobs.entropy_coef == 0.0:
         entropy = entropy.detach()
+    sampler = None if r.sampling_logprobs is None else r.sampling_logprobs[idx]
     loss, metrics = policy_loss(logprobs, old_lp, batch.advantages[idx], batch.loss_mask[idx],
                                 knobs, ref_logprobs=None if ref is None else ref[idx],
-                                entropy=entropy, num_sequences=counts[0], num_tokens=counts[1])
+                                entropy=entropy, sampler_logprobs=sampler,
+                                num_sequences=counts[0], num_tokens=counts[1])
     if not torch.isfinite(loss):
         raise NonFiniteError(f"non-finite loss {loss.item()} in a micro-batch of sequences "
                              f"{idx.tolist()[:8]}...")
-    loss.backward()
+    (loss * (0.0 if padding else layout.loss_scale)).backward()
+    if padding:
+        return None
     metrics["loss"] = loss.item()
     return metrics
 

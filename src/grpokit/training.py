@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 import yaml
 
 from grpokit import checkpoint as ckpt
@@ -53,13 +54,15 @@ def lr_lambda(t: TrainConfig, total_updates: int) -> Callable[[int], float]:
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, max_norm: float) -> dict[str, float]:
-    """Sum gradients over ranks, clip, refuse non-finite gradients, step, zero."""
+    """Clip, refuse non-finite gradients, step, zero. Over several ranks the gradients are
+    already the sum of the ranks' (DDP or FSDP reduced them in the backward)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    dist.all_reduce_gradients(params)
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    if isinstance(norm, DTensor):  # sharded gradients: the norm over every shard
+        norm = norm.full_tensor()
     if not torch.isfinite(norm):
         bad = [n for n, p in model.named_parameters()
-               if p.grad is not None and not torch.isfinite(p.grad).all()]
+               if p.grad is not None and not bool(torch.isfinite(_local(p.grad)).all())]
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(f"non-finite gradient (norm {norm.item()}) in {bad[:5]}")
     lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
@@ -67,6 +70,10 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"optim/grad_norm": norm.item(), "optim/lr": lr}
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 _KINDS = {"grpo": "a GRPO", "sft": "an SFT"}
@@ -92,17 +99,14 @@ class RunState:
     sampler: PromptSampler
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    generator: torch.Generator | None = None
-    """This rank's sampling generator (GRPO)."""
     reference: torch.nn.Module | None = None
     """A reference model whose weights change during the run (iterative GRPO), saved with it."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Call on every rank: each rank's generator is gathered, in rank order."""
+        """The same on every rank: sampling randomness is derived from (seed, step, prompt), so
+        there is no per-rank stream to save and any number of ranks can resume it."""
         saved = {"kind": self.kind, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
-        if self.generator is not None:
-            saved["rank_generators"] = dist.all_gather_tensor(self.generator.get_state())
         if self.reference is not None:
             saved["reference"] = self.reference.state_dict()
         return saved
@@ -111,15 +115,9 @@ class RunState:
         """Restore optimizer, schedule, row order, RNG streams and step; checks come first, so
         nothing is restored from a checkpoint that cannot be resumed."""
         check_kind(saved, self.kind)
-        generators = saved.get("rank_generators")
-        if self.generator is not None and len(generators) != dist.world_size():
-            raise ValueError(f"the checkpoint was written by {len(generators)} rank(s); resume it "
-                             f"with the same number of ranks, not {dist.world_size()}")
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.sampler.load_state_dict(saved["sampler"])
-        if self.generator is not None:
-            self.generator.set_state(generators[dist.rank()])
         if self.reference is not None:
             self.reference.load_state_dict(saved["reference"])
         ckpt.set_rng_state(saved["rng"])
@@ -128,18 +126,14 @@ class RunState:
 
 def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int,
                   total_updates: int, reference: torch.nn.Module | None = None) -> RunState:
-    """AdamW over the trainable weights, warm-up + schedule, the seeded row order and, for GRPO,
-    this rank's sampling generator."""
+    """AdamW over the trainable weights, warm-up + schedule and the seeded row order."""
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas),
                                   weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, total_updates))
     sampler = PromptSampler(num_rows, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
-    generator = None
-    if kind == "grpo":
-        generator = torch.Generator().manual_seed(t.seed + 1_000_003 * dist.rank())
-    return RunState(kind, 0, sampler, optimizer, scheduler, generator, reference)
+    return RunState(kind, 0, sampler, optimizer, scheduler, reference)
 
 
 # ---------------------------------------------------------------- the run folder
@@ -148,7 +142,7 @@ def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int,
 # other key (model, data, seeds, batch shape, sampling, algorithm knobs) is frozen by the first
 # start, and a resume that changes one is refused.
 RESUME_MAY_CHANGE = ("train.steps", "train.lr", "train.micro_batch_size",
-                     "train.logprob_chunk_size", "model.gradient_checkpointing", "log.",
+                     "train.logprob_chunk_size", "train.parallel", "model.gradient_checkpointing", "log.",
                      "checkpoint.", "eval.", "reward_runner.")
 
 

@@ -23,6 +23,7 @@ LAYERS = [
     ["grpokit.evaluation"],
     ["grpokit.groups"],
     ["grpokit.session", "grpokit.metrics", "grpokit.sinks"],
+    ["grpokit.parallel"],
     ["grpokit.batch", "grpokit.logprobs"],
     ["grpokit.rollout", "grpokit.data"],
     ["grpokit.rewards"],

@@ -71,8 +71,7 @@ def _one_update(model_dir, groups: list[int]) -> dict[str, torch.Tensor]:
     session = Session(cfg, model, None, reference, None, [], None)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    state = RunState("grpo", 0, PromptSampler(B, B), optimizer, scheduler,
-                     torch.Generator().manual_seed(0))
+    state = RunState("grpo", 0, PromptSampler(B, B), optimizer, scheduler)
     metrics = trainer.update_policy(session, state, _scored_batch(cfg, groups))
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     params["__tokens"] = torch.tensor(metrics["train/tokens"])
@@ -86,7 +85,8 @@ def _worker(rank: int, world: int, port: int, model_dir, out_dir) -> None:
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        share = dist.shard(list(range(B)))  # this rank's contiguous groups, as collect takes them
+        start, stop = dist.share(B)  # this rank's contiguous groups, as sample_groups takes them
+        share = list(range(start, stop))
         torch.save(_one_update(model_dir, share), f"{out_dir}/rank{rank}.pt")
     finally:
         tdist.destroy_process_group()
@@ -122,44 +122,23 @@ def _fresh_params(model_dir) -> dict[str, torch.Tensor]:
     return dict(models.load_policy(model_dir, dtype="float32").named_parameters())
 
 
-def test_shard_takes_contiguous_equal_shares_and_rejects_uneven_splits(monkeypatch):
-    monkeypatch.setattr(dist, "world_size", lambda: 2)
-    assert dist.shard([0, 1, 2, 3], of_rank=0) == [0, 1]
-    assert dist.shard([0, 1, 2, 3], of_rank=1) == [2, 3]
-    with pytest.raises(ValueError, match="do not split evenly over 2 ranks"):
-        dist.shard([0, 1, 2])
+def test_shares_are_contiguous_and_differ_by_at_most_one(monkeypatch):
+    monkeypatch.setattr(dist, "world_size", lambda: 3)
+    assert [dist.share(7, of_rank=r) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
+    assert [dist.share(6, of_rank=r) for r in range(3)] == [(0, 2), (2, 4), (4, 6)]
 
 
-@pytest.mark.parametrize("extra,match", [
-    (["rollout.prompts_per_step=3"], "prompts_per_step=3 must be divisible by the world size 2"),
-    (["algo.scale=batch"], "scale='batch' is not supported with more than one rank"),
-    (["algo.dynamic_sampling=true"], "dynamic_sampling is not supported with more than one rank"),
-])
-def test_world_checks_name_the_field(tiny_model_dir, extra, match):
-    cfg = _config(tiny_model_dir, *extra)
+def test_world_check_names_the_field(tiny_model_dir):
+    cfg = _config(tiny_model_dir, "rollout.prompts_per_step=3")
     check_world(cfg, 1)  # one process: anything goes
-    with pytest.raises(ValueError, match=match):
+    check_world(_config(tiny_model_dir, "algo.scale=batch", "algo.dynamic_sampling=true"), 2)
+    with pytest.raises(ValueError, match="prompts_per_step=3 must be divisible by the world size 2"):
         check_world(cfg, 2)
 
 
 def test_single_process_helpers_are_identities():
     x = torch.tensor([1.0, -2.0])
     assert torch.equal(dist.all_reduce_sum(x), x) and torch.equal(dist.all_reduce_max(x), x)
+    assert torch.equal(dist.gather_shares(x, 2), x) and dist.all_gather_object({"a": 1}) == [{"a": 1}]
     dist.barrier()
     assert dist.rank() == 0 and dist.world_size() == 1 and dist.is_main()
-
-
-def test_checkpoint_holds_every_rank_generator_and_refuses_another_world_size():
-    from grpokit.data.sampler import PromptSampler
-    from grpokit.training import RunState
-
-    gen = torch.Generator().manual_seed(7)
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    state = RunState("grpo", 3, PromptSampler(4, 2), opt,
-                     torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), gen)
-    saved = state.state_dict()
-    generators = saved["rank_generators"]
-    assert len(generators) == 1 and torch.equal(generators[0], gen.get_state())
-    saved = {**saved, "rank_generators": generators * 2}
-    with pytest.raises(ValueError, match="written by 2 rank\\(s\\); resume it with the same"):
-        state.load_state_dict(saved)

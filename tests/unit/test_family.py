@@ -72,7 +72,7 @@ def _session(model_dir, *extra, reward="[{name: family_parity}]"):
 
 def _collect(session, groups, state):
     """The step's training batch, as train_step builds it, and its group statistics."""
-    scored, stats = sample_groups(groups, state.sampler, state.generator, session.cfg)
+    scored, stats = sample_groups(groups, state.sampler, state.step, session.cfg)
     included, mask = trainer.loss_mask_of(scored, session.cfg)
     batch = TrainingBatch(scored, trainer.advantages_of(scored, session.cfg), mask, included)
     return batch, stats.metrics()
@@ -83,8 +83,7 @@ def _grad(session, batch) -> torch.Tensor:
     params = [p for p in session.model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     opt = torch.optim.SGD(params, lr=1.0)
-    state = RunState("grpo", 0, None, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                     torch.Generator().manual_seed(0))
+    state = RunState("grpo", 0, None, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
     trainer.update_policy(session, state, batch)
     grad = torch.cat([(b - p.detach()).reshape(-1) for b, p in zip(before, params)])
     with torch.no_grad():

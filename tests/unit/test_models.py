@@ -275,7 +275,7 @@ def test_default_model_converts_and_chats() -> None:
     assert prompt.endswith("<|im_start|>assistant\n")
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     batch = HFEngine(model, tokenizer).generate(
-        [ids], 1, SamplingParams(max_new_tokens=48, temperature=0), torch.Generator()
+        [ids], 1, SamplingParams(max_new_tokens=48, temperature=0), [0]
     )
     assert batch.finish_reason == ["stop"]
     assert "12" in batch.completions[0]

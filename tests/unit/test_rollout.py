@@ -29,7 +29,8 @@ def _prompts(tokenizer, texts=TEXTS) -> list[list[int]]:
 
 
 def _gen(engine, prompts, group_size=4, seed=0, **params):
-    return engine.generate(prompts, group_size, SamplingParams(**params), torch.Generator().manual_seed(seed))
+    return engine.generate(prompts, group_size, SamplingParams(**params),
+                           [seed * 1000 + i for i in range(len(prompts))])
 
 
 def _check_invariants(batch, prompts, group_size, max_new_tokens, stop_ids, pad_id):
@@ -209,14 +210,15 @@ def test_filter_logits(top_k, top_p, kept):
     ],
 )
 def test_sample_next_by_hand(logits, params, token, logprob):
-    tokens, logprobs = sample_next(torch.tensor([logits]), params, torch.Generator().manual_seed(0))
+    tokens, logprobs = sample_next(torch.tensor([logits]), params, torch.tensor([0.3]))
     assert tokens.tolist() == [token]
     assert logprobs.item() == pytest.approx(logprob, abs=1e-6)
 
 
 def test_sample_next_temperature_scales_the_distribution():
     logits = torch.tensor([[0.0, math.log(3.0)]]).expand(20_000, 2)
-    tokens, logprobs = sample_next(logits, SamplingParams(temperature=0.5), torch.Generator().manual_seed(0))
+    uniforms = 1.0 - torch.rand(20_000, generator=torch.Generator().manual_seed(0))
+    tokens, logprobs = sample_next(logits, SamplingParams(temperature=0.5), uniforms)
     assert tokens.float().mean().item() == pytest.approx(0.9, abs=0.01)
     expected = torch.where(tokens == 1, math.log(0.9), math.log(0.1))
     assert torch.allclose(logprobs, expected, atol=1e-6)
@@ -229,7 +231,7 @@ def test_a_nan_logit_stops_sampling_with_a_clear_error(temperature):
     logits = torch.zeros(3, 5)
     logits[1, 4] = float("nan")  # one bad logit in one row
     with pytest.raises(FloatingPointError, match="NaN logits"):
-        sample_next(logits, SamplingParams(temperature=temperature), torch.Generator())
+        sample_next(logits, SamplingParams(temperature=temperature), torch.full((3,), 0.5))
     tokens, logprobs = sample_next(torch.zeros(3, 5), SamplingParams(temperature=temperature),
-                                   torch.Generator().manual_seed(0))
+                                   torch.full((3,), 0.5))
     torch.testing.assert_close(logprobs, torch.full((3,), -torch.log(torch.tensor(5.0)).item()))

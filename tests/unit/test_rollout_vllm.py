@@ -56,7 +56,7 @@ def _prompts(tokenizer) -> list[list[int]]:
 
 def _gen(engine, group_size=4, seed=0, **params):
     return engine.generate(_prompts(engine.tokenizer), group_size, SamplingParams(**params),
-                           torch.Generator().manual_seed(seed))
+                           [seed * 1000 + i for i in range(len(_prompts(engine.tokenizer)))])
 
 
 def _perturb(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> None:

@@ -111,13 +111,15 @@ def test_non_finite_loss_stops_the_step_before_any_update(tiny_model_dir, tmp_pa
     rollouts = PromptGroups(session, session.task.train_rows)
     state = new_run_state("grpo", cfg, session.model, len(rollouts.rows), trainer.total_updates(cfg))
     before = [p.detach().clone() for p in session.model.parameters()]
-    real = trainer.completion_logprobs
+    import grpokit.logprobs as logprobs
+
+    real = logprobs.completion_logprobs
 
     def poisoned(*args, **kwargs):
         lp, ent = real(*args, **kwargs)
         return lp * float("nan"), ent
 
-    monkeypatch.setattr(trainer, "completion_logprobs", poisoned)
+    monkeypatch.setattr(logprobs, "completion_logprobs", poisoned)
     with pytest.raises(NonFiniteError, match="non-finite loss"):
         trainer.train_step(session, rollouts, state)
     assert all(torch.equal(a, b) for a, b in zip(before, session.model.parameters()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +43,14 @@ class RolloutBatch:
         return self.completion_ids.shape[0] // int(self.group_index.max().item() + 1)
 
 
+def sampling_seed(*keys: int | str) -> int:
+    """A 62-bit seed that depends only on `keys`, e.g. (run seed, step, global prompt index):
+    a prompt's completions then do not depend on which rank, batch or engine call draws them
+    (DESIGN.md §5), so runs stay exact across world sizes and resumes."""
+    digest = hashlib.blake2b("/".join(map(str, keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
 class RolloutEngine(Protocol):
     """Generates G completions per prompt from the current policy."""
 
@@ -49,9 +59,10 @@ class RolloutEngine(Protocol):
         prompt_ids: list[list[int]],
         group_size: int,
         params: SamplingParams,
-        generator: torch.Generator,
+        seeds: Sequence[int],
     ) -> RolloutBatch:
-        """Sample group_size completions for each prompt (token ids, no padding)."""
+        """Sample group_size completions for each prompt (token ids, no padding); prompt i's
+        samples are drawn from randomness seeded by seeds[i] alone."""
         ...
 
     def sync_weights(self) -> None:

@@ -81,6 +81,34 @@ def assemble(
     )
 
 
+def _pad_cat(tensors: list[torch.Tensor], left: bool, value: int | bool) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    padded = []
+    for t in tensors:
+        pad = (width - t.shape[1], 0) if left else (0, width - t.shape[1])
+        padded.append(torch.nn.functional.pad(t, pad, value=value))
+    return torch.cat(padded)
+
+
+def concat_rollouts(rs: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """Join rollouts of the same group size, prompts left-padded, completions right-padded."""
+    if len(rs) == 1:
+        return rs[0]
+    offsets = torch.tensor([0] + [int(r.group_index.max()) + 1 for r in rs]).cumsum(0)
+    logps = [r.sampling_logprobs for r in rs]
+    return RolloutBatch(
+        prompt_ids=_pad_cat([r.prompt_ids for r in rs], True, pad_token_id),
+        prompt_mask=_pad_cat([r.prompt_mask for r in rs], True, False),
+        completion_ids=_pad_cat([r.completion_ids for r in rs], False, pad_token_id),
+        completion_mask=_pad_cat([r.completion_mask for r in rs], False, False),
+        finish_reason=[f for r in rs for f in r.finish_reason],
+        group_index=torch.cat([r.group_index + o for r, o in zip(rs, offsets)]),
+        completions=[c for r in rs for c in r.completions],
+        sampling_logprobs=None if any(x is None for x in logps) else _pad_cat(logps, False, 0.0),
+        rows=[row for r in rs for row in r.rows],
+    )
+
+
 class EngineBase:
     """What both engines hold: the policy module itself (so there are no weights to sync), its
     tokenizer, the stop and pad ids, and whether to run under bf16 autocast."""

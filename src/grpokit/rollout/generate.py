@@ -5,6 +5,7 @@ It re-runs each prompt's prefill G times; it exists to check and benchmark HFEng
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from transformers import GenerationConfig
 
 from grpokit.models import autocast
 from grpokit.rollout.base import RolloutBatch, SamplingParams
-from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
+from grpokit.rollout.batching import EngineBase, assemble, check_prompts, concat_rollouts
 from grpokit.rollout.sampling import check_params
 
 
@@ -24,20 +25,26 @@ class GenerateEngine(EngineBase):
         prompt_ids: list[list[int]],
         group_size: int,
         params: SamplingParams,
-        generator: torch.Generator,
+        seeds: Sequence[int],
     ) -> RolloutBatch:
-        """Sample group_size completions for each prompt (token ids, no padding)."""
+        """Sample group_size completions for each prompt (token ids, no padding); one `generate`
+        call per prompt, under the global RNG seeded with the prompt's seed (then restored)."""
         check_params(params)
         check_prompts(prompt_ids, group_size, self.model.get_input_embeddings().num_embeddings)
+        parts = [self._one_prompt(ids, group_size, params, seed)
+                 for ids, seed in zip(prompt_ids, seeds)]
+        return concat_rollouts(parts, self.pad_id)
+
+    def _one_prompt(self, prompt: list[int], group_size: int, params: SamplingParams,
+                    seed: int) -> RolloutBatch:
         device = self.model.get_input_embeddings().weight.device
-        ids, mask = left_pad(prompt_ids, self.pad_id, device)  # (B, P)
-        ids, mask = ids.repeat_interleave(group_size, 0), mask.repeat_interleave(group_size, 0)
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        ids = torch.tensor([prompt] * group_size, device=device)  # (G, P)
+        mask = torch.ones_like(ids, dtype=torch.bool)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed)
+                torch.manual_seed(int(seed))
                 with torch.no_grad(), autocast(self.autocast, device):
                     out = self.model.generate(
                         input_ids=ids,

@@ -10,6 +10,7 @@ costing compute.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from transformers import DynamicCache
 from grpokit.models import autocast
 from grpokit.rollout.base import RolloutBatch, SamplingParams
 from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
-from grpokit.rollout.sampling import check_params, sample_next
+from grpokit.rollout.sampling import check_params, prompt_uniforms, sample_next
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
@@ -54,7 +55,7 @@ class HFEngine(EngineBase):
         prompt_ids: list[list[int]],
         group_size: int,
         params: SamplingParams,
-        generator: torch.Generator,
+        seeds: Sequence[int],
     ) -> RolloutBatch:
         """Sample group_size completions for each prompt (token ids, no padding)."""
         check_params(params)
@@ -64,7 +65,7 @@ class HFEngine(EngineBase):
         self.model.eval()
         try:
             with torch.no_grad(), autocast(self.autocast, device):
-                return self._generate(prompt_ids, group_size, params, generator, device)
+                return self._generate(prompt_ids, group_size, params, seeds, device)
         finally:
             self.model.train(was_training)
 
@@ -73,7 +74,7 @@ class HFEngine(EngineBase):
         prompt_ids: list[list[int]],
         group_size: int,
         params: SamplingParams,
-        generator: torch.Generator,
+        seeds: Sequence[int],
         device: torch.device,
     ) -> RolloutBatch:
         ids, mask = left_pad(prompt_ids, self.pad_id, device)  # (B, P)
@@ -95,8 +96,10 @@ class HFEngine(EngineBase):
         )
         logits = out.logits[:, -1].repeat_interleave(group_size, 0)  # (N, V)
         stop = torch.tensor(self.stop_ids, device=device)
+        uniforms = prompt_uniforms(seeds, group_size, params.max_new_tokens, device)  # (N, T)
         for step in range(params.max_new_tokens):
-            tokens = state.record(step, *sample_next(logits, params, generator), stop)
+            draws = sample_next(logits, params, uniforms[state.rows, step])
+            tokens = state.record(step, *draws, stop)
             if step == params.max_new_tokens - 1 or not state.alive.any():
                 break
             tokens = state.maybe_compact(tokens, cache, self.compact_fraction)

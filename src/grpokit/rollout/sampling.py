@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from grpokit.rollout.base import SamplingParams
@@ -34,10 +36,21 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+def prompt_uniforms(seeds: Sequence[int], group_size: int, steps: int,
+                    device: torch.device) -> torch.Tensor:
+    """(N, steps) uniforms in (0, 1], G rows per prompt, each prompt's from its own seed: the
+    randomness of one sampled token, fixed before decoding starts."""
+    rows = [1.0 - torch.rand((group_size, steps), dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(int(seed)))
+            for seed in seeds]
+    return torch.cat(rows).to(device)
+
+
 def sample_next(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row of `logits` (N, V); return the tokens (N,) and their log-probs (N,).
+    """Draw one token per row of `logits` (N, V) by inverting its CDF at `uniforms` (N,) in
+    (0, 1]; return the tokens (N,) and their log-probs (N,).
 
     The log-prob is taken under the distribution the sampler drew from: temperature-scaled,
     top-k/top-p truncated and renormalized (equal to the policy's temperature-scaled log-prob when
@@ -56,8 +69,8 @@ def sample_next(
     if greedy:
         tokens = logits.argmax(-1)  # (N,)
     else:
-        probs = logprobs.exp()
-        if generator.device != probs.device:
-            probs = probs.to(generator.device)
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+        cdf = logprobs.double().exp().cumsum(-1)  # (N, V)
+        # u > 0 picks the first token whose CDF reaches u·total: always one of positive mass.
+        target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)  # (N, 1)
+        tokens = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)

@@ -18,6 +18,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -179,21 +180,19 @@ class VLLMEngine(EngineBase):
         prompt_ids: list[list[int]],
         group_size: int,
         params: SamplingParams,
-        generator: torch.Generator,
+        seeds: Sequence[int],
     ) -> RolloutBatch:
         """Sample group_size completions for each prompt (token ids, no padding).
 
-        vLLM seeds sample j of a request with seed + j, so the seeds of consecutive prompts are
-        spaced by group_size; the first is drawn from `generator`, which makes a run's rollouts
-        reproducible from its seed.
+        Prompt i is one request seeded with seeds[i] (vLLM seeds its sample j with seed + j),
+        so its completions do not depend on the other prompts of the call.
         """
         check_params(params)
         check_prompts(prompt_ids, group_size, self.model.get_input_embeddings().num_embeddings)
-        first = int(torch.randint(0, 2**31, (1,), generator=generator))
         # vLLM refuses n > 1 for greedy decoding: there, each of the G samples is its own request.
         copies = group_size if params.temperature == 0 else 1
-        requests = [self._sampling(params, group_size // copies, first + i * group_size)
-                    for i in range(len(prompt_ids)) for _ in range(copies)]
+        requests = [self._sampling(params, group_size // copies, int(seeds[i]) + j)
+                    for i in range(len(prompt_ids)) for j in range(copies)]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids for _ in range(copies)]
         outputs = self.llm.generate(prompts, requests, use_tqdm=False)
         samples = [s for out in outputs for s in sorted(out.outputs, key=lambda s: s.index)]

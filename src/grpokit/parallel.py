@@ -1,0 +1,144 @@
+"""How the policy trains over ranks (`train.parallel`, DESIGN.md §5).
+
+- One process: the plain module.
+- `ddp`: torch's DistributedDataParallel; every rank holds the whole model.
+- `fsdp`: FSDP2 (`fully_shard`) over a 1-D device mesh, each decoder layer its own unit and the
+  whole training pass (backbone and output projection) the root; the frozen reference is sharded
+  the same way; bf16 compute with fp32 gradient reduction when bf16 is on.
+
+No gradient collective is written here. The losses are normalized by global counts, so the
+gradient wanted is the *sum* over ranks: FSDP is told to divide by 1, and under DDP (which
+averages) each micro-batch loss is multiplied by the world size (`loss_scale`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from grpokit import distributed as dist
+from grpokit.logprobs import CompletionScorer
+
+PARALLEL = ("ddp", "fsdp")
+
+
+@dataclass
+class Layout:
+    """The modules the training pass calls, laid out over the ranks."""
+
+    kind: str
+    """"single" (one process), "ddp" or "fsdp"."""
+    scorer: torch.nn.Module
+    """The policy's training pass: (prompt ids, masks, completion ids) -> log-probs, entropies."""
+    reference: torch.nn.Module | None
+    """The frozen reference's pass, laid out like the policy; None without a reference model."""
+
+    @property
+    def loss_scale(self) -> float:
+        """DDP averages gradients over ranks; the global normalizers want their sum."""
+        return float(dist.world_size()) if self.kind == "ddp" else 1.0
+
+    @property
+    def sharded(self) -> bool:
+        return self.kind == "fsdp"
+
+    @contextlib.contextmanager
+    def accumulating(self, last: bool) -> Iterator[None]:
+        """A micro-batch's backward: DDP reduces only on the optimizer step's last one. FSDP
+        reduce-scatters every micro-batch (sharded gradients accumulate; none is held whole)."""
+        if self.kind == "ddp" and not last:
+            with self.scorer.no_sync():
+                yield
+        else:
+            yield
+
+
+def lay_out(model: torch.nn.Module, reference: torch.nn.Module | None, parallel: str,
+            bf16: bool) -> Layout:
+    """Wrap the policy (and reference) for this world size; call before building the optimizer."""
+    if parallel not in PARALLEL:
+        raise ValueError(f"train.parallel must be one of {PARALLEL}, got {parallel!r}")
+    ref = None if reference is None else CompletionScorer(reference)
+    if dist.world_size() == 1:
+        return Layout("single", CompletionScorer(model), ref)
+    if parallel == "ddp":
+        device = _device_ids(model)
+        scorer = DistributedDataParallel(CompletionScorer(model), device_ids=device,
+                                         broadcast_buffers=False)
+        return Layout("ddp", scorer, ref)
+    mesh = init_device_mesh(_device_type(model), (dist.world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if bf16 else MixedPrecisionPolicy()
+    scorer = _shard(CompletionScorer(model), mesh, policy)
+    for module in scorer.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)  # a sum over ranks (see the module docstring)
+    return Layout("fsdp", scorer, None if ref is None else _shard(ref, mesh, policy))
+
+
+def _shard(scorer: CompletionScorer, mesh, policy: MixedPrecisionPolicy) -> CompletionScorer:
+    for layer in scorer.model.get_decoder().layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(scorer, mesh=mesh, mp_policy=policy)
+    return scorer
+
+
+def _device_type(model: torch.nn.Module) -> str:
+    return next(model.parameters()).device.type
+
+
+def _device_ids(model: torch.nn.Module) -> list[int] | None:
+    device = next(model.parameters()).device
+    return [device.index] if device.type == "cuda" else None
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole weights on every rank (sharded ones gathered), detached, on the CPU
+    only when they are sharded. Call on every rank: gathering is collective."""
+    return {name: (value.full_tensor() if isinstance(value, DTensor) else value).detach()
+            for name, value in model.state_dict().items()}
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+class GenerationCopy:
+    """A whole, unsharded copy of a sharded policy for an in-process engine to sample from
+    (a sharded module's forward is collective, which decoding of uneven lengths cannot keep in
+    step). `refresh()` copies the gathered weights in after every optimizer step."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.module = copy.deepcopy(model)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def refresh(self, model: torch.nn.Module) -> None:
+        self.module.load_state_dict(full_state_dict(model))
+
+
+class SyncedEngine:
+    """An engine over a GenerationCopy: a weight sync first refreshes the copy from the sharded
+    policy, then lets the engine sync from the copy (vLLM pushes it on; in-process engines
+    sample from it directly). Everything else is the engine's own."""
+
+    def __init__(self, engine, copy: GenerationCopy, model: torch.nn.Module):
+        self.engine, self.copy, self.model = engine, copy, model
+
+    def generate(self, *args, **kwargs):
+        return self.engine.generate(*args, **kwargs)
+
+    def sync_weights(self) -> None:
+        self.copy.refresh(self.model)
+        self.engine.sync_weights()
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
