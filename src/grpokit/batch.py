@@ -21,6 +21,7 @@ class ScoredBatch:
     reward: torch.Tensor  # (N,) weighted combination, NaN = unscorable
     step_rewards: list[StepRewards | None] | None = None  # (N,) process rewards, if any
     reward_errors: torch.Tensor | None = None  # (N, K) bool: the function failed on the sample
+    ghost: bool = False  # a stand-in a rank trains on with zero weight (fewer groups than ranks)
 
     def to(self, device: str | torch.device) -> "ScoredBatch":
         """A copy with every tensor on `device` (to send a batch to another rank)."""
@@ -28,7 +29,7 @@ class ScoredBatch:
                  for k, v in vars(self.rollout).items()}
         errors = None if self.reward_errors is None else self.reward_errors.to(device)
         return ScoredBatch(RolloutBatch(**moved), self.rewards.to(device), self.reward.to(device),
-                           self.step_rewards, errors)
+                           self.step_rewards, errors, self.ghost)
 
 
 @dataclass

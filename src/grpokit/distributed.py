@@ -62,6 +62,17 @@ def all_gather_tensor(tensor: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def all_gather_rows(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's tensor, in rank order, where the ranks' first dimensions may differ."""
+    if not is_distributed():
+        return [tensor.clone()]
+    sizes = all_gather_tensor(torch.tensor([tensor.shape[0]], device=tensor.device))
+    width = int(max(int(s) for s in sizes))
+    padded = torch.zeros((width, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    return [part[: int(n)] for part, n in zip(all_gather_tensor(padded), sizes)]
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if is_distributed():

@@ -3,6 +3,7 @@ sampling (drop tied groups, refill with fresh prompts) when it is on."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any
@@ -143,16 +144,21 @@ class _Draw:
     span: tuple[int, int] = (0, 0)
     """This rank's share [start, stop) of the last round's prompts."""
 
-    def round(self, indices: list[int]) -> ScoredBatch:
+    def round(self, indices: list[int]) -> ScoredBatch | None:
+        """Generate and score this rank's share of `indices` (None when the share is empty: a
+        refill round smaller than the world)."""
         start, stop = dist.share(len(indices))
         seeds = [sampling_seed(self.seed, self.step, self.drawn + k) for k in range(start, stop)]
         self.drawn += len(indices)
         self.span = (start, stop)
+        if start == stop:
+            return None
         return self.source.score(indices[start:stop], self.group_size, seeds)
 
-    def global_tied(self, scored: ScoredBatch, a: AlgoConfig, total: int) -> list[bool]:
+    def global_tied(self, scored: ScoredBatch | None, a: AlgoConfig, total: int) -> list[bool]:
         """The tie decision of every prompt of the last round, in global order, on every rank."""
-        tied = is_tied(scored.reward, self.group_size, a.tie_rule, tuple(a.tie_interval))
+        tied = torch.zeros(0, dtype=torch.bool) if scored is None else \
+            is_tied(scored.reward, self.group_size, a.tie_rule, tuple(a.tie_interval))
         return dist.gather_shares(tied.to(torch.int64), total).bool().tolist()
 
 
@@ -162,7 +168,7 @@ def _refill(draw: _Draw, sampler: PromptSampler, scored: ScoredBatch, B: int,
     fresh prompts per extra round, up to max_refill_rounds, then train on what was kept. The
     decision is global: every rank sees every prompt's tie flag and keeps the same first
     informative prompts, so the kept set does not depend on the number of ranks."""
-    parts, kept, rounds, size = [], 0, 0, B
+    parts, kept, rounds, size, first = [], 0, 0, B, scored
     while True:
         tied = draw.global_tied(scored, a, size)
         keep = [g for g in range(size) if not tied[g]][: B - kept]
@@ -175,8 +181,8 @@ def _refill(draw: _Draw, sampler: PromptSampler, scored: ScoredBatch, B: int,
         rounds += 1
         size = B - kept
         scored = draw.round(sampler.take(size))
-    if kept == 0:  # every group tied in every round: the last round is kept for its metrics
-        return scored, GroupStats(B, B, draw.drawn, rounds, no_signal=True)
+    if kept == 0:  # every group tied in every round: the first round is kept for its metrics
+        return first, GroupStats(B, B, draw.drawn, rounds, no_signal=True)
     return _rebalance(parts, kept, draw.source.session.tokenizer.pad_token_id), \
         GroupStats(kept, 0, draw.drawn, rounds)
 
@@ -191,6 +197,11 @@ def _rebalance(parts: list[ScoredBatch | None], kept: int, pad_id: int) -> Score
     start, stop = dist.share(kept)
     if (start, stop) == (0, kept):
         return batch
+    if start == stop:  # fewer kept groups than ranks: a stand-in that carries no weight
+        ghost = select_groups(batch, [0])
+        nan = torch.full_like(ghost.reward, float("nan"))
+        return dataclasses.replace(ghost, reward=nan, rewards=torch.full_like(ghost.rewards, float("nan")),
+                                   step_rewards=None, ghost=True)
     return select_groups(batch, list(range(start, stop)))
 
 

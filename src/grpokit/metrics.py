@@ -3,6 +3,8 @@ and a few sample completions."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 from pathlib import Path
@@ -48,9 +50,23 @@ def _mean_std(s: float, sq: float, n: float) -> tuple[float, float]:
     return mean, math.sqrt(max(sq / n - mean * mean, 0.0))
 
 
+def _no_rows(batch: TrainingBatch) -> TrainingBatch:
+    none = torch.zeros(0, dtype=torch.long)
+    r = batch.rollout
+    rollout = dataclasses.replace(r, completion_mask=r.completion_mask[none], finish_reason=[])
+    errors = batch.scored.reward_errors
+    scored = dataclasses.replace(batch.scored, rollout=rollout, rewards=batch.rewards[none],
+                                 reward=batch.reward[none],
+                                 reward_errors=None if errors is None else errors[none])
+    return dataclasses.replace(batch, scored=scored, advantages=batch.advantages[none])
+
+
 def rollout_metrics(batch: TrainingBatch, names: list[str]) -> dict[str, float]:
     """Reward, length and advantage statistics over the whole step (every rank's share)."""
     r = batch.rollout
+    if batch.scored.ghost:  # a rank's zero-weight stand-in: none of its rows is the step's
+        batch = _no_rows(batch)
+        r = batch.rollout
     lengths = r.completion_mask.sum(dim=1).double()  # (N,)
     truncated = torch.tensor([f == "length" for f in r.finish_reason], dtype=torch.float64)
     columns = [batch.reward, lengths, truncated, batch.advantages.double().reshape(-1)]
@@ -61,7 +77,8 @@ def rollout_metrics(batch: TrainingBatch, names: list[str]) -> dict[str, float]:
     columns += [errors[:, k].double() for k in range(len(names))]  # (N,) 1.0 where it failed
     sums = dist.all_reduce_sum(torch.tensor(
         [x for col in columns for x in _sum_count(col)] + [float(len(lengths))], dtype=torch.float64))
-    extremes = dist.all_reduce_max(torch.stack([lengths.max(), -lengths.min()]))
+    extremes = dist.all_reduce_max(torch.stack([lengths.max(), -lengths.min()]) if len(lengths)
+                                   else torch.full((2,), -torch.inf, dtype=torch.float64))
     triples = sums[:-1].view(-1, 3).tolist()
     reward_mean, reward_std = _mean_std(*triples[0])
     adv_mean, adv_std = _mean_std(*triples[3])

@@ -285,12 +285,14 @@ def disabled_adapter(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def save_model(
-    model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, merge_lora: bool = False
+    model: torch.nn.Module, tokenizer: Any, path: str | os.PathLike, merge_lora: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save in Hugging Face format (safetensors), atomically (temp folder + rename).
 
     A LoRA model saves its adapter; with `merge_lora` the folder holds the merged full model,
     loadable with AutoModelForCausalLM.from_pretrained, and the adapter goes to `adapter/`.
+    `state_dict` gives the weights of a sharded model, gathered whole.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,7 +304,7 @@ def save_model(
             merged = copy.deepcopy(model).merge_and_unload()
             merged.save_pretrained(tmp)
         else:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if path.exists():
             shutil.rmtree(path)

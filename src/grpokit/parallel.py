@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict,
+)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -81,6 +87,7 @@ def lay_out(model: torch.nn.Module, reference: torch.nn.Module | None, parallel:
     for module in scorer.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # a sum over ranks (see the module docstring)
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
     return Layout("fsdp", scorer, None if ref is None else _shard(ref, mesh, policy))
 
 
@@ -109,6 +116,44 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _sharded_state(model, optimizer, reference) -> dict[str, Any]:
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    if reference is not None:
+        state["reference"] = get_model_state_dict(reference)
+    return state
+
+
+@contextlib.contextmanager
+def _one_process_quiet() -> Iterator[None]:
+    """Without a process group DCP warns, at every checkpoint, that it assumes one process:
+    that is how grpokit runs one, so the warning says nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def save_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 reference: torch.nn.Module | None = None) -> None:
+    """Weights and optimizer state (and a changing reference) with torch.distributed.checkpoint:
+    each rank writes its own shards, keyed by parameter name and global shape, so any number of
+    ranks, sharded or not, can load them. Call on every rank."""
+    with _one_process_quiet():
+        dcp.save(_sharded_state(model, optimizer, reference), checkpoint_id=str(path))
+
+
+def load_sharded(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 reference: torch.nn.Module | None = None) -> None:
+    """Load what `save_sharded` wrote, resharded onto this run's layout. Call on every rank."""
+    state = _sharded_state(model, optimizer, reference)
+    with _one_process_quiet():
+        dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
+    if reference is not None:
+        set_model_state_dict(reference, state["reference"])
 
 
 class GenerationCopy:

@@ -66,7 +66,9 @@ def advantages_of(scored: ScoredBatch, cfg: Config) -> torch.Tensor:
     reward, steps, width = scored.reward, scored.step_rewards, r.completion_ids.shape[1]
     gather = a.scale == "batch" and dist.world_size() > 1
     if gather:
-        reward = torch.cat(dist.all_gather_tensor(reward))  # (N·world,)
+        parts = dist.all_gather_rows(reward)
+        offset = sum(len(p) for p in parts[: dist.rank()])
+        reward = torch.cat(parts)  # (N over every rank,)
         if steps is not None:
             steps = [s for part in dist.all_gather_object(steps) for s in part]
             width = int(dist.all_reduce_max(torch.tensor(width)))
@@ -74,9 +76,8 @@ def advantages_of(scored: ScoredBatch, cfg: Config) -> torch.Tensor:
                                   scale=a.scale, eps=a.adv_eps)
     if not gather:
         return advantages
-    start, stop = dist.share(len(reward))
-    return advantages[start:stop, : r.completion_ids.shape[1]] if steps is not None \
-        else advantages[start:stop]
+    mine = advantages[offset: offset + len(scored.reward)]
+    return mine[:, : r.completion_ids.shape[1]] if steps is not None else mine
 
 
 def loss_mask_of(scored: ScoredBatch, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +85,11 @@ def loss_mask_of(scored: ScoredBatch, cfg: Config) -> tuple[torch.Tensor, torch.
     a, r = cfg.algo, scored.rollout
     tied = is_tied(scored.reward, r.group_size, a.tie_rule, tuple(a.tie_interval))  # (B,)
     truncated = torch.tensor([f == "length" for f in r.finish_reason])  # (N,)
-    return loss_mask(r.completion_mask, truncated, tied, exclude_tied=a.exclude_tied,
-                     mask_truncated=a.mask_truncated)
+    included, mask = loss_mask(r.completion_mask, truncated, tied, exclude_tied=a.exclude_tied,
+                               mask_truncated=a.mask_truncated)
+    if scored.ghost:  # a rank's stand-in: in the passes, out of the loss and the normalizers
+        return torch.zeros_like(included), torch.zeros_like(mask)
+    return included, mask
 
 
 def sync_metrics(engine: Any) -> dict[str, float]:

@@ -8,6 +8,7 @@ import fcntl
 import math
 import os
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from grpokit import distributed as dist
 from grpokit.config import Config, ConfigError, TrainConfig, to_dict
 from grpokit.data.sampler import PromptSampler
 from grpokit.models import save_model
+from grpokit.parallel import full_state_dict, is_sharded, load_sharded, save_sharded
 from grpokit.typed_tree import load_yaml
 
 
@@ -76,6 +78,9 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+SHARDED = "sharded"
+"""The checkpoint's torch.distributed.checkpoint folder: weights and optimizer state."""
+
 _KINDS = {"grpo": "a GRPO", "sft": "an SFT"}
 
 
@@ -101,25 +106,23 @@ class RunState:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     reference: torch.nn.Module | None = None
     """A reference model whose weights change during the run (iterative GRPO), saved with it."""
+    model: torch.nn.Module | None = None
+    """The policy: its weights and the optimizer state are saved sharded (`save_sharded`)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """The same on every rank: sampling randomness is derived from (seed, step, prompt), so
-        there is no per-rank stream to save and any number of ranks can resume it."""
-        saved = {"kind": self.kind, "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
-        if self.reference is not None:
-            saved["reference"] = self.reference.state_dict()
-        return saved
+        """What trainer.pt holds, the same on every rank: sampling randomness is derived from
+        (seed, step, prompt), so there is no per-rank stream to save and any number of ranks
+        can resume it. Weights and optimizer state go to the sharded folder."""
+        return {"kind": self.kind, "scheduler": self.scheduler.state_dict(),
+                "sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Restore optimizer, schedule, row order, RNG streams and step; checks come first, so
         nothing is restored from a checkpoint that cannot be resumed."""
         check_kind(saved, self.kind)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_sharded(saved["path"] / SHARDED, self.model, self.optimizer, self.reference)
         self.scheduler.load_state_dict(saved["scheduler"])
         self.sampler.load_state_dict(saved["sampler"])
-        if self.reference is not None:
-            self.reference.load_state_dict(saved["reference"])
         ckpt.set_rng_state(saved["rng"])
         self.step = saved["step"]
 
@@ -133,7 +136,7 @@ def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int,
                                   weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, total_updates))
     sampler = PromptSampler(num_rows, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
-    return RunState(kind, 0, sampler, optimizer, scheduler, reference)
+    return RunState(kind, 0, sampler, optimizer, scheduler, reference, model)
 
 
 # ---------------------------------------------------------------- the run folder
@@ -275,12 +278,24 @@ def write_config(out: Path, cfg: Config, folder: RunFolder | None) -> None:
 def save_run(out: Path, cfg: Config, model: torch.nn.Module, tokenizer: Any,
              state: RunState) -> Path | None:
     """A checkpoint of the run: checkpoints/step-NNNNNN/ with the model in Hugging Face format,
-    trainer.pt and config.yaml. Call on every rank; rank 0 writes and returns the path."""
+    the sharded weights and optimizer state (`sharded/`), trainer.pt and config.yaml. Call on
+    every rank: each writes its shards into a staging folder, which rank 0 moves into the
+    checkpoint before it is published; rank 0 returns the path."""
     merge = cfg.model.lora.enabled and cfg.model.lora.save_merged
-    saved = state.state_dict()
+    weights = full_state_dict(model) if is_sharded(model) else None  # gathered on every rank
+    staging = out / "checkpoints" / f".sharded-{state.step:06d}"
+    if dist.is_main() and staging.exists():
+        shutil.rmtree(staging)  # left by a run that died mid-write
+    dist.barrier()
+    save_sharded(staging, model, state.optimizer, state.reference)
+    dist.barrier()
     if not dist.is_main():
         return None
+
+    def write_model(tmp: Path) -> None:
+        save_model(model, tokenizer, tmp / "model", merge_lora=merge, state_dict=weights)
+        staging.rename(tmp / SHARDED)
+
     return ckpt.save_checkpoint(
-        out / "checkpoints", state.step,
-        lambda tmp: save_model(model, tokenizer, tmp / "model", merge_lora=merge),
-        saved, yaml.safe_dump(to_dict(cfg), sort_keys=False), cfg.checkpoint.keep_last)
+        out / "checkpoints", state.step, write_model, state.state_dict(),
+        yaml.safe_dump(to_dict(cfg), sort_keys=False), cfg.checkpoint.keep_last)

@@ -18,6 +18,7 @@ from grpokit import trainer
 from grpokit.config import load_config
 from grpokit.batch import ScoredBatch, TrainingBatch, select_groups
 from grpokit.groups import check_world
+from grpokit.parallel import full_state_dict
 
 B, G, P, T = 4, 2, 5, 6
 PROMPT_LENGTHS = [5, 5, 3, 3, 4, 4, 2, 2]
@@ -57,14 +58,14 @@ def _scored_batch(cfg, groups: list[int]) -> TrainingBatch:
     return TrainingBatch(part, trainer.advantages_of(part, cfg), mask, included)
 
 
-def _one_update(model_dir, groups: list[int]) -> dict[str, torch.Tensor]:
+def _one_update(model_dir, groups: list[int], parallel: str = "ddp") -> dict[str, torch.Tensor]:
     """One update_policy on `groups` with SGD(lr=LR); returns the updated parameters."""
     from grpokit import models
     from grpokit.data.sampler import PromptSampler
     from grpokit.session import Session
     from grpokit.training import RunState
 
-    cfg = _config(model_dir)
+    cfg = _config(model_dir, f"train.parallel={parallel}")
     torch.manual_seed(0)
     model = models.load_policy(model_dir, dtype="float32")
     reference = models.load_reference(model_dir, dtype="float32")
@@ -73,12 +74,12 @@ def _one_update(model_dir, groups: list[int]) -> dict[str, torch.Tensor]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     state = RunState("grpo", 0, PromptSampler(B, B), optimizer, scheduler)
     metrics = trainer.update_policy(session, state, _scored_batch(cfg, groups))
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    params = {k: v.detach().clone() for k, v in full_state_dict(model).items()}
     params["__tokens"] = torch.tensor(metrics["train/tokens"])
     return params
 
 
-def _worker(rank: int, world: int, port: int, model_dir, out_dir) -> None:
+def _worker(rank: int, world: int, port: int, model_dir, out_dir, parallel: str) -> None:
     import torch.distributed as tdist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -87,7 +88,7 @@ def _worker(rank: int, world: int, port: int, model_dir, out_dir) -> None:
     try:
         start, stop = dist.share(B)  # this rank's contiguous groups, as sample_groups takes them
         share = list(range(start, stop))
-        torch.save(_one_update(model_dir, share), f"{out_dir}/rank{rank}.pt")
+        torch.save(_one_update(model_dir, share, parallel), f"{out_dir}/rank{rank}.pt")
     finally:
         tdist.destroy_process_group()
 
@@ -98,16 +99,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # two spawned interpreters: ~15 s on two cores
-def test_two_ranks_update_equals_the_single_process_update(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_update_equals_the_single_process_update(tiny_model_dir, tmp_path, parallel):
     import torch.multiprocessing as mp
 
     single = _one_update(tiny_model_dir, list(range(B)))
-    mp.spawn(_worker, args=(2, _free_port(), tiny_model_dir, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), tiny_model_dir, str(tmp_path), parallel), nprocs=2,
+             join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     before = {k: v for k, v in _fresh_params(tiny_model_dir).items()}
     for key, value in single.items():
-        if key == "__tokens":
+        if key == "__tokens" or key == "lm_head.weight":  # tied to the embedding
             continue
         assert not torch.equal(value, before[key]) or key.endswith("norm.weight"), key
         for r in ranks:  # every rank applied the same summed gradient
