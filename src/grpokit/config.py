@@ -94,6 +94,20 @@ class RolloutConfig:
     engine: str = choice("hf", "hf", "generate", "vllm")
     """hf: shared-prefill KV-cache sampler; generate: transformers `generate` (reference path);
     vllm: colocated vLLM engine with weight sync and a sync probe (needs `make setup-vllm`)."""
+    vllm_kv_cache_gib: float | None = 1.0
+    """vllm: KV-cache size in GiB; null lets vLLM take vllm_gpu_memory_utilization instead."""
+    vllm_gpu_memory_utilization: float = 0.5
+    """vllm: share of GPU memory (CPU: of RAM) vLLM may take when vllm_kv_cache_gib is null."""
+    vllm_block_size: int = 32
+    """vllm: KV-cache block size in tokens, a multiple of 16 (the CPU backend wants 32s)."""
+    vllm_max_model_len: int | None = None
+    """vllm: longest prompt + completion in tokens (null: the model's own limit)."""
+    vllm_enforce_eager: bool = True
+    """vllm: no CUDA-graph / torch.compile capture (start-up in seconds instead of minutes)."""
+    vllm_probe_tolerance: float | None = None
+    """vllm: largest |Δ log-prob| of the sync probe (null: 1e-3 for fp32, 0.5 for bf16)."""
+    vllm_probe_every: int = 1
+    """vllm: run the sync probe after every N-th weight sync (0: never, not even at start-up)."""
 
 
 @dataclass
@@ -267,6 +281,27 @@ _REPLACED = {
 }
 
 
+def _vllm_checks(r: RolloutConfig) -> list[tuple[bool, str]]:
+    """The rollout.vllm_* fields (checked whatever the engine, so a config stays valid when only
+    rollout.engine changes)."""
+    return [
+        (0 < r.vllm_gpu_memory_utilization <= 1,
+         f"rollout.vllm_gpu_memory_utilization must be in (0, 1], got "
+         f"{r.vllm_gpu_memory_utilization}"),
+        (r.vllm_block_size >= 16 and r.vllm_block_size % 16 == 0,
+         f"rollout.vllm_block_size must be a positive multiple of 16 (vLLM's attention kernels "
+         f"take 16s on GPU, 32s on CPU), got {r.vllm_block_size}"),
+        (r.vllm_kv_cache_gib is None or r.vllm_kv_cache_gib > 0,
+         f"rollout.vllm_kv_cache_gib must be > 0 or null, got {r.vllm_kv_cache_gib}"),
+        (r.vllm_max_model_len is None or r.vllm_max_model_len >= 1,
+         f"rollout.vllm_max_model_len must be >= 1 or null, got {r.vllm_max_model_len}"),
+        (r.vllm_probe_every >= 0, f"rollout.vllm_probe_every must be >= 0 (0: never), got "
+                                  f"{r.vllm_probe_every}"),
+        (r.vllm_probe_tolerance is None or r.vllm_probe_tolerance > 0,
+         f"rollout.vllm_probe_tolerance must be > 0 or null, got {r.vllm_probe_tolerance}"),
+    ]
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that a single field's type cannot express."""
     r, t, a = cfg.rollout, cfg.train, cfg.algo
@@ -322,7 +357,7 @@ def validate(cfg: Config) -> None:
         (all(1 <= k <= cfg.eval.samples_per_prompt for k in cfg.eval.k),
          f"eval.k values must be between 1 and eval.samples_per_prompt "
          f"({cfg.eval.samples_per_prompt}), got {cfg.eval.k}"),
-    ]
+    ] + _vllm_checks(r)
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

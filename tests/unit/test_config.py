@@ -115,3 +115,38 @@ def test_example_configs_load(name):
     task = load_task(cfg.data.task, **cfg.data.task_args)  # the task args are valid too
     assert all(build(spec) for spec in cfg.rewards or task.rewards)  # and the reward args
     assert task.train_rows and cfg.log.output_dir.startswith("runs/")
+
+
+UTILIZATION = "rollout.vllm_gpu_memory_utilization must be in (0, 1]"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.vllm_gpu_memory_utilization=0", UTILIZATION),
+    ("rollout.vllm_gpu_memory_utilization=1.5", UTILIZATION),
+    ("rollout.vllm_kv_cache_gib=.nan", "rollout.vllm_kv_cache_gib: expected a finite number"),
+    ("rollout.vllm_block_size=24", "rollout.vllm_block_size must be a positive multiple of 16"),
+    ("rollout.vllm_block_size=0", "rollout.vllm_block_size must be a positive multiple of 16"),
+    ("rollout.vllm_kv_cache_gib=0", "rollout.vllm_kv_cache_gib must be > 0 or null"),
+    ("rollout.vllm_max_model_len=0", "rollout.vllm_max_model_len must be >= 1 or null"),
+    ("rollout.vllm_probe_every=-1", "rollout.vllm_probe_every must be >= 0"),
+    ("rollout.vllm_probe_tolerance=0", "rollout.vllm_probe_tolerance must be > 0 or null"),
+    ("rollout.vllm_block_size=big", "rollout.vllm_block_size: expected int"),
+])
+def test_vllm_settings_are_checked_naming_the_field(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(overrides=[override])
+
+
+def test_vllm_settings_accept_null_and_reach_the_engine_arguments():
+    from grpokit.rollout import vllm_options
+
+    cfg = load_config(overrides=[
+        "rollout.vllm_block_size=16", "rollout.vllm_max_model_len=2048",
+        "rollout.vllm_probe_every=0", "rollout.vllm_gpu_memory_utilization=1",
+        "rollout.vllm_kv_cache_gib=2"])
+    assert vllm_options(cfg.rollout) == dict(
+        kv_cache_gib=2, gpu_memory_utilization=1, block_size=16, max_model_len=2048,
+        enforce_eager=True, probe_tolerance=None, probe_every=0)
+    unset = load_config(overrides=["rollout.vllm_kv_cache_gib=null"]).rollout
+    assert unset.vllm_kv_cache_gib is None
+    assert vllm_options(None) == {}
