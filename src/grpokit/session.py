@@ -85,7 +85,7 @@ def build_session(cfg: Config, *, resume_from: Path | None = None,
         reference = models.load_reference(path, dtype=cfg.model.dtype)
     bf16 = models.use_bf16(cfg.model.autocast)
     if not training:
-        engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16)
+        engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16, cfg.rollout)
         return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16,
                        Layout("single", CompletionScorer(model), None))
     engine, layout = _engine_and_layout(cfg, model, reference, tokenizer, bf16)
@@ -101,6 +101,6 @@ def _engine_and_layout(cfg: Config, model, reference, tokenizer, bf16: bool):
                           "checkpoints are not sharded); use 'ddp' with model.lora.enabled")
     copy = GenerationCopy(model) if sharded else None
     engine = make_engine(cfg.rollout.engine, model if copy is None else copy.module, tokenizer,
-                         bf16)
+                         bf16, cfg.rollout)
     layout = lay_out(model, reference, cfg.train.parallel, bf16)
     return (engine if copy is None else SyncedEngine(engine, copy, model)), layout

