@@ -14,11 +14,28 @@ import torch.distributed as tdist
 
 
 def init_from_env() -> bool:
-    """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1)."""
+    """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1); on a
+    GPU machine each rank takes the GPU of its LOCAL_RANK."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not tdist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         tdist.init_process_group(backend)
     return is_distributed()
+
+
+def device() -> torch.device:
+    """Where this rank trains: its GPU (LOCAL_RANK) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _on_comm_device(tensor: torch.Tensor) -> torch.Tensor:
+    """NCCL reduces only GPU tensors: a CPU tensor travels through this rank's GPU."""
+    if tdist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        return tensor.to(device())
+    return tensor.clone()
 
 
 def is_distributed() -> bool:
@@ -39,27 +56,30 @@ def is_main() -> bool:
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (a copy; the input is left as it is)."""
-    out = tensor.clone()
-    if is_distributed():
-        tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
-    return out
+    if not is_distributed():
+        return tensor.clone()
+    out = _on_comm_device(tensor)
+    tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+    return out.to(tensor.device)
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum over ranks (a copy)."""
-    out = tensor.clone()
-    if is_distributed():
-        tdist.all_reduce(out, op=tdist.ReduceOp.MAX)
-    return out
+    if not is_distributed():
+        return tensor.clone()
+    out = _on_comm_device(tensor)
+    tdist.all_reduce(out, op=tdist.ReduceOp.MAX)
+    return out.to(tensor.device)
 
 
 def all_gather_tensor(tensor: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's copy of a same-shaped tensor, in rank order ([tensor] in a single process)."""
     if not is_distributed():
         return [tensor.clone()]
-    out = [torch.empty_like(tensor) for _ in range(world_size())]
-    tdist.all_gather(out, tensor.contiguous())
-    return out
+    sent = _on_comm_device(tensor.contiguous())
+    out = [torch.empty_like(sent) for _ in range(world_size())]
+    tdist.all_gather(out, sent)
+    return [part.to(tensor.device) for part in out]
 
 
 def all_gather_rows(tensor: torch.Tensor) -> list[torch.Tensor]:

@@ -85,7 +85,8 @@ def as_scorer(module: torch.nn.Module) -> torch.nn.Module:
 
 def _unflatten(values: torch.Tensor, mask: torch.Tensor, width: int) -> torch.Tensor:
     """(M,) values at the mask's True positions -> (N, width), zero elsewhere."""
-    dense = torch.zeros(mask.shape, dtype=values.dtype).masked_scatter(mask, values)  # (N, T')
+    dense = torch.zeros(mask.shape, dtype=values.dtype, device=values.device
+                        ).masked_scatter(mask, values)  # (N, T')
     return torch.nn.functional.pad(dense, (0, width - mask.shape[1]))  # (N, T)
 
 
@@ -109,7 +110,8 @@ def batched_logprobs(model, batch, *, micro_batch_size: int, temperature: float,
                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad log-probs (and entropies) for a whole batch, micro-batch by micro-batch: the old or
     reference log-probs, or the entropies of top-entropy token selection."""
-    logprobs = torch.zeros(batch.completion_ids.shape, dtype=torch.float32)  # (N, T)
+    logprobs = torch.zeros(batch.completion_ids.shape, dtype=torch.float32,
+                           device=batch.completion_ids.device)  # (N, T)
     entropy = torch.zeros_like(logprobs) if with_entropy else None  # (N, T)
     lengths = batch.prompt_mask.sum(1) + batch.completion_mask.sum(1)
     scorer = as_scorer(model)

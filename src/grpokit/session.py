@@ -48,7 +48,7 @@ class Session:
             self.layout = lay_out(self.model, self.reference, self.cfg.train.parallel, self.bf16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return models.autocast(self.bf16)
+        return models.autocast(self.bf16, next(self.model.parameters()).device)
 
 
 def reward_specs(cfg: Config, task: Task) -> list[RewardSpec]:
@@ -82,8 +82,9 @@ def build_session(cfg: Config, *, resume_from: Path | None = None,
         model = models.load_policy(path, dtype=cfg.model.dtype)
     reference = None
     if training and not cfg.model.lora.enabled and cfg.algo.beta > 0:
-        reference = models.load_reference(path, dtype=cfg.model.dtype)
-    bf16 = models.use_bf16(cfg.model.autocast)
+        reference = models.load_reference(path, dtype=cfg.model.dtype).to(dist.device())
+    model = model.to(dist.device())  # this rank's GPU, or the CPU
+    bf16 = models.use_bf16(cfg.model.autocast, dist.device())
     if not training:
         engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16, cfg.rollout)
         return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16,

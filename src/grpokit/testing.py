@@ -111,3 +111,14 @@ def save_tiny_llama(path: str | os.PathLike, **kwargs: Any) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def checkpoint_state(folder: str | Path, scratch: str | Path) -> dict:
+    """A checkpoint's trainer.pt with its sharded folder's "model" and "optimizer" (and
+    "reference") merged in, read back whole (the DCP folder is converted to `scratch`)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder, scratch = Path(folder), Path(scratch)
+    dcp_to_torch_save(folder / "sharded", scratch)
+    state = torch.load(folder / "trainer.pt", weights_only=False)
+    return {**state, **torch.load(scratch, weights_only=False)}

@@ -42,7 +42,8 @@ def train_step(session: Session, groups: PromptGroups, state: RunState
     gen_time = time.perf_counter() - start
     advantages = advantages_of(scored, cfg)  # (N,) or (N, T)
     included, mask = loss_mask_of(scored, cfg)  # (N,), (N, T)
-    batch = TrainingBatch(scored, advantages, mask, included)
+    device = batch_device(scored)
+    batch = TrainingBatch(scored, advantages.to(device), mask.to(device), included.to(device))
     metrics = {**stats.metrics(), **rollout_metrics(batch, groups.names)}
     if stats.no_signal:
         # No group carried signal in any refill round: no optimizer step (AdamW's momentum and
@@ -56,6 +57,11 @@ def train_step(session: Session, groups: PromptGroups, state: RunState
     metrics.update(perf_metrics(batch, metrics["train/tokens"], gen_time,
                                 time.perf_counter() - start))
     return batch, metrics
+
+
+def batch_device(scored: ScoredBatch) -> torch.device:
+    """The rollout's device (the engine's, the policy's): the loss terms meet there."""
+    return scored.rollout.completion_ids.device
 
 
 def advantages_of(scored: ScoredBatch, cfg: Config) -> torch.Tensor:
@@ -84,7 +90,7 @@ def loss_mask_of(scored: ScoredBatch, cfg: Config) -> tuple[torch.Tensor, torch.
     """The sequences and tokens that enter the loss: the tie and truncation rules of `algo`."""
     a, r = cfg.algo, scored.rollout
     tied = is_tied(scored.reward, r.group_size, a.tie_rule, tuple(a.tie_interval))  # (B,)
-    truncated = torch.tensor([f == "length" for f in r.finish_reason])  # (N,)
+    truncated = torch.tensor([f == "length" for f in r.finish_reason])  # (N,) on the CPU
     included, mask = loss_mask(r.completion_mask, truncated, tied, exclude_tied=a.exclude_tied,
                                mask_truncated=a.mask_truncated)
     if scored.ghost:  # a rank's stand-in: in the passes, out of the loss and the normalizers

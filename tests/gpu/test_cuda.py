@@ -3,10 +3,10 @@ autocast, the vLLM engine's sync probe on CUDA. Without CUDA every test here is 
 default suite collects them: `make test` reports them as skipped). `scripts/gpu_check.sh` runs
 them on a GPU machine with `pytest tests/gpu -q`.
 
-grpokit keeps the policy (and so the training pass) on the CPU: no part of the run moves the
-model to a GPU, and `models.autocast` autocasts on the CPU. On a GPU machine the vLLM engine is
-what runs on the GPU. `test_a_grpo_step_with_the_policy_on_cuda` records that gap as a strict
-xfail: it passes unexpectedly (and so fails) once the trainer is device-agnostic.
+On a GPU machine every rank trains on its GPU (LOCAL_RANK): `build_session` moves the policy and
+the reference there, the rollout tensors follow the policy's device, and the loss terms are moved
+to it. These checks have not run on a GPU yet (the machines grpokit is developed on have none);
+scripts/gpu_check.sh runs them where one is available.
 """
 
 from __future__ import annotations
@@ -65,8 +65,7 @@ def test_hf_engine_on_cuda_samples_under_bf16_autocast():
 
 
 def test_one_step_train_with_bf16_autocast_on_a_cuda_machine_has_a_finite_loss(tmp_path):
-    """`grpokit train` as a user runs it on a GPU machine, forced to bf16 autocast (the policy
-    stays on the CPU, as grpokit places it; see the module docstring)."""
+    """`grpokit train` as a user runs it on a GPU machine, forced to bf16 autocast."""
     from grpokit.cli import main
     from grpokit.testing import save_tiny_llama
 
@@ -80,15 +79,11 @@ def test_one_step_train_with_bf16_autocast_on_a_cuda_machine_has_a_finite_loss(t
     assert math.isfinite(metrics["loss/policy"]) and metrics["train/tokens"] > 0
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="grpokit's training pass is CPU-only: tensors built on the CPU (the "
-                          "loss mask, logprobs._unflatten) meet the CUDA rollout")
-def test_a_grpo_step_with_the_policy_on_cuda(tmp_path, monkeypatch):
+def test_a_grpo_step_with_the_policy_on_cuda(tmp_path):
     import grpokit.trainer as trainer
-    from grpokit import models
     from grpokit.config import load_config
     from grpokit.groups import PromptGroups
-    from grpokit.session import Session, build_session
+    from grpokit.session import build_session
     from grpokit.testing import save_tiny_llama
     from grpokit.training import new_run_state
 
@@ -96,8 +91,7 @@ def test_a_grpo_step_with_the_policy_on_cuda(tmp_path, monkeypatch):
     cfg = load_config(overrides=[f"model.path={model_dir}", f"log.output_dir={tmp_path / 'run'}",
                                  "model.autocast=bf16", "algo.beta=0", *TINY])
     session = build_session(cfg)
-    session.model.cuda()
-    monkeypatch.setattr(Session, "autocast", lambda self: models.autocast(self.bf16, "cuda"))
+    assert next(session.model.parameters()).device.type == "cuda"
     groups = PromptGroups(session, session.task.train_rows)
     state = new_run_state("grpo", cfg, session.model, len(groups.rows), trainer.total_updates(cfg))
     _, metrics = trainer.train_step(session, groups, state)

@@ -74,11 +74,10 @@ def _run(world: int, model_dir, out, steps: int, resume: bool, extra: list[str])
 
 
 def _final(out, tmp_path) -> tuple[dict[str, torch.Tensor], dict]:
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from grpokit.testing import checkpoint_state
 
     step = out / "checkpoints" / "step-000004"
-    dcp_to_torch_save(step / "sharded", tmp_path / f"{out.name}.pt")
-    optimizer = torch.load(tmp_path / f"{out.name}.pt", weights_only=False)["optimizer"]
+    optimizer = checkpoint_state(step, tmp_path / f"{out.name}.pt")["optimizer"]
     return load_file(step / "model" / "model.safetensors"), optimizer["state"]
 
 

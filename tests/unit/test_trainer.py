@@ -44,10 +44,11 @@ def test_cli_train_writes_metrics_samples_tensorboard_and_a_loadable_checkpoint(
 def _state(out):
     from safetensors.torch import load_file
 
+    from grpokit.testing import checkpoint_state
+
     ckpt = sorted((out / "checkpoints").iterdir())[-1]
     weights = load_file(ckpt / "model" / "model.safetensors")
-    trainer = torch.load(ckpt / "trainer.pt", weights_only=False)
-    return weights, trainer
+    return weights, checkpoint_state(ckpt, out / "state.pt")
 
 
 def test_exact_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):

@@ -45,9 +45,10 @@ def loss_mask(completion_mask: torch.Tensor, truncated: torch.Tensor, tied: torc
     group_size = completion_mask.shape[0] // tied.shape[0]
     included = torch.ones(completion_mask.shape[0], dtype=torch.bool)  # (N,)
     if exclude_tied:
-        included &= ~tied.repeat_interleave(group_size)
+        included &= ~tied.cpu().repeat_interleave(group_size)
     if mask_truncated:
-        included &= ~truncated.bool()
+        included &= ~truncated.cpu().bool()
+    included = included.to(completion_mask.device)
     return included, completion_mask.bool() & included.unsqueeze(1)  # (N,), (N, T)
 
 
