@@ -2,9 +2,10 @@
 checksums written last, fsynced, and renamed into place. Loading verifies the manifest; resuming a
 run folder takes the newest checkpoint that verifies and says which ones it skipped and why.
 
-A checkpoint folder holds the model in Hugging Face format (plus the tokenizer), `trainer.pt` with
-the optimizer, scheduler, RNG streams, sampler position and step, the resolved `config.yaml`, and
-`manifest.json`.
+A checkpoint folder holds the model in Hugging Face format (plus the tokenizer), `sharded/` with
+the weights and optimizer state (torch.distributed.checkpoint, written by every rank),
+`trainer.pt` with the scheduler, RNG streams, sampler position and step, the resolved
+`config.yaml`, and `manifest.json`.
 """
 
 from __future__ import annotations
