@@ -179,7 +179,15 @@ class TrainConfig:
     minibatches: int = 1
     """Optimizer steps per pass over a rollout batch."""
     micro_batch_size: int = 32
-    """Sequences per forward/backward (gradient accumulation inside a minibatch)."""
+    """At most this many sequences per forward/backward (gradient accumulation inside a
+    minibatch)."""
+    max_tokens_per_micro_batch: int = 4096
+    """At most this many padded tokens per forward/backward, prompts counted once per distinct
+    prompt with shared_prefix (a longer sequence runs alone). Bounds activation memory."""
+    shared_prefix: bool = True
+    """Run each distinct prompt of a micro-batch once, its completions on its keys and values
+    (the same log-probs and gradients, fewer tokens). Off where the model's cache cannot take it
+    (sliding-window attention): printed at start."""
     lr: float = 1e-5
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -317,7 +325,8 @@ def validate(cfg: Config) -> None:
         (t.minibatches >= 1 and (r.prompts_per_step * r.group_size) % t.minibatches == 0,
          f"train.minibatches={t.minibatches} must divide the rollout batch of "
          f"{r.prompts_per_step * r.group_size} completions (prompts_per_step × group_size)"),
-        (t.micro_batch_size >= 1, "train.micro_batch_size must be at least 1"),
+        (t.micro_batch_size >= 1 and t.max_tokens_per_micro_batch >= 1,
+         "train.micro_batch_size and train.max_tokens_per_micro_batch must be at least 1"),
         (t.lr > 0, "train.lr must be positive"),
         (len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
          f"train.adam_betas must be two numbers in [0, 1), got {t.adam_betas}"),

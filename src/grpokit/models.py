@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.metadata
+import inspect
 import json
 import logging
 import os
@@ -202,13 +203,35 @@ def load_trainable(model_cfg: Any, model_path: Path, resume_from: Path | None = 
     policy_path = resume_from if resume_from is not None and not lora.enabled else model_path
     model = load_policy(policy_path, dtype=model_cfg.dtype)
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: the shared-prefix pass (logprobs.py) takes gradients through the keys
+        # and values a layer leaves in its cache, which the reentrant variant would detach.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        keep_cache_under_checkpointing(model)
     if lora.enabled:
         model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
                            target_modules=lora.target_modules)
         if resume_from is not None:
             set_peft_model_state_dict(model, load_file(resume_from / "adapter_model.safetensors"))
     return model
+
+
+def keep_cache_under_checkpointing(model: torch.nn.Module) -> None:
+    """Let activation-checkpointed decoder layers keep the KV cache they are given (transformers
+    drops it, because replaying a layer would append to an ordinary cache twice). Safe here: the
+    training pass's caches (logprobs._Captured, _Prefix) give the same result when replayed, and
+    generation runs without gradients, where no layer is checkpointed. Layers of a transformers
+    release without the switch keep dropping it, and logprobs.prefix_sharing_problem says so."""
+    for layer in model.get_decoder().layers:
+        if hasattr(type(layer), "_can_checkpoint_with_cache"):
+            layer._can_checkpoint_with_cache = True
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The forward argument that takes the KV cache: `cache` in current transformers,
+    `past_key_values` in the releases before it (whose callers still pass it by that name)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else \
+        "past_key_values"
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:

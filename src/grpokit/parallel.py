@@ -68,22 +68,23 @@ class Layout:
 
 
 def lay_out(model: torch.nn.Module, reference: torch.nn.Module | None, parallel: str,
-            bf16: bool) -> Layout:
-    """Wrap the policy (and reference) for this world size; call before building the optimizer."""
+            bf16: bool, share_prefix: bool = False) -> Layout:
+    """Wrap the policy (and reference) for this world size; call before building the optimizer.
+    `share_prefix`: both passes run each distinct prompt once (logprobs.py)."""
     if parallel not in PARALLEL:
         raise ValueError(f"train.parallel must be one of {PARALLEL}, got {parallel!r}")
-    ref = None if reference is None else CompletionScorer(reference)
+    ref = None if reference is None else CompletionScorer(reference, share_prefix)
     if dist.world_size() == 1:
-        return Layout("single", CompletionScorer(model), ref)
+        return Layout("single", CompletionScorer(model, share_prefix), ref)
     if parallel == "ddp":
         device = _device_ids(model)
-        scorer = DistributedDataParallel(CompletionScorer(model), device_ids=device,
+        scorer = DistributedDataParallel(CompletionScorer(model, share_prefix), device_ids=device,
                                          broadcast_buffers=False)
         return Layout("ddp", scorer, ref)
     mesh = init_device_mesh(_device_type(model), (dist.world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if bf16 else MixedPrecisionPolicy()
-    scorer = _shard(CompletionScorer(model), mesh, policy)
+    scorer = _shard(CompletionScorer(model, share_prefix), mesh, policy)
     for module in scorer.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # a sum over ranks (see the module docstring)

@@ -16,7 +16,7 @@ from grpokit import distributed as dist
 from grpokit import models
 from grpokit.config import Config, ConfigError
 from grpokit.data.base import Task, load_data
-from grpokit.logprobs import CompletionScorer
+from grpokit.logprobs import CompletionScorer, prefix_sharing_problem
 from grpokit.parallel import GenerationCopy, Layout, SyncedEngine, lay_out
 from grpokit.rewards.base import RewardSpec
 from grpokit.rollout import RolloutEngine, make_engine
@@ -42,10 +42,14 @@ class Session:
     """Forward passes run under bf16 autocast (models.use_bf16)."""
     layout: Layout | None = None
     """The training pass laid out over the ranks (train.parallel)."""
+    prefix_note: str | None = None
+    """Why train.shared_prefix is off although asked for (the model cannot take it), else None."""
 
     def __post_init__(self) -> None:
         if self.layout is None:  # a session built by hand (tests): the plain layout
-            self.layout = lay_out(self.model, self.reference, self.cfg.train.parallel, self.bf16)
+            share, self.prefix_note = shared_prefix(self.cfg, self.model)
+            self.layout = lay_out(self.model, self.reference, self.cfg.train.parallel, self.bf16,
+                                  share)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return models.autocast(self.bf16, next(self.model.parameters()).device)
@@ -89,8 +93,19 @@ def build_session(cfg: Config, *, resume_from: Path | None = None,
         engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16, cfg.rollout)
         return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16,
                        Layout("single", CompletionScorer(model), None))
-    engine, layout = _engine_and_layout(cfg, model, reference, tokenizer, bf16)
-    return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16, layout)
+    engine, layout, note = _engine_and_layout(cfg, model, reference, tokenizer, bf16)
+    return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16, layout, note)
+
+
+def shared_prefix(cfg: Config, model: torch.nn.Module) -> tuple[bool, str | None]:
+    """Whether the training passes share prompts (train.shared_prefix, where the model can), and
+    the reason when it was asked for and cannot."""
+    if not cfg.train.shared_prefix:
+        return False, None
+    problem = prefix_sharing_problem(model)
+    if problem is None:
+        return True, None
+    return False, f"train.shared_prefix is off for this model: {problem}"
 
 
 def _engine_and_layout(cfg: Config, model, reference, tokenizer, bf16: bool):
@@ -103,5 +118,6 @@ def _engine_and_layout(cfg: Config, model, reference, tokenizer, bf16: bool):
     copy = GenerationCopy(model) if sharded else None
     engine = make_engine(cfg.rollout.engine, model if copy is None else copy.module, tokenizer,
                          bf16, cfg.rollout)
-    layout = lay_out(model, reference, cfg.train.parallel, bf16)
-    return (engine if copy is None else SyncedEngine(engine, copy, model)), layout
+    share, note = shared_prefix(cfg, model)
+    layout = lay_out(model, reference, cfg.train.parallel, bf16, share)
+    return (engine if copy is None else SyncedEngine(engine, copy, model)), layout, note

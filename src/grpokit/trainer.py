@@ -22,7 +22,7 @@ from grpokit.batch import ScoredBatch, TrainingBatch
 from grpokit.config import Config, to_dict
 from grpokit.evaluation import evaluate, print_eval
 from grpokit.groups import PromptGroups, check_world, sample_groups
-from grpokit.logprobs import batched_logprobs, padded_chunks
+from grpokit.logprobs import batched_logprobs, padded_chunks, plan_micro_batches, shares_prefix
 from grpokit.metrics import reduce_metrics, rollout_metrics, write_samples
 from grpokit.models import disabled_adapter
 from grpokit.rollout.base import sampling_seed
@@ -129,15 +129,17 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
     session.model.train()
     batch, old = _old_logprobs(session, batch)
     ref = _reference_logprobs(session, batch)
-    lengths = batch.rollout.prompt_mask.sum(1) + batch.rollout.completion_mask.sum(1)
-    parts, optim = [], []
+    r, parts, optim = batch.rollout, [], []
     for epoch in range(t.epochs_per_batch):
-        for mb in _minibatches(len(lengths), t.minibatches, (t.seed, state.step, epoch)):
+        for mb in _minibatches(len(r.completion_ids), t.minibatches, (t.seed, state.step, epoch)):
             counts = _global_counts(batch, mb)
-            chunks = padded_chunks(lengths[mb], t.micro_batch_size)
+            chunks = padded_chunks(plan_micro_batches(
+                r.prompt_ids, r.prompt_mask, r.completion_mask, mb, max_seqs=t.micro_batch_size,
+                max_tokens=t.max_tokens_per_micro_batch,
+                share_prefix=shares_prefix(session.layout.scorer)))
             for k, chunk in enumerate(chunks):
                 padding = bool(chunk[0] < 0)
-                idx = torch.tensor([0]) if padding else mb[chunk]
+                idx = torch.tensor([0]) if padding else chunk
                 with session.layout.accumulating(last=k == len(chunks) - 1):
                     part = _micro_step(session, batch, idx, old, ref, knobs, counts, padding)
                 parts += [part] if part else []
@@ -155,7 +157,8 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
 
 def _logprob_args(session: Session) -> dict[str, Any]:
     t = session.cfg.train
-    return dict(micro_batch_size=t.micro_batch_size, temperature=session.cfg.rollout.temperature,
+    return dict(micro_batch_size=t.micro_batch_size, max_tokens=t.max_tokens_per_micro_batch,
+                temperature=session.cfg.rollout.temperature,
                 chunk_size=t.logprob_chunk_size, autocast=session.autocast)
 
 
@@ -286,6 +289,8 @@ def _start(cfg: Config, saved: dict[str, Any] | None, console):
             apply_learning_rate(state, cfg.train.lr)
     if console is not None:
         console.print(f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)))
+        if session.prefix_note:
+            console.print(session.prefix_note)
         for key, (old, new) in changes.items():
             console.print(f"resume: {key} {old!r} -> {new!r}")
     return session, groups, state, held_out

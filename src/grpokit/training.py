@@ -145,6 +145,7 @@ def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int,
 # other key (model, data, seeds, batch shape, sampling, algorithm knobs) is frozen by the first
 # start, and a resume that changes one is refused.
 RESUME_MAY_CHANGE = ("train.steps", "train.lr", "train.micro_batch_size",
+                     "train.max_tokens_per_micro_batch", "train.shared_prefix",
                      "train.logprob_chunk_size", "train.parallel", "model.gradient_checkpointing", "log.",
                      "checkpoint.", "eval.", "reward_runner.")
 

@@ -88,8 +88,12 @@ def _assert_same_run(a, b) -> None:
         torch.testing.assert_close(weights_a[key], weights_b[key], rtol=0, atol=1e-6, msg=key)
     for name in moments_a:
         for moment in ("exp_avg", "exp_avg_sq", "step"):
-            torch.testing.assert_close(moments_a[name][moment], moments_b[name][moment],
-                                       rtol=1e-4, atol=1e-9, msg=f"{name} {moment}")
+            # Micro-batches (and so the prompts a shared-prefix pass runs once) differ with the
+            # rank count: sums are rounded in another order. 1e-5 of a moment's scale is float
+            # rounding; a lost or doubled gradient contribution would be of the scale itself.
+            b = moments_b[name][moment]
+            torch.testing.assert_close(moments_a[name][moment], b, rtol=1e-4,
+                                       atol=1e-5 * float(b.abs().max()), msg=f"{name} {moment}")
 
 
 @pytest.fixture(scope="module")

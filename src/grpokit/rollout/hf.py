@@ -9,7 +9,6 @@ costing compute.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,18 +16,10 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from grpokit.models import autocast
+from grpokit.models import autocast, cache_kwarg
 from grpokit.rollout.base import RolloutBatch, SamplingParams
 from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
 from grpokit.rollout.sampling import check_params, prompt_uniforms, sample_next
-
-
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    """The forward argument that takes the KV cache: `cache` in current transformers,
-    `past_key_values` in the releases before it (whose callers still pass it by that name)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else \
-        "past_key_values"
 
 
 class HFEngine(EngineBase):
@@ -47,7 +38,7 @@ class HFEngine(EngineBase):
         super().__init__(model, tokenizer, stop_token_ids, autocast)
         self.compact_fraction = compact_fraction
         """Drop finished rows from the batch once they are this fraction of it."""
-        self._cache_kwarg = _cache_kwarg(model)
+        self._cache_kwarg = cache_kwarg(model)
 
 
     def generate(
