@@ -51,10 +51,12 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
     share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (N, T) of the completion tokens (0 on padding), and entropies when asked.
-    `share_prefix`: run each distinct prompt once (see the module docstring)."""
+    """Log-probs (N, T) of the completion tokens (0 on padding), and entropies when asked (with a
+    gradient only with `entropy_grad`). `share_prefix`: run each distinct prompt once (see the
+    module docstring)."""
     t_full = completion_ids.shape[1]
     p_ids, p_mask, c_ids, c_mask = trim(prompt_ids, prompt_mask, completion_ids, completion_mask)
     decoder, weight = _decoder_and_head(model)
@@ -63,7 +65,7 @@ def completion_logprobs(
     mask = c_mask.bool()
     lp, ent = selective_logprobs(predicting[mask], weight, c_ids[mask],
                                  temperature=max(temperature, 1e-6), chunk_size=chunk_size,
-                                 with_entropy=with_entropy)
+                                 with_entropy=with_entropy, entropy_grad=entropy_grad)
     return _unflatten(lp, mask, t_full), (None if ent is None else _unflatten(ent, mask, t_full))
 
 
@@ -157,11 +159,12 @@ class CompletionScorer(torch.nn.Module):
         self.share_prefix = share_prefix
 
     def forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, *,
-                temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False):
+                temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False,
+                entropy_grad: bool = False):
         return completion_logprobs(self.model, prompt_ids, prompt_mask, completion_ids,
                                    completion_mask, temperature=temperature,
                                    chunk_size=chunk_size, with_entropy=with_entropy,
-                                   share_prefix=self.share_prefix)
+                                   entropy_grad=entropy_grad, share_prefix=self.share_prefix)
 
 
 def shares_prefix(scorer: torch.nn.Module) -> bool:

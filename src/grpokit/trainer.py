@@ -217,10 +217,8 @@ def _micro_step(session, batch, idx, old, ref, knobs, counts, padding=False
         logprobs, entropy = layout.scorer(
             r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx],
             temperature=cfg.rollout.temperature, chunk_size=cfg.train.logprob_chunk_size,
-            with_entropy=True)
+            with_entropy=True, entropy_grad=knobs.entropy_coef != 0.0)
     old_lp = logprobs.detach() if old is None else old[idx]
-    if knobs.entropy_coef == 0.0:
-        entropy = entropy.detach()
     sampler = None if r.sampling_logprobs is None else r.sampling_logprobs[idx]
     loss, metrics = policy_loss(logprobs, old_lp, batch.advantages[idx], batch.loss_mask[idx],
                                 knobs, ref_logprobs=None if ref is None else ref[idx],

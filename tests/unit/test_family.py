@@ -293,7 +293,7 @@ def test_entropy_bonus_changes_the_gradient_by_minus_coef_times_entropy_gradient
     r = batch.rollout
     session.model.zero_grad(set_to_none=True)
     _, entropy = completion_logprobs(session.model, r.prompt_ids, r.prompt_mask, r.completion_ids,
-                                     r.completion_mask, with_entropy=True)
+                                     r.completion_mask, with_entropy=True, entropy_grad=True)
     aggregate(entropy, batch.loss_mask, mode="seq_mean_token_mean", num_sequences=8,
               num_tokens=int(batch.loss_mask.sum()), max_completion_length=8).backward()
     d_entropy = torch.cat([p.grad.reshape(-1) for p in session.model.parameters()])

@@ -47,6 +47,61 @@ def test_selective_logprobs_gradient_matches_unchunked():
     assert torch.allclose(gw, weight.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_written_out_backward_equals_autograd(temperature):
+    """The hand-written chunk backward against autograd through the full log-softmax, with a
+    weighted sum of log-probs (any upstream gradient) and the entropy as a metric; fp32, as
+    every log-prob here is."""
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(9, 6, generator=g, requires_grad=True)
+    weight = torch.randn(13, 6, generator=g, requires_grad=True)
+    labels = torch.randint(0, 13, (9,), generator=g)
+    upstream = torch.randn(9, generator=g)
+    lp, ent = selective_logprobs(hidden, weight, labels, temperature=temperature, chunk_size=4,
+                                 with_entropy=True)
+    assert not ent.requires_grad
+    (lp * upstream).sum().backward()
+    gh, gw = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    full = torch.log_softmax(hidden @ weight.T / temperature, dim=-1)
+    (full.gather(1, labels[:, None]).squeeze(1) * upstream).sum().backward()
+    assert torch.allclose(gh, hidden.grad, atol=1e-5) and torch.allclose(gw, weight.grad, atol=1e-5)
+    assert torch.allclose(ent, -(full.exp() * full).sum(-1).detach(), atol=1e-5)
+
+
+def test_entropy_gradient_when_the_loss_needs_it():
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(5, 4, generator=g, requires_grad=True)
+    weight = torch.randn(7, 4, generator=g, requires_grad=True)
+    labels = torch.randint(0, 7, (5,), generator=g)
+    lp, ent = selective_logprobs(hidden, weight, labels, chunk_size=2, with_entropy=True,
+                                 entropy_grad=True)
+    (lp.sum() + 0.5 * ent.sum()).backward()
+    gh = hidden.grad.clone()
+    hidden.grad = None
+    full = torch.log_softmax(hidden @ weight.T, dim=-1)
+    (full.gather(1, labels[:, None]).sum() - 0.5 * (full.exp() * full).sum()).backward()
+    assert torch.allclose(gh, hidden.grad, atol=1e-5)
+
+
+def test_written_out_backward_under_bf16_autocast_matches_autograd():
+    """Under autocast the projection runs in bf16 in both directions, as autograd's would."""
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(8, 16, generator=g, requires_grad=True)
+    weight = torch.randn(32, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, 32, (8,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp, _ = selective_logprobs(hidden, weight, labels, chunk_size=3)
+    lp.sum().backward()
+    gh, gw = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = hidden @ weight.T
+    logprobs_from_logits(logits, labels).sum().backward()
+    assert gw.dtype == torch.float32
+    assert torch.allclose(gh, hidden.grad, atol=2e-2) and torch.allclose(gw, weight.grad, atol=2e-2)
+
+
 def test_logprobs_from_logits_by_hand():
     # logits (0, ln 3): probabilities 1/4, 3/4
     logits = torch.tensor([[0.0, math.log(3.0)]])

@@ -74,6 +74,53 @@ def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     return torch.stack([logprobs, entropy], dim=-1)
 
 
+def _matmul_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype the vocabulary projection runs in: autocast's when it is on, else the input's."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
+class _ChunkLogprobs(torch.autograd.Function):
+    """One chunk's log-probs with a written-out backward. Only the chunk's hidden states, its
+    labels and the log-normalizer are kept; backward recomputes the logits once and uses
+    d log p(y) / d z = onehot(y) - softmax(z) (divided by the temperature). The entropy, when asked,
+    comes out of the same forward as a metric, without a gradient. Fewer passes over the (C, V)
+    logits than recomputing the forward under autograd (see `selective_logprobs`)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, temperature: float, with_entropy: bool):
+        dtype = _matmul_dtype(hidden)
+        logits = (hidden.to(dtype) @ weight.to(dtype).T).float()  # (C, V)
+        if temperature != 1.0:
+            logits = logits / temperature
+        logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
+        logprobs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logsumexp  # (C,)
+        entropy = logsumexp.new_zeros(0)
+        if with_entropy:
+            probs = torch.exp(logits - logsumexp[:, None])  # (C, V)
+            entropy = logsumexp - (probs * logits).sum(dim=-1)  # (C,)
+        ctx.save_for_backward(hidden, weight, labels, logsumexp)
+        ctx.temperature, ctx.dtype = temperature, dtype
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, _grad_entropy):
+        hidden, weight, labels, logsumexp = ctx.saved_tensors
+        h, w = hidden.to(ctx.dtype), weight.to(ctx.dtype)
+        logits = (h @ w.T).float()  # (C, V)
+        if ctx.temperature != 1.0:
+            logits = logits / ctx.temperature
+        grad = torch.exp(logits - logsumexp[:, None]).mul_(-grad_logprobs[:, None])  # (C, V)
+        grad.scatter_add_(-1, labels.unsqueeze(-1), grad_logprobs.unsqueeze(-1))
+        if ctx.temperature != 1.0:
+            grad = grad / ctx.temperature
+        grad = grad.to(ctx.dtype)
+        grad_hidden = (grad @ w).to(hidden.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad.T @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None, None
+
+
 def selective_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -82,26 +129,34 @@ def selective_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropies) of `labels` from final hidden states, `chunk_size` rows at a time.
 
     hidden (M, H) holds only the positions that predict completion tokens, so the vocabulary
     projection never runs for prompt or padding positions, and the (M, V) logits exist one chunk at
-    a time: under autograd each chunk is recomputed in backward instead of being stored.
+    a time: under autograd each chunk's logits are recomputed in backward instead of being
+    stored. The entropies carry a gradient only with `entropy_grad` (an entropy bonus in the
+    loss); otherwise they are a metric and cost no backward.
     """
-    outputs = []
+    logprobs, entropies = [], []
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     for start in range(0, hidden.shape[0], chunk_size):
         args = (hidden[start:start + chunk_size], weight, labels[start:start + chunk_size],
                 temperature, with_entropy)
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            outputs.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
+        if grad and with_entropy and entropy_grad:
+            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False).unbind(-1)
+        elif grad:
+            lp, ent = _ChunkLogprobs.apply(*args)
         else:
-            outputs.append(_chunk_logprobs(*args))
-    if not outputs:
+            out = _chunk_logprobs(*args)  # (C, 1 or 2)
+            lp, ent = out[:, 0], (out[:, 1] if with_entropy else None)
+        logprobs.append(lp)
+        entropies.append(ent)
+    if not logprobs:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, (empty if with_entropy else None)
-    out = torch.cat(outputs)  # (M, 1 or 2)
-    return out[:, 0], (out[:, 1] if with_entropy else None)
+    return torch.cat(logprobs), (torch.cat(entropies) if with_entropy else None)
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor,
