@@ -190,6 +190,11 @@ def length_sorted_chunks(lengths: torch.Tensor, size: int) -> Iterator[torch.Ten
     yield from torch.split(order, size)
 
 
+PASS_OVERHEAD_TOKENS = 64
+"""The fixed cost of one more forward/backward pass, in tokens: what the planner weighs against
+padding saved by splitting (a few hundred kernel launches of this model kind, measured on CPU)."""
+
+
 def plan_micro_batches(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                        completion_mask: torch.Tensor, rows: torch.Tensor, *, max_seqs: int,
                        max_tokens: int, share_prefix: bool) -> list[torch.Tensor]:
@@ -197,34 +202,44 @@ def plan_micro_batches(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     `max_tokens` padded tokens (a row over the budget alone gets a micro-batch of its own).
 
     A micro-batch costs the tokens its passes run: n·(P + T) jointly, U·P + n·T with a shared
-    prefix (U distinct prompts, P and T the longest prompt and completion in it). Rows are filled
-    in longest first; with a shared prefix, also prompt by prompt, and the cheaper plan wins."""
+    prefix (U distinct prompts, P and T the longest prompt and completion in it), plus
+    PASS_OVERHEAD_TOKENS. Rows are put in order, longest first (with a shared prefix, also prompt
+    by prompt), and cut where the total cost is least (dynamic programming); the cheaper order
+    wins."""
     p_len = prompt_mask[rows].sum(dim=1).tolist()
     c_len = completion_mask[rows].sum(dim=1).clamp(min=1).tolist()
     n = len(p_len)
     key = distinct_prompts(prompt_ids[rows], prompt_mask[rows])[2].tolist() if share_prefix \
         else list(range(n))
 
-    def cost(mb: list[int]) -> int:
-        return max(p_len[i] for i in mb) * len({key[i] for i in mb}) + \
-            max(c_len[i] for i in mb) * len(mb)
+    def cut(order: list[int]) -> tuple[int, list[list[int]]]:
+        best, start = [0] + [None] * n, [0] * (n + 1)  # best[i]: least cost of order[:i]
+        for i in range(1, n + 1):
+            keys: set[int] = set()
+            longest_p = longest_c = 0
+            for j in range(i - 1, -1, -1):  # the last micro-batch is order[j:i]
+                r = order[j]
+                keys.add(key[r])
+                longest_p, longest_c = max(longest_p, p_len[r]), max(longest_c, c_len[r])
+                cost = longest_p * len(keys) + longest_c * (i - j)
+                if i - j > max_seqs or (cost > max_tokens and i - j > 1):
+                    break  # the cost only grows as the micro-batch takes more rows
+                total = best[j] + cost + PASS_OVERHEAD_TOKENS
+                if best[i] is None or total < best[i]:
+                    best[i], start[i] = total, j
+        plan, i = [], n
+        while i > 0:
+            plan.append(order[start[i]:i])
+            i = start[i]
+        return best[n], plan[::-1]
 
-    def fill(order: list[int]) -> list[list[int]]:
-        plan: list[list[int]] = []
-        for i in order:
-            if plan and len(plan[-1]) < max_seqs and cost(plan[-1] + [i]) <= max_tokens:
-                plan[-1].append(i)
-            else:
-                plan.append([i])
-        return plan
-
-    plans = [fill(sorted(range(n), key=lambda i: -(p_len[i] + c_len[i])))]
+    orders = [sorted(range(n), key=lambda i: -(p_len[i] + c_len[i]))]
     if share_prefix:
         longest: dict[int, int] = {}
         for i in range(n):
             longest[key[i]] = max(longest.get(key[i], 0), c_len[i])
-        plans.append(fill(sorted(range(n), key=lambda i: (-longest[key[i]], key[i], -c_len[i]))))
-    best = min(plans, key=lambda plan: (sum(map(cost, plan)), len(plan)))
+        orders.append(sorted(range(n), key=lambda i: (-longest[key[i]], key[i], -c_len[i])))
+    _, best = min((cut(order) for order in orders), key=lambda c: (c[0], len(c[1])))
     return [rows[torch.tensor(mb, dtype=torch.long)] for mb in best]
 
 

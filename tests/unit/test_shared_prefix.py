@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from grpokit.logprobs import (
-    completion_logprobs, distinct_prompts, plan_micro_batches, prefix_sharing_problem,
+    PASS_OVERHEAD_TOKENS, completion_logprobs, distinct_prompts, plan_micro_batches,
+    prefix_sharing_problem,
 )
 from grpokit.models import keep_cache_under_checkpointing
 from grpokit.testing import tiny_llama
@@ -133,3 +134,13 @@ def test_a_subset_of_rows_is_planned_as_given():
     plan = plan_micro_batches(pid, pmask, cmask, torch.tensor([3, 1]), max_seqs=8,
                               max_tokens=1000, share_prefix=True)
     assert [sorted(m.tolist()) for m in plan] == [[1, 3]]
+
+
+def test_plan_splits_where_padding_costs_more_than_a_pass():
+    # one prompt of 10 tokens; 2 completions of 60 tokens and 30 of 2. Together: 10 + 32·60 =
+    # 1930 tokens (+ one pass). Apart: (10 + 2·60) + (10 + 30·2) = 200 tokens (+ two passes).
+    pid, pmask, cmask = _rows([10], [60, 60] + [2] * 30, [0] * 32)
+    plan = plan_micro_batches(pid, pmask, cmask, torch.arange(32), max_seqs=64, max_tokens=4096,
+                              share_prefix=True)
+    assert [sorted(m.tolist()) for m in plan] == [[0, 1], list(range(2, 32))]
+    assert PASS_OVERHEAD_TOKENS < 1930 - 200  # why the split wins
