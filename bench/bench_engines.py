@@ -22,7 +22,8 @@ import time
 
 import torch
 
-from grpokit.models import autocast, load_policy, load_tokenizer, resolve_model
+from grpokit.models import load_policy, load_tokenizer, resolve_model
+from grpokit.precision import autocast
 from grpokit.rollout import HFEngine, SamplingParams
 
 # The same prompts as the rollout benchmark (run as `python bench/bench_engines.py`, so the

@@ -7,7 +7,7 @@ in fp32 and under bf16 autocast, on the default model and on the tiny random mod
 
 Tokens/s counts generated completion tokens (EOS included) over wall-clock time of one
 `generate` call for B prompts x G samples. bf16 rows force CPU autocast even where the CPU lacks
-bf16 matrix units (there grpokit itself would keep fp32: see models.use_bf16).
+bf16 matrix units (there grpokit itself would keep fp32: see precision.use_bf16).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from grpokit.models import autocast, cpu_has_bf16, load_policy, load_tokenizer, resolve_model
+from grpokit.models import load_policy, load_tokenizer, resolve_model
+from grpokit.precision import autocast, cpu_has_bf16
 from grpokit.testing import tiny_llama
 from grpokit.rollout import GenerateEngine, HFEngine, SamplingParams
 

@@ -20,6 +20,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from grpokit import distributed as dist
 from grpokit.algo.losses import selective_logprobs
 from grpokit.models import cache_kwarg
+from grpokit.precision import fp32_attention
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -161,10 +162,11 @@ class CompletionScorer(torch.nn.Module):
     def forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, *,
                 temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False,
                 entropy_grad: bool = False):
-        return completion_logprobs(self.model, prompt_ids, prompt_mask, completion_ids,
-                                   completion_mask, temperature=temperature,
-                                   chunk_size=chunk_size, with_entropy=with_entropy,
-                                   entropy_grad=entropy_grad, share_prefix=self.share_prefix)
+        with fp32_attention():  # where models.use_fp32_attention set the model up
+            return completion_logprobs(self.model, prompt_ids, prompt_mask, completion_ids,
+                                       completion_mask, temperature=temperature,
+                                       chunk_size=chunk_size, with_entropy=with_entropy,
+                                       entropy_grad=entropy_grad, share_prefix=self.share_prefix)
 
 
 def shares_prefix(scorer: torch.nn.Module) -> bool:
@@ -265,15 +267,15 @@ def batched_logprobs(model, batch, *, micro_batch_size: int, temperature: float,
     plan = plan_micro_batches(batch.prompt_ids, batch.prompt_mask, batch.completion_mask, rows,
                               max_seqs=micro_batch_size, max_tokens=max_tokens,
                               share_prefix=shares_prefix(scorer))
-    for idx in padded_chunks(plan):
-        with autocast():
+    with autocast():
+        for idx in padded_chunks(plan):
             lp, ent = scorer(batch.prompt_ids[idx], batch.prompt_mask[idx],
                              batch.completion_ids[idx], batch.completion_mask[idx],
                              temperature=temperature, chunk_size=chunk_size,
                              with_entropy=with_entropy)
-        if bool(idx[0] < 0):
-            continue  # a rank's padding pass (see padded_chunks)
-        logprobs[idx] = lp
-        if entropy is not None:
-            entropy[idx] = ent
+            if bool(idx[0] < 0):
+                continue  # a rank's padding pass (see padded_chunks)
+            logprobs[idx] = lp
+            if entropy is not None:
+                entropy[idx] = ent
     return logprobs, entropy

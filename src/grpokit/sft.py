@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from grpokit import models
+from grpokit import models, precision
 from grpokit.config import Config, ConfigError
 from grpokit.data.base import Task, load_task
 from grpokit.data.datasets import load_rows, row_name, split_rows
@@ -304,9 +304,9 @@ def _start(cfg: Config, saved: dict[str, Any] | None, console: Any):
     train_examples, eval_examples = load_examples(cfg, tokenizer)
     model = models.load_trainable(cfg.model, path,
                                   resume_from=None if saved is None else saved["path"] / "model")
-    bf16 = models.use_bf16(cfg.model.autocast)
+    bf16 = precision.use_bf16(cfg.model.autocast)
     evaluate = _HeldOut(model, eval_examples, tokenizer.pad_token_id, cfg,
-                        lambda: models.autocast(bf16))
+                        lambda: precision.autocast(bf16))
     state = make_state(cfg, model, len(train_examples))
     if saved is not None:
         state.load_state_dict(saved)

@@ -25,6 +25,7 @@ from grpokit.groups import PromptGroups, check_world, sample_groups
 from grpokit.logprobs import batched_logprobs, padded_chunks, plan_micro_batches, shares_prefix
 from grpokit.metrics import reduce_metrics, rollout_metrics, write_samples
 from grpokit.models import disabled_adapter
+from grpokit.precision import autocast_paused
 from grpokit.rollout.base import sampling_seed
 from grpokit.session import Session, build_session
 from grpokit.sinks import make_sinks
@@ -137,12 +138,15 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
                 r.prompt_ids, r.prompt_mask, r.completion_mask, mb, max_seqs=t.micro_batch_size,
                 max_tokens=t.max_tokens_per_micro_batch,
                 share_prefix=shares_prefix(session.layout.scorer)))
-            for k, chunk in enumerate(chunks):
-                padding = bool(chunk[0] < 0)
-                idx = torch.tensor([0]) if padding else chunk
-                with session.layout.accumulating(last=k == len(chunks) - 1):
-                    part = _micro_step(session, batch, idx, old, ref, knobs, counts, padding)
-                parts += [part] if part else []
+            # One autocast region over the optimizer step's micro-batches: the weights' bf16
+            # casts are made once and reused until the weights change.
+            with session.autocast():
+                for k, chunk in enumerate(chunks):
+                    padding = bool(chunk[0] < 0)
+                    idx = torch.tensor([0]) if padding else chunk
+                    with session.layout.accumulating(last=k == len(chunks) - 1):
+                        part = _micro_step(session, batch, idx, old, ref, knobs, counts, padding)
+                    parts += [part] if part else []
             optim.append(optimizer_step(session.model, state.optimizer, state.scheduler,
                                         t.max_grad_norm))
     metrics = {f"loss/{k}": v for k, v in reduce_metrics(parts).items()
@@ -227,7 +231,8 @@ def _micro_step(session, batch, idx, old, ref, knobs, counts, padding=False
     if not torch.isfinite(loss):
         raise NonFiniteError(f"non-finite loss {loss.item()} in a micro-batch of sequences "
                              f"{idx.tolist()[:8]}...")
-    (loss * (0.0 if padding else layout.loss_scale)).backward()
+    with autocast_paused(batch_device(batch.scored)):  # backward runs in the forward's dtypes
+        (loss * (0.0 if padding else layout.loss_scale)).backward()
     if padding:
         return None
     metrics["loss"] = loss.item()
@@ -287,8 +292,9 @@ def _start(cfg: Config, saved: dict[str, Any] | None, console):
             apply_learning_rate(state, cfg.train.lr)
     if console is not None:
         console.print(f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)))
-        if session.prefix_note:
-            console.print(session.prefix_note)
+        for note in (session.precision_note, session.prefix_note):
+            if note:
+                console.print(note)
         for key, (old, new) in changes.items():
             console.print(f"resume: {key} {old!r} -> {new!r}")
     return session, groups, state, held_out

@@ -28,6 +28,7 @@ LAYERS = [
     ["grpokit.rollout", "grpokit.data"],
     ["grpokit.rewards"],
     ["grpokit.sandbox"],
+    ["grpokit.precision"],
     ["grpokit.models", "grpokit.checkpoint", "grpokit.distributed", "grpokit.testing"],
     ["grpokit.config"],
     ["grpokit.typed_tree", "grpokit.rewards.base", "grpokit.rollout.base"],

@@ -1,4 +1,4 @@
-"""Model resolution, the tiny test model, save/load round trips, LoRA and autocast detection."""
+"""Model resolution, the tiny test model, save/load round trips and LoRA."""
 
 from __future__ import annotations
 
@@ -11,15 +11,12 @@ import torch
 from grpokit import models
 from grpokit.models import (
     apply_lora,
-    autocast,
-    cpu_has_bf16,
     disabled_adapter,
     load_policy,
     load_reference,
     load_tokenizer,
     resolve_model,
     save_model,
-    use_bf16,
 )
 from grpokit.testing import save_tiny_llama, tiny_llama
 
@@ -220,42 +217,6 @@ def test_save_lora_adapter_and_merged(tmp_path: Path) -> None:
 def test_apply_lora_rejects_bad_rank() -> None:
     with pytest.raises(ValueError, match="rank must be >= 1"):
         apply_lora(tiny_llama()[0], rank=0)
-
-
-# ---------------------------------------------------------------- autocast
-
-
-@pytest.mark.parametrize(
-    "flags, expected",
-    [
-        ("fpu vme avx avx2", False),
-        ("fpu avx512f avx512_bf16", True),
-        ("fpu amx_tile amx_bf16 amx_int8", True),
-        ("fpu avx512_bf16x", False),
-    ],
-)
-def test_cpu_has_bf16(flags: str, expected: bool) -> None:
-    cpuinfo = f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
-    assert cpu_has_bf16(cpuinfo) is expected
-
-
-@pytest.mark.parametrize("mode, has_bf16, expected", [
-    ("auto", True, True), ("auto", False, False),
-    ("bf16", False, True), ("bf16", True, True),  # forced: also where bf16 is slow
-    ("off", True, False), ("off", False, False),
-])
-def test_use_bf16_is_the_one_decision(monkeypatch: pytest.MonkeyPatch, mode: str,
-                                      has_bf16: bool, expected: bool) -> None:
-    monkeypatch.setattr(models, "cpu_has_bf16", lambda cpuinfo=None: has_bf16)
-    assert use_bf16(mode) is expected
-    with autocast(use_bf16(mode)):
-        out = torch.ones(2, 2) @ torch.ones(2, 2)
-    assert (out.dtype == torch.bfloat16) is expected
-
-
-def test_use_bf16_rejects_unknown_modes() -> None:
-    with pytest.raises(ValueError, match="auto"):
-        use_bf16("fp8")
 
 
 # ---------------------------------------------------------------- the real default model

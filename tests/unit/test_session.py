@@ -2,7 +2,7 @@
 
 import pytest
 
-from grpokit import models
+from grpokit import models, precision
 from grpokit.config import ConfigError, load_config
 from grpokit.session import build_session, reward_specs
 
@@ -16,7 +16,9 @@ TASK = ["data.max_prompt_length=1024",
 ])
 def test_sampling_and_training_follow_one_bf16_decision(tiny_model_dir, monkeypatch, mode,
                                                         has_bf16, expected):
-    monkeypatch.setattr(models, "cpu_has_bf16", lambda cpuinfo=None: has_bf16)
+    monkeypatch.setattr(precision, "bf16_probe", lambda: {
+        "fp32_gflops": 100.0, "bf16_gflops": 500.0 if has_bf16 else 50.0, "key": "x",
+        "cached": "yes"})
     session = build_session(load_config(overrides=[f"model.path={tiny_model_dir}", *TASK,
                                                    f"model.autocast='{mode}'", "algo.beta=0"]))
     assert session.bf16 is expected and session.engine.autocast is expected

@@ -120,7 +120,7 @@ class EngineBase:
         self.stop_ids = stop_ids(tokenizer, model, tuple(stop_token_ids))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.autocast = autocast
-        """Sample under bf16 autocast (the decision is models.use_bf16)."""
+        """Sample under bf16 autocast (the decision is precision.use_bf16)."""
 
     def sync_weights(self) -> None:
         """Nothing to do: the engine samples from the policy module itself."""

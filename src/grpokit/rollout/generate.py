@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from grpokit.models import autocast
+from grpokit.precision import autocast
 from grpokit.rollout.base import RolloutBatch, SamplingParams
 from grpokit.rollout.batching import EngineBase, assemble, check_prompts, concat_rollouts
 from grpokit.rollout.sampling import check_params

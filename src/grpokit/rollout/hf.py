@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from grpokit.models import autocast, cache_kwarg
+from grpokit.models import cache_kwarg
+from grpokit.precision import autocast
 from grpokit.rollout.base import RolloutBatch, SamplingParams
 from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
 from grpokit.rollout.sampling import check_params, prompt_uniforms, sample_next
