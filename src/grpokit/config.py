@@ -181,7 +181,7 @@ class TrainConfig:
     micro_batch_size: int = 32
     """At most this many sequences per forward/backward (gradient accumulation inside a
     minibatch)."""
-    max_tokens_per_micro_batch: int = 4096
+    max_tokens_per_micro_batch: int = 1024
     """At most this many padded tokens per forward/backward, prompts counted once per distinct
     prompt with shared_prefix (a longer sequence runs alone). Bounds activation memory."""
     shared_prefix: bool = True
@@ -204,8 +204,8 @@ class TrainConfig:
     """Seed of sampling, initialisation and everything random."""
     parallel: str = choice("ddp", "ddp", "fsdp")
     """Over several ranks: ddp (whole model per rank) or fsdp (FSDP2 shards policy and reference)."""
-    logprob_chunk_size: int = 1024
-    """Positions per chunk of the vocabulary projection."""
+    logprob_chunk_size: int = 256
+    """Positions per chunk of the vocabulary projection (a chunk's fp32 logits: 4·V bytes each)."""
 
 
 @dataclass

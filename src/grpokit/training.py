@@ -132,8 +132,12 @@ def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int,
     """AdamW over the trainable weights, warm-up + schedule and the seeded row order."""
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
+    # The fused kernel: one pass per tensor and no whole-model temporaries (the default
+    # multi-tensor step holds several, about 1 GB at peak for the default model). Sharded
+    # (DTensor) weights keep the default.
+    fused = all(type(p) is torch.nn.Parameter for p in params)
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas),
-                                  weight_decay=t.weight_decay)
+                                  weight_decay=t.weight_decay, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, total_updates))
     sampler = PromptSampler(num_rows, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
     return RunState(kind, 0, sampler, optimizer, scheduler, reference, model)
