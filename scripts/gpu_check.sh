@@ -45,7 +45,7 @@ FAILURES=0
 
 # A short run of the default model and task: 3 steps, no held-out evaluation, no TensorBoard.
 read -r -a extra <<<"${EXTRA:-}"
-COMMON=(model.autocast=bf16 eval.before_and_after=false log.tensorboard=false
+COMMON=(model.autocast=bf16 eval.before_and_after=false "log.report_to=[]"
         checkpoint.keep_last=1 "${extra[@]}")
 
 record() {  # name result seconds

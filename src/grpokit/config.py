@@ -18,7 +18,7 @@ import yaml
 
 from grpokit.algo.presets import PRESETS, preset_values
 from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec
-from grpokit.typed_tree import ConfigError, build, choice, load_yaml, merge, parse_overrides
+from grpokit.typed_tree import ConfigError, build, choice, choice_list, load_yaml, merge, parse_overrides
 
 
 @dataclass
@@ -227,13 +227,13 @@ class EvalConfig:
 @dataclass
 class LogConfig:
     output_dir: str = "runs/default"
-    """Folder for metrics, samples, TensorBoard events and checkpoints."""
+    """Folder of the run: config, metrics, samples, local tracker files and checkpoints."""
     samples_every: int = 5
     """Write sample completions every N steps (0 disables)."""
     num_samples: int = 4
     """Completions written each time samples are logged."""
-    tensorboard: bool = True
-    """Write TensorBoard event files."""
+    report_to: list[str] = choice_list(["tensorboard"], "tensorboard", "wandb", "mlflow")
+    """Trackers that get the metrics, samples and config too ([]: none; docs/runs.md)."""
 
 
 @dataclass
@@ -286,6 +286,7 @@ _REPLACED = {
                         "and algo.exclude_tied=true (was exclude); keep is both false",
     "algo.overlong": "algo.mask_truncated=true (was mask) and algo.overlong_penalty=true (was "
                      "shape; with algo.overlong_buffer); keep is both false",
+    "log.tensorboard": "log.report_to: [tensorboard] (was true) or [] (was false)",
 }
 
 

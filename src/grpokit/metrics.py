@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -98,10 +99,13 @@ def rollout_metrics(batch: TrainingBatch, names: list[str]) -> dict[str, float]:
     return metrics
 
 
-def write_samples(path: Path, step: int, batch: TrainingBatch, names: list[str], n: int) -> None:
-    """A few completions with their prompt row, rewards and advantage, one JSON object each."""
+def write_samples(path: Path, step: int, batch: TrainingBatch, names: list[str],
+                  n: int) -> list[dict[str, Any]]:
+    """A few completions with their prompt row, rewards and advantage, one JSON object each;
+    returns the records written (for the trackers' sample tables)."""
     r = batch.rollout
     g = r.group_size
+    records = []
     with open(path, "a", encoding="utf-8") as f:
         for i in range(min(n, len(r.completions))):
             i_seq = i * g if i * g < len(r.completions) else i  # one per group first
@@ -115,3 +119,5 @@ def write_samples(path: Path, step: int, batch: TrainingBatch, names: list[str],
                 "advantage": adv.mean().item() if adv.ndim else adv.item(),
             }
             f.write(json.dumps(record, default=str) + "\n")
+            records.append(record)
+    return records

@@ -1,9 +1,12 @@
-"""Where metrics go: the console, a JSONL file and TensorBoard, behind one small protocol."""
+"""Where metrics go: the console, a JSONL file and the trackers of `log.report_to` (TensorBoard,
+Weights & Biases, MLflow), behind one small protocol."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,6 +14,9 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.tensorboard import SummaryWriter
+
+from grpokit.config import to_dict
+from grpokit.typed_tree import UserError
 
 # Metrics shown on the compact console line, in order, with their short labels.
 CONSOLE_KEYS = (
@@ -26,7 +32,26 @@ CONSOLE_KEYS = (
 class MetricSink(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
 
+    def log_samples(self, step: int, records: list[dict[str, Any]]) -> None:
+        """The sample completions of a step, the records `metrics.write_samples` wrote."""
+
     def close(self) -> None: ...
+
+
+def finite(metrics: dict[str, Any]) -> dict[str, float]:
+    """The metrics a tracker's charts take: numbers, finite (a NaN mean of no rows is left out)."""
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def sample_table(records: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of the samples; nested values (row, rewards) as JSON text."""
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    return columns, [[_cell(r.get(c)) for c in columns] for r in records]
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
 
 
 class JsonlSink:
@@ -42,6 +67,9 @@ class JsonlSink:
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()
 
+    def log_samples(self, step: int, records: list[dict[str, Any]]) -> None:
+        """Nothing: the samples are in samples.jsonl already."""
+
     def close(self) -> None:
         self._file.close()
 
@@ -54,13 +82,144 @@ class TensorBoardSink:
         self._writer = SummaryWriter(log_dir=str(path), purge_step=start_step + 1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self._writer.add_scalar(key, value, step)
+        for key, value in finite(metrics).items():
+            self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def log_samples(self, step: int, records: list[dict[str, Any]]) -> None:
+        """The samples as a markdown table in the Text tab."""
+        columns, rows = sample_table(records)
+        lines = [columns, ["---"] * len(columns)]
+        lines += [[str(v).replace("|", "\\|").replace("\n", "<br>") for v in row] for row in rows]
+        self._writer.add_text("samples", "\n".join("| " + " | ".join(x) + " |" for x in lines), step)
         self._writer.flush()
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _tracker_library(name: str, extra: str) -> Any:
+    """The tracker's library, imported only when the config names it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(f"log.report_to names {extra}, whose library {name} is not installed: "
+                        f"pip install 'grpokit[{extra}]'") from None
+
+
+def _tracker_run(out: Path, tracker: str, start_step: int) -> str | None:
+    """The run id a tracker continues: the one of out/trackers.json when resuming (start_step > 0);
+    a new run (step 0, a run started over) gets a new tracker run."""
+    path = out / "trackers.json"
+    return json.loads(path.read_text()).get(tracker) if start_step and path.is_file() else None
+
+
+def _save_tracker_run(out: Path, tracker: str, run_id: str) -> None:
+    path = out / "trackers.json"
+    ids = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**ids, tracker: run_id}, indent=2) + "\n")
+
+
+class WandbSink:
+    """A Weights & Biases run in the project WANDB_PROJECT (else grpokit), its files under
+    out/wandb; the mode and credentials are the user's (WANDB_MODE=offline, WANDB_API_KEY)."""
+
+    def __init__(self, cfg: Any, out: Path, start_step: int = 0):
+        wandb = _tracker_library("wandb", "wandb")
+        self._table = wandb.Table
+        previous = _tracker_run(out, "wandb", start_step)
+        (out / "wandb").mkdir(parents=True, exist_ok=True)
+        project = os.environ.get("WANDB_PROJECT") or "grpokit"
+        self._run = wandb.init(project=project, dir=str(out), name=out.name,
+                               id=previous, resume="allow" if previous else None)
+        self._run.config.update(to_dict(cfg), allow_val_change=True)  # a resume may change log.*
+        _save_tracker_run(out, "wandb", self._run.id)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self._run.log(finite(metrics), step=step)
+
+    def log_samples(self, step: int, records: list[dict[str, Any]]) -> None:
+        columns, rows = sample_table(records)
+        self._run.log({"samples": self._table(columns=columns, data=rows)}, step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+# MLflow's longest parameter value (longer ones are cut, the config.yaml artifact has them whole)
+MLFLOW_PARAM_LENGTH = 6000
+
+
+class MlflowSink:
+    """An MLflow run in the experiment MLFLOW_EXPERIMENT_NAME (else grpokit): metrics, the config
+    as dotted parameters and config.yaml, samples as tables. The store is MLFLOW_TRACKING_URI,
+    else out/mlflow.db."""
+
+    def __init__(self, cfg: Any, out: Path, start_step: int = 0):
+        self._mlflow = mlflow = _tracker_library("mlflow", "mlflow")
+        user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        self._client = mlflow.MlflowClient(user_uri or f"sqlite:///{out.resolve()}/mlflow.db")
+        self._run_id = self._continued(_tracker_run(out, "mlflow", start_step))
+        if self._run_id is None:
+            local = None if user_uri else (out / "mlflow-artifacts").resolve().as_uri()
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "grpokit"
+            experiment_id = self._experiment(name, local)
+            self._run_id = self._client.create_run(experiment_id, run_name=out.name).info.run_id
+        self._log_config(to_dict(cfg), start_step)
+        _save_tracker_run(out, "mlflow", self._run_id)
+
+    def _experiment(self, name: str, artifacts: str | None) -> str:
+        """The experiment's id; created with its artifacts in the run folder for the local store."""
+        found = self._client.get_experiment_by_name(name)
+        return found.experiment_id if found else self._client.create_experiment(name, artifacts)
+
+    def _continued(self, run_id: str | None) -> str | None:
+        """The saved run, reopened, when it is in this store."""
+        if run_id is None:
+            return None
+        try:
+            self._client.update_run(run_id, status="RUNNING")
+        except self._mlflow.exceptions.MlflowException:  # another store, or a deleted run
+            return None
+        return run_id
+
+    def _log_config(self, config: dict[str, Any], start_step: int) -> None:
+        """Parameters cannot change in MLflow: a resume records the values it changed as tags."""
+        logged = self._client.get_run(self._run_id).data.params
+        params = {k: str(v)[:MLFLOW_PARAM_LENGTH] for k, v in _flat(config).items()}
+        new = [self._mlflow.entities.Param(k, v) for k, v in params.items() if k not in logged]
+        tags = [self._mlflow.entities.RunTag(f"resumed_at_step_{start_step}.{k}", v)
+                for k, v in params.items() if k in logged and logged[k] != v]
+        for i in range(0, len(new), 100):  # log_batch takes at most 100 parameters
+            self._client.log_batch(self._run_id, params=new[i:i + 100])
+        self._client.log_batch(self._run_id, tags=tags)
+        self._client.log_dict(self._run_id, config, "config.yaml")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [self._mlflow.entities.Metric(k, v, now, step) for k, v in finite(metrics).items()]
+        for i in range(0, len(batch), 1000):  # log_batch takes at most 1000 metrics
+            self._client.log_batch(self._run_id, metrics=batch[i:i + 1000])
+
+    def log_samples(self, step: int, records: list[dict[str, Any]]) -> None:
+        columns, rows = sample_table(records)
+        self._client.log_table(self._run_id, data={c: [row[i] for row in rows]
+                                                   for i, c in enumerate(columns)},
+                               artifact_file=f"samples/step_{step:06d}.json")
+
+    def close(self) -> None:
+        self._client.set_terminated(self._run_id)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested config: {"train.lr": 1e-5, ...}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def format_line(step: int, total: int, metrics: dict[str, float]) -> str:
@@ -89,6 +248,9 @@ class ConsoleSink:
         self._progress.console.print(format_line(step, self.total, metrics), highlight=False)
         self._progress.update(self._task, completed=step)
 
+    def log_samples(self, step: int, records: list[dict[str, Any]]) -> None:
+        """Nothing: the console shows the step line only."""
+
     def close(self) -> None:
         self._progress.stop()
 
@@ -100,6 +262,10 @@ class MultiSink:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for sink in self.sinks:
             sink.log(step, metrics)
+
+    def log_samples(self, step: int, records: list[dict[str, Any]]) -> None:
+        for sink in self.sinks if records else ():
+            sink.log_samples(step, records)
 
     def close(self) -> None:
         for sink in self.sinks:
@@ -119,13 +285,25 @@ def drop_after(path: Path, step: int) -> None:
         tmp.replace(path)
 
 
+# One constructor per name of `log.report_to`: (cfg, run folder, start step) -> sink.
+_TRACKER_SINKS = {
+    "tensorboard": lambda cfg, out, start_step: TensorBoardSink(out / "tensorboard", start_step),
+    "wandb": WandbSink,
+    "mlflow": MlflowSink,
+}
+
+
 def make_sinks(cfg: Any, out: Path, console: Console | None, start_step: int = 0) -> MultiSink:
-    """The run's sinks: metrics.jsonl, TensorBoard (unless disabled), the console when given.
+    """The run's sinks: metrics.jsonl, the trackers of `log.report_to`, the console when given.
     Logs of steps after `start_step` (the step a run starts or resumes at) are dropped first."""
     drop_after(out / "samples.jsonl", start_step)
     sinks: list[Any] = [JsonlSink(out / "metrics.jsonl", start_step)]
-    if cfg.log.tensorboard:
-        sinks.append(TensorBoardSink(out / "tensorboard", start_step))
+    try:
+        for name in dict.fromkeys(cfg.log.report_to):  # each tracker once
+            sinks.append(_TRACKER_SINKS[name](cfg, out, start_step))
+    except BaseException:
+        MultiSink(sinks).close()  # a tracker that cannot start: close the ones that did
+        raise
     if console is not None:
         sinks.append(ConsoleSink(cfg.train.steps, console))
     return MultiSink(sinks)

@@ -319,7 +319,8 @@ def _after_step(session, groups, state, batch, metrics, sinks, held_out, out) ->
     if sinks is not None:
         sinks.log(step, metrics)
         if cfg.log.samples_every and step % cfg.log.samples_every == 0:
-            write_samples(out / "samples.jsonl", step, batch, groups.names, cfg.log.num_samples)
+            sinks.log_samples(step, write_samples(out / "samples.jsonl", step, batch,
+                                                  groups.names, cfg.log.num_samples))
     if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
         save_run(out, cfg, session.model, session.tokenizer, state)
 

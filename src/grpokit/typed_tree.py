@@ -40,6 +40,11 @@ def choice(default: Any, *choices: Any) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
+def choice_list(default: list[Any], *choices: Any) -> Any:
+    """A list field each of whose items must be one of `choices`."""
+    return field(default_factory=lambda: list(default), metadata={"choices": choices})
+
+
 class UserError(ValueError):
     """Bad input from the user (config, data, command-line arguments, a resume conflict): the
     command line prints the message alone and exits with status 2, never a traceback."""
@@ -122,8 +127,9 @@ def build(cls: type, data: Any, where: str = "config", replaced: dict[str, str] 
             kwargs[key] = _convert(value, hints[key], sub, replaced)
         except ConfigError as exc:
             raise ConfigError(f"{exc}; valid values: {shown}" if choices else str(exc)) from None
-        if choices and kwargs[key] not in choices:
-            raise ConfigError(f"{sub}: invalid value {kwargs[key]!r}; valid values: {shown}")
+        for item in kwargs[key] if isinstance(kwargs[key], list) else [kwargs[key]]:
+            if choices and item not in choices:  # a list's choices are of its items
+                raise ConfigError(f"{sub}: invalid value {item!r}; valid values: {shown}")
     return cls(**kwargs)
 
 

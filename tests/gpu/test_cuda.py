@@ -31,7 +31,7 @@ TEXTS = ["What is 7 + 5?", "Hi", "Tell me a long story about cats, please."]
 TINY = [
     "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=6",
     "eval.before_and_after=false", "data.max_prompt_length=1024", "train.micro_batch_size=4",
-    "log.tensorboard=false", "checkpoint.keep_last=0", "train.lr=1e-3", "train.steps=1",
+    "log.report_to=[]", "checkpoint.keep_last=0", "train.lr=1e-3", "train.steps=1",
     "data.task_args={digits: 1, ops: '+', train_size: 12, eval_size: 2, style: short}",
 ]
 

@@ -22,7 +22,7 @@ from grpokit.rewards.registry import per_item
 RUN = [
     "rollout.prompts_per_step=4", "rollout.group_size=2", "rollout.max_new_tokens=6",
     "eval.before_and_after=false", "data.max_prompt_length=1024", "train.micro_batch_size=3",
-    "log.tensorboard=false", "checkpoint.keep_last=0", "train.lr=1e-3", "model.autocast='off'",
+    "log.report_to=[]", "checkpoint.keep_last=0", "train.lr=1e-3", "model.autocast='off'",
     "algo.beta=0.04", "rewards=[{name: elastic_first_token}]", "train.minibatches=2",
     "data.task_args={digits: 1, ops: '+', train_size: 24, eval_size: 2, style: short}",
 ]

@@ -56,7 +56,7 @@ def _steps(sample, **_):
 BASE = [
     "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=8",
     "data.max_prompt_length=1024", "train.micro_batch_size=3", "model.autocast='off'",
-    "eval.before_and_after=false", "log.tensorboard=false", "train.max_grad_norm=0",
+    "eval.before_and_after=false", "log.report_to=[]", "train.max_grad_norm=0",
     "data.task_args={digits: 1, ops: '+', train_size: 24, eval_size: 4, style: short}",
 ]
 

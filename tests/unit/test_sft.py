@@ -249,7 +249,7 @@ def test_task_without_a_target_rule_is_a_config_error(tiny):
 # ---------------------------------------------------------------- end to end
 
 SFT = ["train.steps=6", "rollout.prompts_per_step=4", "train.micro_batch_size=2", "train.lr=3e-3",
-       "rollout.max_new_tokens=24", "data.max_prompt_length=256", "log.tensorboard=false"]
+       "rollout.max_new_tokens=24", "data.max_prompt_length=256", "log.report_to=[]"]
 
 
 def test_sft_reduces_the_loss_and_hands_off_to_grpo_training(tiny_model_dir, tmp_path):
@@ -276,7 +276,7 @@ def test_sft_reduces_the_loss_and_hands_off_to_grpo_training(tiny_model_dir, tmp
         run_sft(load_config(overrides=overrides))
     grpo = [f"model.path={out / 'final'}", f"log.output_dir={tmp_path / 'grpo'}", "train.steps=1",
             "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=8",
-            "eval.before_and_after=false", "log.tensorboard=false", "data.max_prompt_length=1024",
+            "eval.before_and_after=false", "log.report_to=[]", "data.max_prompt_length=1024",
             "data.task_args={digits: 1, ops: '+', train_size: 8, eval_size: 2, style: short}"]
     train(load_config(overrides=grpo))
     assert (tmp_path / "grpo" / "checkpoints" / "step-000001" / "model").is_dir()

@@ -62,7 +62,7 @@ def test_console_line_shows_the_known_metrics_in_order():
 
 
 def test_make_sinks_follows_the_log_config(tmp_path):
-    cfg = load_config(overrides=["log.tensorboard=false"])
+    cfg = load_config(overrides=["log.report_to=[]"])
     sinks = make_sinks(cfg, tmp_path, None)
     assert [type(s).__name__ for s in sinks.sinks] == ["JsonlSink"]
     sinks.close()

@@ -21,7 +21,7 @@ from grpokit.training import RunFolder
 TINY = [
     "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=6",
     "eval.before_and_after=false", "data.max_prompt_length=1024", "train.micro_batch_size=4",
-    "log.samples_every=1", "log.tensorboard=false", "checkpoint.keep_last=0", "train.lr=1e-3",
+    "log.samples_every=1", "log.report_to=[]", "checkpoint.keep_last=0", "train.lr=1e-3",
     "data.task_args={digits: 1, ops: '+', train_size: 12, eval_size: 2, style: short}",
 ]
 
