@@ -33,10 +33,10 @@ CONFIGS = {"short": 64, "long": 256}
 
 
 def machine() -> str:
-    from grpokit.precision import _cpu_name, bf16_probe
+    from grpokit.precision import cpu_name, bf16_probe
 
     probe = bf16_probe()
-    return (f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, matmul "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, matmul "
             f"{probe['fp32_gflops']:.0f} GFLOP/s fp32 / {probe['bf16_gflops']:.0f} bf16; "
             f"Python {platform.python_version()}")
 

@@ -145,7 +145,8 @@ def grpokit_overrides(spec: Spec, data_path: Path, out: Path) -> list[str]:
         "algo.preset=grpo", f"algo.beta={spec.beta}", f"train.lr={spec.lr}",
         "train.adam_betas=[0.9,0.999]", f"train.steps={spec.steps}", f"train.seed={spec.seed}",
         f"model.autocast={'bf16' if spec.bf16 else 'off'}", "eval.before_and_after=false",
-        "log.samples_every=0", "log.tensorboard=false", f"log.output_dir={out}", *spec.extra,
+        "log.samples_every=0", "log.report_to=[]", "log.report=false", f"log.output_dir={out}",
+        *spec.extra,
     ]
 
 

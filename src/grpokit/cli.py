@@ -1,4 +1,4 @@
-"""The `grpokit` command line: train, eval, sft, conformance, sandbox, score."""
+"""The `grpokit` command line: train, eval, sft, report, conformance, sandbox, score."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import transformers
 from rich.console import Console
 
-from grpokit import conformance
+from grpokit import conformance, report
 from grpokit.config import ConfigError, load_config
 from grpokit.training import run_folder_of
 from grpokit.typed_tree import UserError, parse_overrides
@@ -38,7 +38,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     cfg = _load(args)
-    results = run_eval(cfg, Console())
+    results = run_eval(cfg, Console(), jsonl=args.jsonl)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
     return 0
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a model on a task: rewards, pass@k, maj@k")
     _config_args(p)
     p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--jsonl", help="write each prompt's completions and scores, then the summary, "
+                                   "as JSON lines here (grpokit report reads it)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("sft", help="supervised fine-tuning (cold start) on completion tokens")
     _config_args(p)
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     conformance.add_commands(sub)
     sandbox_cli.add_commands(sub)
     rewards_cli.add_commands(sub)
+    report.add_commands(sub)
     return parser
 
 

@@ -1,10 +1,7 @@
 """The configuration tree: dataclasses with a docstring under every field, YAML in and out, dotted
-command-line overrides. Errors are raised while the config is built, naming the key and listing the
-valid keys or values.
-
-The defaults are the built-in run that `grpokit train` performs with no arguments: the embedded
-SmolLM2-135M-Instruct on one-digit arithmetic, sized to finish in minutes on a 2-core CPU. Real runs
-set the task or dataset, lengths, batch sizes, steps and learning rate in their own YAML.
+command-line overrides. Errors are raised while the config is built, naming the key and the valid
+keys or values. The defaults are the built-in run of `grpokit train` with no arguments: the embedded
+SmolLM2-135M-Instruct on one-digit arithmetic, sized to finish in minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -232,6 +229,10 @@ class LogConfig:
     """Write sample completions every N steps (0 disables)."""
     num_samples: int = 4
     """Completions written each time samples are logged."""
+    report: bool = True
+    """Write report.html (curves, settings, samples; `grpokit report`) at the end of the run."""
+    report_every: int = 0
+    """Also rewrite the report every N steps while training (0: only at the end)."""
     report_to: list[str] = choice_list(["tensorboard"], "tensorboard", "wandb", "mlflow")
     """Trackers that get the metrics, samples and config too ([]: none; docs/runs.md)."""
 
@@ -336,10 +337,10 @@ def validate(cfg: Config) -> None:
         (t.logprob_chunk_size >= 1 and cfg.data.max_prompt_length >= 1 and r.top_k >= 0,
          "train.logprob_chunk_size and data.max_prompt_length must be >= 1, rollout.top_k >= 0"),
         (min(cfg.eval.num_prompts, cfg.eval.every, cfg.log.samples_every, cfg.log.num_samples,
-             cfg.checkpoint.every, cfg.checkpoint.keep_last) >= 0
+             cfg.log.report_every, cfg.checkpoint.every, cfg.checkpoint.keep_last) >= 0
          and cfg.eval.samples_per_prompt >= 1,
-         "eval.num_prompts, eval.every, log.samples_every, log.num_samples, checkpoint.every and "
-         "checkpoint.keep_last must be >= 0, eval.samples_per_prompt >= 1"),
+         "eval.num_prompts, eval.every, log.samples_every, log.num_samples, log.report_every, "
+         "checkpoint.every and checkpoint.keep_last must be >= 0, eval.samples_per_prompt >= 1"),
         (0 <= cfg.reward_runner.max_error_rate <= 1 and cfg.reward_runner.timeout > 0,
          "reward_runner.max_error_rate must be in [0, 1] and reward_runner.timeout > 0"),
         (cfg.model.lora.rank >= 1 and 0 <= cfg.model.lora.dropout < 1 and a.adv_eps >= 0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -60,14 +61,27 @@ def summarize(
         out[f"reward/{name}"] = sum(values) / len(values) if values else float("nan")
         out[f"scored_frac/{name}"] = len(values) / max(sum(len(s) for s in per_prompt), 1)
     for k in ks:
-        out[f"pass@{k}"] = _mean([pass_at_k(len(c), sum(c), k) for c in correct])
+        per_prompt = {"pass": [pass_at_k(len(c), sum(c), k) for c in correct]}
         if answers is not None:
-            out[f"maj@{k}"] = _mean([maj_at_k(a, c, k) for a, c in zip(answers, correct)])
+            per_prompt["maj"] = [maj_at_k(a, c, k) for a, c in zip(answers, correct)]
+        for kind, values in per_prompt.items():
+            out[f"{kind}@{k}"] = _mean(values)
+            out[f"{kind}@{k}_ci95"] = ci95(values)
     return out
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def ci95(values: list[float]) -> float:
+    """Half-width of the normal 95% interval of the mean over prompts: 1.96·s/√n, with s the
+    sample standard deviation of the per-prompt estimates (NaN below two prompts)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    return 1.96 * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def correctness(values: list[float | None], threshold: float) -> list[bool]:
@@ -76,9 +90,11 @@ def correctness(values: list[float | None], threshold: float) -> list[bool]:
 
 
 
-def evaluate(session: Session, held_out: PromptGroups, seed: int) -> dict[str, float]:
+def evaluate(session: Session, held_out: PromptGroups, seed: int,
+             records: list[dict[str, Any]] | None = None) -> dict[str, float]:
     """Mean reward per function, pass@k and maj@k over eval.samples_per_prompt samples of each
-    held-out prompt, sampled with the eval settings; prompt k from the seed (seed, "eval", k)."""
+    held-out prompt, sampled with the eval settings; prompt k from the seed (seed, "eval", k).
+    With `records`, one record per prompt (its completions, scores and answers) is appended."""
     e = session.cfg.eval
     n = e.samples_per_prompt
     params = SamplingParams(max_new_tokens=held_out.params.max_new_tokens,
@@ -99,7 +115,21 @@ def evaluate(session: Session, held_out: PromptGroups, seed: int) -> dict[str, f
             texts = scored.rollout.completions[g * n:(g + 1) * n]
             found = [extract_answers(t, ("answer_tag", "boxed", "last_number")) for t in texts]
             answers.append([normalize(f[-1]) if f else None for f in found])
+            if records is not None:
+                records.append({"kind": "prompt", "index": sub[g], "row": held_out.rows[sub[g]],
+                                "completions": texts,
+                                "rewards": {name: per_fn[name][-1] for name in names},
+                                "correct": correct[-1], "answers": answers[-1]})
     return summarize(per_fn, correct, e.k, answers)
+
+
+def write_eval_jsonl(path: Path, summary: dict[str, float], records: list[dict[str, Any]]) -> None:
+    """The per-prompt records, then {"kind": "summary", "summary": {...}}; `grpokit report`
+    reads this file."""
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, default=str) + "\n")
+        f.write(json.dumps({"kind": "summary", "summary": summary}) + "\n")
 
 
 def print_eval(console, title: str, results: dict[str, dict[str, float]]) -> None:
@@ -114,10 +144,11 @@ def print_eval(console, title: str, results: dict[str, dict[str, float]]) -> Non
     console.print(table)
 
 
-def run_eval(cfg: Config, console=None) -> dict[str, Any]:
+def run_eval(cfg: Config, console=None, jsonl: str | Path | None = None) -> dict[str, Any]:
     """`grpokit eval`: the model as it is (no reference, no LoRA wrapper) on the first
     `eval.num_prompts` held-out prompts of the task. Sampling draws only from a generator seeded
-    with train.seed, so the same config gives the same numbers."""
+    with train.seed, so the same config gives the same numbers. With `jsonl`, the per-prompt
+    completions and scores and the summary are written there."""
     session = build_session(cfg, training=False)
     bad = [n for n, p in session.model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
@@ -127,9 +158,12 @@ def run_eval(cfg: Config, console=None) -> dict[str, Any]:
     rows = session.task.eval_rows[: cfg.eval.num_prompts]
     if not rows:
         raise ValueError(f"task {session.task.name!r} has no held-out rows to evaluate")
-    results = evaluate(session, PromptGroups(session, rows), cfg.train.seed)
+    records: list[dict[str, Any]] = []
+    results = evaluate(session, PromptGroups(session, rows), cfg.train.seed, records)
     results["num_prompts"] = float(len(rows))
     results["samples_per_prompt"] = float(cfg.eval.samples_per_prompt)
+    if jsonl is not None:
+        write_eval_jsonl(Path(jsonl), results, records)
     if console is not None:
         print_eval(console, f"{cfg.model.path} on {session.task.name}", {"value": results})
         console.print_json(json.dumps(results))

@@ -39,7 +39,7 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -67,7 +67,7 @@ def measure_matmul(dtype: torch.dtype, repeats: int = 5) -> float:
 def bf16_probe() -> dict[str, float | str]:
     """fp32 and bf16 matmul GFLOP/s on this machine: measured once (well under a second) and
     cached in the grpokit cache, keyed by CPU model, torch version and thread count."""
-    key = f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     path = cache_root() / "bf16-probe.json"
     try:
         cached = json.loads(path.read_text())

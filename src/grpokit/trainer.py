@@ -20,12 +20,13 @@ from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.algo.masks import is_tied, loss_mask, top_entropy_mask
 from grpokit.batch import ScoredBatch, TrainingBatch
 from grpokit.config import Config, to_dict
-from grpokit.evaluation import evaluate, print_eval
+from grpokit.evaluation import evaluate, print_eval, write_eval_jsonl
 from grpokit.groups import PromptGroups, check_world, sample_groups
 from grpokit.logprobs import batched_logprobs, padded_chunks, plan_micro_batches, shares_prefix
 from grpokit.metrics import reduce_metrics, rollout_metrics, write_samples
 from grpokit.models import disabled_adapter
 from grpokit.precision import autocast_paused
+from grpokit.report import write_report
 from grpokit.rollout.base import sampling_seed
 from grpokit.session import Session, build_session
 from grpokit.sinks import make_sinks
@@ -258,7 +259,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
         write_config(out, cfg, folder)
         results: dict[str, Any] = {}
         if held_out and cfg.eval.before_and_after and state.step == 0:
-            results["before"] = _evaluate(session, held_out)
+            results["before"] = _evaluate(session, held_out, out / "eval_before.jsonl")
             if console is not None:
                 print_eval(console, f"held-out evaluation before training ({len(held_out.rows)} "
                            "prompts)", {"before": results["before"]})
@@ -305,9 +306,16 @@ def total_updates(cfg: Config) -> int:
     return cfg.train.steps * cfg.train.epochs_per_batch * cfg.train.minibatches
 
 
-def _evaluate(session: Session, held_out: PromptGroups) -> dict[str, float]:
-    """Held-out evaluation, always from the run's seed: before and after differ only by weights."""
-    return evaluate(session, held_out, session.cfg.train.seed)
+def _evaluate(session: Session, held_out: PromptGroups, jsonl: Path | None = None
+              ) -> dict[str, float]:
+    """Held-out evaluation, always from the run's seed: before and after differ only by weights.
+    With `jsonl`, rank 0 writes each prompt's completions and scores there (the report's
+    before/after samples)."""
+    records: list[dict[str, Any]] = []
+    results = evaluate(session, held_out, session.cfg.train.seed, records)
+    if jsonl is not None and dist.is_main():
+        write_eval_jsonl(jsonl, results, records)
+    return results
 
 
 def _after_step(session, groups, state, batch, metrics, sinks, held_out, out) -> None:
@@ -321,6 +329,9 @@ def _after_step(session, groups, state, batch, metrics, sinks, held_out, out) ->
         if cfg.log.samples_every and step % cfg.log.samples_every == 0:
             sinks.log_samples(step, write_samples(out / "samples.jsonl", step, batch,
                                                   groups.names, cfg.log.num_samples))
+        if cfg.log.report and cfg.log.report_every and step % cfg.log.report_every == 0 \
+                and step < cfg.train.steps:
+            _report(out, None)
     if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
         save_run(out, cfg, session.model, session.tokenizer, state)
 
@@ -332,11 +343,20 @@ def _finish(session, state, out, held_out, results, console) -> dict[str, Any]:
     if path is not None:
         results["checkpoint"] = str(path)
     if held_out and cfg.eval.before_and_after:
-        results["after"] = _evaluate(session, held_out)
+        results["after"] = _evaluate(session, held_out, out / "eval_after.jsonl")
     if dist.is_main():
         (out / "eval.json").write_text(json.dumps(results, indent=2))
     if console is not None and "after" in results:
         shown = {k: results[k] for k in ("before", "after") if k in results}
         print_eval(console, "held-out evaluation", shown)
+    if dist.is_main() and cfg.log.report:
+        results["report"] = str(_report(out, console))
     return results
 
+
+def _report(out: Path, console) -> Path:
+    """report.html of the run folder (rank 0), its path printed when there is a console."""
+    path = write_report([out])
+    if console is not None:
+        console.print(f"report: {path}")
+    return path

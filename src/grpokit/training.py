@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import math
 import os
+import platform
 import random
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from grpokit.config import Config, ConfigError, TrainConfig, to_dict
 from grpokit.data.sampler import PromptSampler
 from grpokit.models import save_model
 from grpokit.parallel import full_state_dict, is_sharded, load_sharded, save_sharded
+from grpokit.precision import cpu_name
 from grpokit.typed_tree import load_yaml
 
 
@@ -277,7 +281,24 @@ def write_config(out: Path, cfg: Config, folder: RunFolder | None) -> None:
     re-run) continues."""
     if dist.is_main():
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        _record_start(out)
         folder.started = True
+
+
+def _record_start(out: Path) -> None:
+    """run.json: one entry per start or resume, with when and on what machine (the report's
+    header)."""
+    path = out / "run.json"
+    try:
+        info = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        info = {}
+    device = (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    machine = {"device": device, "cpu": cpu_name(), "cores": os.cpu_count(),
+               "world_size": dist.world_size(), "torch": torch.__version__,
+               "python": platform.python_version(), "host": platform.node()}
+    info.setdefault("starts", []).append({"time": time.time(), "machine": machine})
+    path.write_text(json.dumps(info, indent=1))
 
 
 def save_run(out: Path, cfg: Config, model: torch.nn.Module, tokenizer: Any,

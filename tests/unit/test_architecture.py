@@ -20,7 +20,7 @@ LAYERS = [
     ["grpokit.trainer", "grpokit.sft", "grpokit.conformance", "grpokit.rewards.cli",
      "grpokit.sandbox.cli"],
     ["grpokit.training"],
-    ["grpokit.evaluation"],
+    ["grpokit.evaluation", "grpokit.report"],
     ["grpokit.groups"],
     ["grpokit.session", "grpokit.metrics", "grpokit.sinks"],
     ["grpokit.parallel"],

@@ -92,3 +92,12 @@ def test_eval_without_held_out_rows_is_an_error(tiny_model_dir):
     cfg = load_config(overrides=[f"model.path={tiny_model_dir}", *EVAL, "eval.num_prompts=0"])
     with pytest.raises(ValueError, match="no held-out rows"):
         run_eval(cfg)
+
+
+def test_ci95_is_the_normal_interval_of_the_mean_over_prompts():
+    from grpokit.evaluation import ci95
+
+    # mean 0.75; sample variance ((3 * 0.25**2) + 0.75**2) / 3 = 0.25, s = 0.5; 1.96 * 0.5 / 2
+    assert ci95([1.0, 0.0, 1.0, 1.0]) == pytest.approx(0.49)
+    assert ci95([0.5, 0.5]) == 0.0
+    assert math.isnan(ci95([1.0]))
