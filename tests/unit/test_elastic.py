@@ -85,7 +85,11 @@ def _assert_same_run(a, b) -> None:
     (weights_a, moments_a), (weights_b, moments_b) = a, b
     assert weights_a.keys() == weights_b.keys() and moments_a.keys() == moments_b.keys()
     for key in weights_a:
-        torch.testing.assert_close(weights_a[key], weights_b[key], rtol=0, atol=1e-6, msg=key)
+        # lr 1e-3: an Adam step moves a weight by about 1e-3, so a lost or doubled gradient
+        # contribution shows at that scale; rounding in another summation order, amplified by
+        # m / sqrt(v) where v is tiny, stays below 1e-5.
+        diff = (weights_a[key] - weights_b[key]).abs().max().item()
+        assert diff <= 1e-5, f"{key}: max difference {diff:.3g}"
     for name in moments_a:
         for moment in ("exp_avg", "exp_avg_sq", "step"):
             # Micro-batches (and so the prompts a shared-prefix pass runs once) differ with the
