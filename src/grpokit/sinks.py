@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.tensorboard import SummaryWriter
 
 from grpokit.config import to_dict
-from grpokit.typed_tree import UserError
+from grpokit.typed_tree import UserError, flatten
 
 # Metrics shown on the compact console line, in order, with their short labels.
 CONSOLE_KEYS = (
@@ -186,7 +186,7 @@ class MlflowSink:
     def _log_config(self, config: dict[str, Any], start_step: int) -> None:
         """Parameters cannot change in MLflow: a resume records the values it changed as tags."""
         logged = self._client.get_run(self._run_id).data.params
-        params = {k: str(v)[:MLFLOW_PARAM_LENGTH] for k, v in _flat(config).items()}
+        params = {k: str(v)[:MLFLOW_PARAM_LENGTH] for k, v in flatten(config).items()}
         new = [self._mlflow.entities.Param(k, v) for k, v in params.items() if k not in logged]
         tags = [self._mlflow.entities.RunTag(f"resumed_at_step_{start_step}.{k}", v)
                 for k, v in params.items() if k in logged and logged[k] != v]
@@ -209,17 +209,6 @@ class MlflowSink:
 
     def close(self) -> None:
         self._client.set_terminated(self._run_id)
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested config: {"train.lr": 1e-5, ...}."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def format_line(step: int, total: int, metrics: dict[str, float]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from grpokit.typed_tree import UserError
+from grpokit.typed_tree import UserError, flatten
 
 
 @dataclass
@@ -61,17 +61,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
         records.append(record)
     return records
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are leaves."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def load_eval_jsonl(path: Path, label: str | None = None) -> EvalResult:
