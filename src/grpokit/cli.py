@@ -1,4 +1,4 @@
-"""The `grpokit` command line: train, eval, sft, report, conformance, sandbox, score."""
+"""The `grpokit` command line: train, eval, sft, dpo, report, conformance, sandbox, score."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from grpokit.typed_tree import UserError, parse_overrides
 from grpokit.evaluation import run_eval
 from grpokit.rewards import cli as rewards_cli
 from grpokit.sandbox import cli as sandbox_cli
+from grpokit.dpo import run_dpo
 from grpokit.sft import run_sft
 from grpokit.trainer import train
 
@@ -65,6 +66,11 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_dpo(args) -> int:
+    run_dpo(_load_or_resume(args), Console(), resume=args.resume)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grpokit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume", metavar="DIR", help="continue the SFT run in DIR (its newest checkpoint)")
     p.set_defaults(func=cmd_sft)
+    p = sub.add_parser("dpo", help="DPO on (prompt, chosen, rejected) pairs (defaults: the "
+                                   "embedded model on arithmetic pairs)")
+    _config_args(p)
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the DPO run in DIR (its newest checkpoint)")
+    p.set_defaults(func=cmd_dpo)
     conformance.add_commands(sub)
     sandbox_cli.add_commands(sub)
     rewards_cli.add_commands(sub)
@@ -97,7 +109,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval", "sft"):
+    if args.command in ("train", "eval", "sft", "dpo"):
         _quiet_libraries()
     try:
         return args.func(args)

@@ -14,8 +14,10 @@ from typing import Any
 import yaml
 
 from grpokit.algo.presets import PRESETS, preset_values
-from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec
-from grpokit.typed_tree import ConfigError, build, choice, choice_list, load_yaml, merge, parse_overrides
+from grpokit.rewards.base import RewardSpec
+from grpokit.run_config import CheckpointConfig, EvalConfig, LogConfig, RewardRunnerConfig
+from grpokit.stage_config import DPOConfig, PPOConfig, stage_checks
+from grpokit.typed_tree import ConfigError, build, choice, load_yaml, merge, parse_overrides
 
 
 @dataclass
@@ -206,54 +208,6 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    num_prompts: int = 64
-    """Held-out prompts evaluated (0 disables evaluation)."""
-    samples_per_prompt: int = 1
-    """n completions per prompt (pass@k needs n >= k)."""
-    k: list[int] = field(default_factory=lambda: [1])
-    """k values for pass@k and maj@k."""
-    temperature: float = 0.0
-    """Sampling temperature for evaluation (0 = greedy; needs samples_per_prompt = 1)."""
-    before_and_after: bool = True
-    """`grpokit train` evaluates before training and after it."""
-    every: int = 0
-    """Also evaluate every N steps (0 disables)."""
-
-
-@dataclass
-class LogConfig:
-    output_dir: str = "runs/default"
-    """Folder of the run: config, metrics, samples, local tracker files and checkpoints."""
-    samples_every: int = 5
-    """Write sample completions every N steps (0 disables)."""
-    num_samples: int = 4
-    """Completions written each time samples are logged."""
-    report: bool = True
-    """Write report.html (curves, settings, samples; `grpokit report`) at the end of the run."""
-    report_every: int = 0
-    """Also rewrite the report every N steps while training (0: only at the end)."""
-    report_to: list[str] = choice_list(["tensorboard"], "tensorboard", "wandb", "mlflow")
-    """Trackers that get the metrics, samples and config too ([]: none; docs/runs.md)."""
-
-
-@dataclass
-class CheckpointConfig:
-    every: int = 0
-    """Save a checkpoint every N steps (0: only at the end)."""
-    keep_last: int = 2
-    """Keep the last K checkpoints (0 keeps all)."""
-
-
-@dataclass
-class RewardRunnerConfig:
-    max_error_rate: float = 0.1
-    """Stop when more than this share of a batch's samples fail in one reward function."""
-    timeout: float = REWARD_TIMEOUT_S
-    """Deadline in seconds for one reward function on one batch."""
-
-
-@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy model."""
@@ -275,10 +229,16 @@ class Config:
     """Reward functions [{name, weight, args}]; null uses the task's defaults."""
     reward_runner: RewardRunnerConfig = field(default_factory=RewardRunnerConfig)
     """Error handling and deadlines of reward scoring."""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """`grpokit dpo`: β, label smoothing and the reference (docs/dpo.md)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """`grpokit ppo`: the critic, GAE and the value loss (docs/ppo.md)."""
 
     def __post_init__(self) -> None:
         if self.algo.overlong_buffer is None:
             self.algo.overlong_buffer = max(self.rollout.max_new_tokens // 4, 1)
+        if self.dpo.reference == "auto":
+            self.dpo.reference = "adapter_off" if self.model.lora.enabled else "copy"
 
 
 # Keys of earlier releases, each split into independent knobs.
@@ -368,7 +328,7 @@ def validate(cfg: Config) -> None:
         (all(1 <= k <= cfg.eval.samples_per_prompt for k in cfg.eval.k),
          f"eval.k values must be between 1 and eval.samples_per_prompt "
          f"({cfg.eval.samples_per_prompt}), got {cfg.eval.k}"),
-    ] + _vllm_checks(r)
+    ] + _vllm_checks(r) + stage_checks(cfg.dpo, cfg.ppo, cfg.model.lora.enabled)
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -85,6 +85,35 @@ def split_row(row: dict[str, Any], where: str,
     return prompt_row, target
 
 
+def encode_prompt(prompt_row: dict[str, Any], tokenizer: Any, *, where: str,
+                  system_prompt: str | None, max_prompt_length: int) -> list[int]:
+    """Token ids of a row's prompt, rendered as `grpokit train` renders it; over the cap is an
+    error naming the row."""
+    text = render_prompt(prompt_row, tokenizer, system_prompt)
+    # A chat template writes its own special tokens (BOS); adding them again would double them.
+    special = not has_chat_template(tokenizer)
+    prompt_ids = list(tokenizer(text, add_special_tokens=special)["input_ids"])
+    if len(prompt_ids) > max_prompt_length:
+        raise ValueError(f"{where}: the prompt is {len(prompt_ids)} tokens, longer than "
+                         f"data.max_prompt_length={max_prompt_length}; raise it or shorten the "
+                         "prompt")
+    return prompt_ids
+
+
+def encode_target(target: str, tokenizer: Any, *, where: str, max_completion_length: int,
+                  what: str = "the target") -> list[int]:
+    """Token ids of a completion followed by EOS; over the cap is an error (never cut)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: targets must end with one")
+    completion_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
+    completion_ids.append(tokenizer.eos_token_id)
+    if len(completion_ids) > max_completion_length:
+        raise ValueError(f"{where}: {what} is {len(completion_ids)} tokens with EOS, longer "
+                         f"than rollout.max_new_tokens={max_completion_length} (never cut); "
+                         "raise it or shorten it")
+    return completion_ids
+
+
 def encode_example(row: dict[str, Any], tokenizer: Any, *, where: str, system_prompt: str | None,
                    max_prompt_length: int, max_completion_length: int,
                    rule: Callable[[dict], str] | None = None) -> SFTExample:
@@ -92,21 +121,10 @@ def encode_example(row: dict[str, Any], tokenizer: Any, *, where: str, system_pr
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: SFT targets must end with one")
     prompt_row, target = split_row(row, where, rule)
-    text = render_prompt(prompt_row, tokenizer, system_prompt)
-    # A chat template writes its own special tokens (BOS); adding them again would double them.
-    special = not has_chat_template(tokenizer)
-    prompt_ids = list(tokenizer(text, add_special_tokens=special)["input_ids"])
-    completion_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
-    completion_ids.append(tokenizer.eos_token_id)
-    if len(prompt_ids) > max_prompt_length:
-        raise ValueError(f"{where}: the prompt is {len(prompt_ids)} tokens, longer than "
-                         f"data.max_prompt_length={max_prompt_length}; raise it or shorten the "
-                         "prompt")
-    if len(completion_ids) > max_completion_length:
-        raise ValueError(f"{where}: the target is {len(completion_ids)} tokens with EOS, longer "
-                         f"than rollout.max_new_tokens={max_completion_length} (never cut); "
-                         "raise it or shorten the target")
-    return SFTExample(prompt_ids, completion_ids)
+    prompt_ids = encode_prompt(prompt_row, tokenizer, where=where, system_prompt=system_prompt,
+                               max_prompt_length=max_prompt_length)
+    return SFTExample(prompt_ids, encode_target(target, tokenizer, where=where,
+                                                max_completion_length=max_completion_length))
 
 
 # ---------------------------------------------------------------- the loss
@@ -180,47 +198,52 @@ def evaluate_loss(model: torch.nn.Module, examples: list[SFTExample], pad_id: in
 # ---------------------------------------------------------------- the run
 
 
-def _encode_rows(rows: list[dict[str, Any]], where: str | Path, tokenizer: Any, cfg: Config,
-                 system_prompt: str | None, rule: Callable[[dict], str] | None = None,
-                 ) -> list[SFTExample]:
+Encode = Callable[[dict[str, Any], str], Any]
+"""encode(row, where) -> one example; `where` names the row in errors."""
+
+
+def encode_rows(rows: list[dict[str, Any]], where: str | Path, encode: Encode) -> list[Any]:
     """Rows named `{where} {i}`, or by their line in the file when `where` is the file's path."""
     name = (lambda i: f"{where}: {row_name(where, i)}") if isinstance(where, Path) else \
         (lambda i: f"{where} {i}")
-    return [encode_example(row, tokenizer, where=name(i), system_prompt=system_prompt,
-                           max_prompt_length=cfg.data.max_prompt_length,
-                           max_completion_length=cfg.rollout.max_new_tokens, rule=rule)
-            for i, row in enumerate(rows)]
+    return [encode(row, name(i)) for i, row in enumerate(rows)]
 
 
-def _task_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[SFTExample]]:
-    d = cfg.data
-    task: Task = load_task(d.task, **d.task_args)
-    if task.sft_target is None:
-        raise ConfigError(f"data.task: task {d.task!r} has no rule that writes a target "
-                          "completion (arithmetic and countdown do); give a dataset with "
-                          "targets in data.path")
-    where, system = f"task {task.name!r}:", task.system_prompt_for(d.system_prompt)
-    encode = lambda rows, kind: _encode_rows(rows, f"{where} {kind} row", tokenizer, cfg, system,
-                                             task.sft_target)
-    return encode(task.train_rows, "train"), encode(task.eval_rows[: cfg.eval.num_prompts], "eval")
-
-
-def load_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[SFTExample]]:
-    """(train, held-out) examples. A dataset is split like `grpokit train` splits it (same seed and
-    fraction), so the GRPO stage evaluates on rows SFT never saw; errors name the file row."""
+def load_split(cfg: Config, encode: Encode, task_rows: Task | None = None
+               ) -> tuple[list[Any], list[Any]]:
+    """(train, held-out) examples of `task_rows` or of the dataset of data.path. A dataset is split
+    like `grpokit train` splits it (same seed and fraction), so the GRPO stage evaluates on rows
+    never trained on; errors name the file row. SFT and DPO share it."""
     d, limit = cfg.data, cfg.eval.num_prompts
-    if d.path is None:
-        return _task_examples(cfg, tokenizer)
+    if task_rows is not None:
+        where = f"task {task_rows.name!r}:"
+        return (encode_rows(task_rows.train_rows, f"{where} train row", encode),
+                encode_rows(task_rows.eval_rows[:limit], f"{where} eval row", encode))
     columns = {"prompt_column": d.prompt_column, "messages_column": d.messages_column,
                "columns": d.columns}
-    examples = _encode_rows(load_rows(d.path, **columns), Path(d.path), tokenizer, cfg,
-                            d.system_prompt)
+    examples = encode_rows(load_rows(d.path, **columns), Path(d.path), encode)
     if d.eval_path is not None:
-        held_out = _encode_rows(load_rows(d.eval_path, **columns), Path(d.eval_path),
-                                tokenizer, cfg, d.system_prompt)
+        held_out = encode_rows(load_rows(d.eval_path, **columns), Path(d.eval_path), encode)
         return examples, held_out[:limit]
     train, held_out = split_rows(examples, eval_fraction=d.eval_fraction, seed=d.seed)
     return train, held_out[:limit]
+
+
+def load_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[SFTExample]]:
+    """(train, held-out) SFT examples (see `load_split`)."""
+    d, task = cfg.data, None
+    system, rule = d.system_prompt, None
+    if d.path is None:
+        task = load_task(d.task, **d.task_args)
+        if task.sft_target is None:
+            raise ConfigError(f"data.task: task {d.task!r} has no rule that writes a target "
+                              "completion (arithmetic and countdown do); give a dataset with "
+                              "targets in data.path")
+        system, rule = task.system_prompt_for(d.system_prompt), task.sft_target
+    return load_split(cfg, lambda row, where: encode_example(
+        row, tokenizer, where=where, system_prompt=system,
+        max_prompt_length=cfg.data.max_prompt_length,
+        max_completion_length=cfg.rollout.max_new_tokens, rule=rule), task)
 
 
 def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> RunState:

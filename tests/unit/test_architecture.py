@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "grpokit"
 LAYERS = [
     ["grpokit.__main__"],
     ["grpokit.cli"],
+    ["grpokit.dpo"],
     ["grpokit.trainer", "grpokit.sft", "grpokit.conformance", "grpokit.rewards.cli",
      "grpokit.sandbox.cli"],
-    ["grpokit.training"],
+    ["grpokit.training", "grpokit.dpo_eval"],
     ["grpokit.evaluation", "grpokit.report"],
     ["grpokit.groups"],
     ["grpokit.session", "grpokit.metrics", "grpokit.sinks"],
@@ -31,6 +32,7 @@ LAYERS = [
     ["grpokit.precision"],
     ["grpokit.models", "grpokit.checkpoint", "grpokit.distributed", "grpokit.testing"],
     ["grpokit.config"],
+    ["grpokit.run_config", "grpokit.stage_config"],
     ["grpokit.typed_tree", "grpokit.rewards.base", "grpokit.rollout.base"],
     ["grpokit.algo"],
 ]

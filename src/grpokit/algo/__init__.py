@@ -8,6 +8,12 @@ from grpokit.algo.advantages import (
     tied_groups,
 )
 from grpokit.algo.correction import rollout_correction_weights
+from grpokit.algo.dpo import (
+    dpo_loss,
+    implicit_rewards,
+    preference_metrics,
+    sequence_logprobs,
+)
 from grpokit.algo.losses import (
     LossKnobs,
     aggregate,
@@ -24,8 +30,8 @@ from grpokit.algo.presets import PRESETS, preset_values
 
 __all__ = [
     "LossKnobs", "PRESETS", "aggregate", "batch_advantages", "clipped_surrogate",
-    "combine_rewards", "compute_advantages", "importance_ratio", "is_tied", "kl_penalty",
-    "logprobs_from_logits", "loss_mask", "per_token_loss", "policy_loss", "preset_values",
-    "process_advantages", "rollout_correction_weights", "selective_logprobs", "tied_groups",
-    "top_entropy_mask",
+    "combine_rewards", "compute_advantages", "dpo_loss", "implicit_rewards", "importance_ratio",
+    "is_tied", "kl_penalty", "logprobs_from_logits", "loss_mask", "per_token_loss", "policy_loss",
+    "preference_metrics", "preset_values", "process_advantages", "rollout_correction_weights",
+    "selective_logprobs", "sequence_logprobs", "tied_groups", "top_entropy_mask",
 ]

@@ -132,6 +132,7 @@ def arithmetic_task(
         + ([RewardSpec("format", 0.2)] if style == "r1" else []),
         system_prompt=SYSTEM_PROMPT if style == "r1" else None,
         sft_target=_short_target if style == "short" else _r1_target,
+        preference_pair=_short_pair if style == "short" else _r1_pair,
     )
 
 
@@ -141,3 +142,18 @@ def _short_target(row: Row) -> str:
 
 def _r1_target(row: Row) -> str:
     return f"<think>{row['expression']} = {row['answer']}</think> <answer>{row['answer']}</answer>"
+
+
+def wrong_answer(row: Row) -> str:
+    """A wrong integer near the answer, drawn from a generator seeded by the expression (the
+    same row always gets the same one): the rejected answer of `grpokit dpo`'s pairs."""
+    offset = random.Random(f"wrong:{row['expression']}").choice([-2, -1, 1, 2])
+    return str(int(row["answer"]) + offset)
+
+
+def _short_pair(row: Row) -> tuple[str, str]:
+    return _short_target(row), _short_target({**row, "answer": wrong_answer(row)})
+
+
+def _r1_pair(row: Row) -> tuple[str, str]:
+    return _r1_target(row), _r1_target({**row, "answer": wrong_answer(row)})

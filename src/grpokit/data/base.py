@@ -30,6 +30,8 @@ class Task:
     """Default system prompt for this task (a config's `data.system_prompt` replaces it)."""
     sft_target: Callable[[dict[str, Any]], str] | None = None
     """Writes a row's reference completion for `grpokit sft`; None when the task has none."""
+    preference_pair: Callable[[dict[str, Any]], tuple[str, str]] | None = None
+    """Writes a row's (chosen, rejected) completions for `grpokit dpo`; None when it has none."""
 
     def system_prompt_for(self, override: str | None) -> str | None:
         """The system prompt of a run: the config's `data.system_prompt`, else the task's."""

@@ -1,0 +1,356 @@
+"""Direct Preference Optimization on (prompt, chosen, rejected) rows: `grpokit dpo` (docs/dpo.md).
+
+Rows come from the loaders of `grpokit sft` (data.path with the same column mapping, or a built-in
+task whose rule writes the pair: arithmetic gives its answer against a wrong one). The prompt is
+rendered as `grpokit train` renders it; each completion is tokenized on its own and ends with EOS.
+A step draws `rollout.prompts_per_step` pairs with the seeded PromptSampler; the loss
+(algo/dpo.py) covers completion tokens only and is the mean over the step's pairs, so the
+micro-batch split leaves the gradient unchanged. Chosen and rejected run in one pass per
+micro-batch, their shared prompt once (train.shared_prefix). The reference (dpo.reference) is a
+frozen copy, the LoRA base with the adapter disabled, or log-probs precomputed at start and cached
+in the run folder (`ref_logprobs.pt`), which a resume reads back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grpokit import dpo_eval, models, precision
+from grpokit.algo.dpo import dpo_loss, preference_metrics, sequence_logprobs
+from grpokit.config import Config, ConfigError
+from grpokit.data.base import Task, load_task
+from grpokit.data.preference import split_pair
+from grpokit.logprobs import CompletionScorer, length_sorted_chunks
+from grpokit.session import shared_prefix
+from grpokit.sft import SFTExample, collate, encode_prompt, encode_target, load_split
+from grpokit.sinks import make_sinks
+from grpokit.training import (
+    NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
+    optimizer_step, resume_changes, save_run, seed_everything, write_config,
+)
+
+REF_CACHE = "ref_logprobs.pt"
+"""The precomputed reference log-probs in the run folder (dpo.reference=precomputed)."""
+
+
+@dataclass
+class PreferencePair:
+    """One tokenized preference pair."""
+
+    prompt_ids: list[int]
+    """The rendered prompt, as `grpokit train` feeds it to the policy."""
+    chosen_ids: list[int]
+    """The preferred completion followed by EOS."""
+    rejected_ids: list[int]
+    """The dispreferred completion followed by EOS."""
+    ref_logps: tuple[float, float] | None = None
+    """The reference's summed log-probs (chosen, rejected), once precomputed."""
+
+
+def encode_pair(row: dict[str, Any], tokenizer: Any, *, where: str, system_prompt: str | None,
+                max_prompt_length: int, max_completion_length: int,
+                rule: Callable[[dict], tuple[str, str]] | None = None) -> PreferencePair:
+    """Token ids of a row's prompt and of both completions + EOS; over a cap is an error."""
+    chosen, rejected = split_pair(row, where, rule)
+    target = lambda text, what: encode_target(text, tokenizer, where=where, what=what,
+                                              max_completion_length=max_completion_length)
+    return PreferencePair(
+        encode_prompt(row, tokenizer, where=where, system_prompt=system_prompt,
+                      max_prompt_length=max_prompt_length),
+        target(chosen, "'chosen'"), target(rejected, "'rejected'"))
+
+
+def load_pairs(cfg: Config, tokenizer: Any
+               ) -> tuple[list[PreferencePair], list[PreferencePair], Task | None]:
+    """(train, held-out) pairs, split as `grpokit sft` and `grpokit train` split a dataset, and
+    the built-in task when data.path is not set."""
+    d, task, system, rule = cfg.data, None, cfg.data.system_prompt, None
+    if d.path is None:
+        task = load_task(d.task, **d.task_args)
+        if task.preference_pair is None:
+            raise ConfigError(f"data.task: task {d.task!r} has no rule that writes preference "
+                              "pairs (arithmetic does); give a dataset with 'chosen' and "
+                              "'rejected' columns in data.path")
+        system, rule = task.system_prompt_for(d.system_prompt), task.preference_pair
+    train, held_out = load_split(cfg, lambda row, where: encode_pair(
+        row, tokenizer, where=where, system_prompt=system, max_prompt_length=d.max_prompt_length,
+        max_completion_length=cfg.rollout.max_new_tokens, rule=rule), task)
+    return train, held_out, task
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def pair_batch(pairs: list[PreferencePair], pad_id: int) -> dict[str, torch.Tensor]:
+    """The chosen completions (rows 0..n-1), then the rejected ones (rows n..2n-1)."""
+    return collate([SFTExample(p.prompt_ids, p.chosen_ids) for p in pairs]
+                   + [SFTExample(p.prompt_ids, p.rejected_ids) for p in pairs], pad_id)
+
+
+def pair_logps(scorer: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_size: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs of the chosen (n,) and the rejected (n,) of a pair batch."""
+    logprobs, _ = scorer(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                         batch["completion_mask"], temperature=1.0, chunk_size=chunk_size)
+    logps = sequence_logprobs(logprobs, batch["completion_mask"])  # (2n,)
+    return logps.chunk(2)
+
+
+@dataclass
+class Policy:
+    """The policy's training pass and its reference, as `dpo.reference` says."""
+
+    model: torch.nn.Module
+    scorer: torch.nn.Module
+    """The policy's completion log-probs (CompletionScorer, prompts shared when it can)."""
+    reference: str
+    """copy, adapter_off or precomputed."""
+    ref_scorer: torch.nn.Module | None = None
+    """The frozen copy's completion log-probs (reference=copy)."""
+
+    @torch.no_grad()
+    def ref_logps(self, pairs: list[PreferencePair], batch: dict[str, torch.Tensor],
+                  chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference == "precomputed":
+            missing = [i for i, p in enumerate(pairs) if p.ref_logps is None]
+            if missing:
+                raise RuntimeError(f"pairs {missing[:5]} have no precomputed reference log-probs")
+            ref = torch.tensor([p.ref_logps for p in pairs], dtype=torch.float32)  # (n, 2)
+            return ref[:, 0], ref[:, 1]
+        if self.reference == "copy":
+            return pair_logps(self.ref_scorer, batch, chunk_size)
+        with models.disabled_adapter(self.model):  # LoRA: the reference is the base model
+            return pair_logps(self.scorer, batch, chunk_size)
+
+
+def _chunks(pairs: list[PreferencePair], pairs_per_pass: int):
+    lengths = torch.tensor([len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))
+                            for p in pairs])
+    for idx in length_sorted_chunks(lengths, pairs_per_pass):
+        yield [pairs[i] for i in idx.tolist()]
+
+
+def pairs_per_pass(cfg: Config) -> int:
+    """Pairs per forward/backward: train.micro_batch_size counts sequences (2 per pair)."""
+    return max(cfg.train.micro_batch_size // 2, 1)
+
+
+def pairs_loss(policy: Policy, pairs: list[PreferencePair], cfg: Config, num_pairs: int,
+               pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The DPO loss of `pairs` over a step of `num_pairs`, with the implicit rewards."""
+    batch = pair_batch(pairs, pad_id)
+    ref_chosen, ref_rejected = policy.ref_logps(pairs, batch, cfg.train.logprob_chunk_size)
+    chosen, rejected = pair_logps(policy.scorer, batch, cfg.train.logprob_chunk_size)
+    return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=cfg.dpo.beta,
+                    label_smoothing=cfg.dpo.label_smoothing, num_pairs=num_pairs)
+
+
+def train_step(policy: Policy, pairs: list[PreferencePair], state: RunState, cfg: Config,
+               pad_id: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
+    """One optimizer step on `pairs`, micro-batched and length-sorted; returns its metrics."""
+    start = time.perf_counter()
+    policy.model.train()
+    total, chosen, rejected = 0.0, [], []
+    for part in _chunks(pairs, pairs_per_pass(cfg)):
+        with autocast():
+            loss, c, r = pairs_loss(policy, part, cfg, len(pairs), pad_id)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"non-finite DPO loss {loss.item()} at step {state.step + 1}")
+        loss.backward()
+        total += loss.item()
+        chosen.append(c)
+        rejected.append(r)
+    metrics = {"loss/dpo": total, **{f"dpo/{k}": v for k, v in preference_metrics(
+        torch.cat(chosen), torch.cat(rejected)).items()}}
+    metrics.update(optimizer_step(policy.model, state.optimizer, state.scheduler,
+                                  cfg.train.max_grad_norm))
+    tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    elapsed = time.perf_counter() - start
+    metrics.update({"train/tokens": float(tokens), "perf/step_time_s": elapsed,
+                    "perf/train_tokens_per_s": tokens / max(elapsed, 1e-9)})
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_pairs(policy: Policy, pairs: list[PreferencePair], cfg: Config, pad_id: int,
+                   autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
+    """Held-out DPO loss, implicit rewards, margin and reward accuracy over `pairs`."""
+    policy.model.eval()
+    total, chosen, rejected = 0.0, [], []
+    for part in _chunks(pairs, pairs_per_pass(cfg)):
+        with autocast():
+            loss, c, r = pairs_loss(policy, part, cfg, len(pairs), pad_id)
+        total += loss.item()
+        chosen.append(c)
+        rejected.append(r)
+    return {"pair_loss": total, **preference_metrics(torch.cat(chosen), torch.cat(rejected))}
+
+
+# ---------------------------------------------------------------- precomputed reference
+
+
+def _fingerprint(pairs: list[PreferencePair]) -> str:
+    ids = [[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in pairs]
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+
+
+@torch.no_grad()
+def precompute_reference(policy: Policy, parts: dict[str, list[PreferencePair]], cfg: Config,
+                         pad_id: int, out: Path, resumed: bool, autocast: Callable) -> None:
+    """Fill every pair's `ref_logps`: computed once by the start model (a new run) and written
+    to the run folder, or read back from it (a resume: the weights have moved since)."""
+    path = out / REF_CACHE
+    if resumed:
+        if not path.is_file():
+            raise ConfigError(f"--resume: {path} is missing; dpo.reference=precomputed keeps the "
+                              "reference log-probs there")
+        cache = torch.load(path)
+        for name, pairs in parts.items():
+            if cache[name]["fingerprint"] != _fingerprint(pairs):
+                raise ConfigError(f"--resume: {path} holds the reference log-probs of other "
+                                  f"{name} pairs than this run's; the data changed")
+    else:
+        policy.model.eval()
+        scorer = Policy(policy.model, policy.scorer, "adapter_off" if models.is_lora(
+            policy.model) else "copy", policy.scorer)
+        cache = {}
+        for name, pairs in parts.items():
+            values = torch.zeros(len(pairs), 2)
+            for start in range(0, len(pairs), pairs_per_pass(cfg)):
+                part = pairs[start:start + pairs_per_pass(cfg)]
+                with autocast():
+                    c, r = scorer.ref_logps(part, pair_batch(part, pad_id),
+                                            cfg.train.logprob_chunk_size)
+                values[start:start + len(part)] = torch.stack([c, r], dim=1)
+            cache[name] = {"fingerprint": _fingerprint(pairs), "logps": values}
+        torch.save(cache, path)
+    for name, pairs in parts.items():
+        for pair, (c, r) in zip(pairs, cache[name]["logps"].tolist()):
+            pair.ref_logps = (c, r)
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class _Run:
+    """What the run loop needs, built by `_start`."""
+
+    cfg: Config
+    policy: Policy
+    tokenizer: Any
+    state: RunState
+    train_pairs: list[PreferencePair]
+    eval_pairs: list[PreferencePair]
+    greedy: dpo_eval.Greedy | None
+    autocast: Callable
+
+    def held_out(self) -> dict[str, float]:
+        if not self.eval_pairs:
+            return {}
+        return evaluate_pairs(self.policy, self.eval_pairs, self.cfg,
+                              self.tokenizer.pad_token_id, self.autocast)
+
+
+def run_dpo(cfg: Config, console: Any = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """DPO as the config says; writes checkpoints and `<output_dir>/final` (merged when LoRA).
+    Returns held-out results before and after, the last loss and the paths."""
+    out = Path(cfg.log.output_dir)
+    saved = load_resume(resume, cfg, "dpo")
+    with claimed(out, resume) as folder:
+        run = _start(cfg, saved, console)
+        write_config(out, cfg, folder)
+        if cfg.dpo.reference == "precomputed":
+            precompute_reference(run.policy, {"train": run.train_pairs, "eval": run.eval_pairs},
+                                 cfg, run.tokenizer.pad_token_id, out, saved is not None,
+                                 run.autocast)
+        before_after = cfg.eval.before_and_after and run.state.step == 0
+        results: dict[str, Any] = {"before": _evaluate(run, out / "eval_before.jsonl")} \
+            if before_after else {}
+        if console is not None and "before" in results:
+            dpo_eval.print_eval(console, "held-out evaluation before training",
+                                {"before": results["before"]})
+        if console is not None:
+            console.print(f"[bold]grpokit dpo[/]: {len(run.train_pairs)} training pairs, "
+                          f"{cfg.train.steps} steps of {cfg.rollout.prompts_per_step} pairs, "
+                          f"{len(run.eval_pairs)} held out, reference {cfg.dpo.reference}")
+        results["train_loss"] = _train_loop(run, out, console)
+        results["checkpoint"] = str(save_run(out, cfg, run.policy.model, run.tokenizer, run.state))
+        results["final"] = str(models.save_model(run.policy.model, run.tokenizer, out / "final",
+                                                 merge_lora=True))
+        if before_after:
+            results["after"] = _evaluate(run, out / "eval_after.jsonl")
+        (out / "eval.json").write_text(json.dumps(results, indent=2))
+    if console is not None and "after" in results:
+        dpo_eval.print_before_after(console, results)
+    return results
+
+
+def _evaluate(run: _Run, jsonl: Path) -> dict[str, float]:
+    """Held-out pair metrics, and greedy accuracy where there are rewards to score it."""
+    results = run.held_out()
+    if run.greedy is not None:
+        results.update(run.greedy(jsonl))
+    return results
+
+
+def _train_loop(run: _Run, out: Path, console: Any) -> float:
+    """Steps until train.steps; logs each and checkpoints every checkpoint.every; the last loss."""
+    cfg, state = run.cfg, run.state
+    sinks = make_sinks(cfg, out, console, start_step=state.step)
+    loss = float("nan")
+    try:
+        while state.step < cfg.train.steps:
+            pairs = [run.train_pairs[i] for i in state.sampler.next_batch()]
+            metrics = train_step(run.policy, pairs, state, cfg, run.tokenizer.pad_token_id,
+                                 run.autocast)
+            state.step += 1
+            loss = metrics["loss/dpo"]
+            if cfg.eval.every and state.step % cfg.eval.every == 0:
+                metrics.update({f"eval/{k}": v for k, v in _evaluate(run, None).items()})
+            sinks.log(state.step, metrics)
+            if cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0 \
+                    and state.step < cfg.train.steps:
+                save_run(out, cfg, run.policy.model, run.tokenizer, state)
+    finally:
+        sinks.close()
+    return loss
+
+
+def _start(cfg: Config, saved: dict[str, Any] | None, console: Any) -> _Run:
+    """Tokenizer, every pair (checked before the weights load: a bad row fails in seconds), the
+    policy and its reference, and the run state restored when resuming."""
+    seed_everything(cfg.train.seed)
+    changes = resume_changes(saved, cfg) if saved is not None else {}
+    path = models.resolve_model_path(cfg.model.path)
+    tokenizer = models.load_tokenizer(path)
+    train_pairs, eval_pairs, task = load_pairs(cfg, tokenizer)
+    model = models.load_trainable(cfg.model, path,
+                                  resume_from=None if saved is None else saved["path"] / "model")
+    share, note = shared_prefix(cfg, model)
+    ref_scorer = None
+    if cfg.dpo.reference == "copy":
+        ref_scorer = CompletionScorer(models.load_reference(path, dtype=cfg.model.dtype), share)
+    policy = Policy(model, CompletionScorer(model, share), cfg.dpo.reference, ref_scorer)
+    bf16 = precision.use_bf16(cfg.model.autocast)
+    autocast = lambda: precision.autocast(bf16)
+    greedy = dpo_eval.greedy_evaluation(cfg, model, tokenizer, task, bf16)
+    state = new_run_state("dpo", cfg, model, len(train_pairs), cfg.train.steps)
+    if saved is not None:
+        state.load_state_dict(saved)
+        if "train.lr" in changes:
+            apply_learning_rate(state, cfg.train.lr)
+    if console is not None:
+        for line in [note] + [f"resume: {k} {o!r} -> {n!r}" for k, (o, n) in changes.items()]:
+            if line:
+                console.print(line)
+    return _Run(cfg, policy, tokenizer, state, train_pairs, eval_pairs, greedy, autocast)

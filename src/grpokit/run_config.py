@@ -1,0 +1,57 @@
+"""The run's bookkeeping sections of the config tree: held-out evaluation, logging, checkpoints
+and the deadlines of reward scoring (`grpokit.config` assembles the tree and re-exports them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from grpokit.rewards.base import REWARD_TIMEOUT_S
+from grpokit.typed_tree import choice_list
+
+
+@dataclass
+class EvalConfig:
+    num_prompts: int = 64
+    """Held-out prompts evaluated (0 disables evaluation)."""
+    samples_per_prompt: int = 1
+    """n completions per prompt (pass@k needs n >= k)."""
+    k: list[int] = field(default_factory=lambda: [1])
+    """k values for pass@k and maj@k."""
+    temperature: float = 0.0
+    """Sampling temperature for evaluation (0 = greedy; needs samples_per_prompt = 1)."""
+    before_and_after: bool = True
+    """`grpokit train` evaluates before training and after it."""
+    every: int = 0
+    """Also evaluate every N steps (0 disables)."""
+
+
+@dataclass
+class LogConfig:
+    output_dir: str = "runs/default"
+    """Folder of the run: config, metrics, samples, local tracker files and checkpoints."""
+    samples_every: int = 5
+    """Write sample completions every N steps (0 disables)."""
+    num_samples: int = 4
+    """Completions written each time samples are logged."""
+    report: bool = True
+    """Write report.html (curves, settings, samples; `grpokit report`) at the end of the run."""
+    report_every: int = 0
+    """Also rewrite the report every N steps while training (0: only at the end)."""
+    report_to: list[str] = choice_list(["tensorboard"], "tensorboard", "wandb", "mlflow")
+    """Trackers that get the metrics, samples and config too ([]: none; docs/runs.md)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save a checkpoint every N steps (0: only at the end)."""
+    keep_last: int = 2
+    """Keep the last K checkpoints (0 keeps all)."""
+
+
+@dataclass
+class RewardRunnerConfig:
+    max_error_rate: float = 0.1
+    """Stop when more than this share of a batch's samples fail in one reward function."""
+    timeout: float = REWARD_TIMEOUT_S
+    """Deadline in seconds for one reward function on one batch."""
