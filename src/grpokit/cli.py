@@ -1,4 +1,4 @@
-"""The `grpokit` command line: train, eval, sft, dpo, report, conformance, sandbox, score."""
+"""The `grpokit` command line: train, eval, sft, dpo, ppo, report, conformance, sandbox, score."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from grpokit.evaluation import run_eval
 from grpokit.rewards import cli as rewards_cli
 from grpokit.sandbox import cli as sandbox_cli
 from grpokit.dpo import run_dpo
+from grpokit.ppo import train_ppo
 from grpokit.sft import run_sft
 from grpokit.trainer import train
 
@@ -71,6 +72,11 @@ def cmd_dpo(args) -> int:
     return 0
 
 
+def cmd_ppo(args) -> int:
+    train_ppo(_load_or_resume(args), resume=args.resume, console=Console())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grpokit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR",
                    help="continue the DPO run in DIR (its newest checkpoint)")
     p.set_defaults(func=cmd_dpo)
+    p = sub.add_parser("ppo", help="PPO with a learned critic and GAE, GRPO's rollout and "
+                                   "update otherwise (the baseline of bench/compare_ppo.py)")
+    _config_args(p)
+    p.add_argument("--resume", metavar="DIR", help="continue the PPO run in DIR")
+    p.set_defaults(func=cmd_ppo)
     conformance.add_commands(sub)
     sandbox_cli.add_commands(sub)
     rewards_cli.add_commands(sub)
@@ -109,7 +120,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval", "sft", "dpo"):
+    if args.command in ("train", "eval", "sft", "dpo", "ppo"):
         _quiet_libraries()
     try:
         return args.func(args)

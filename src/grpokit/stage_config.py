@@ -34,7 +34,7 @@ class PPOConfig:
     value_clip: float | None = 0.2
     """Value-loss clipping: the new value is kept within ±value_clip of the old (null: off)."""
     value_lr: float = 1e-5
-    """Peak learning rate of the critic's AdamW (the policy's schedule and warm-up apply)."""
+    """Learning rate of the critic's AdamW (constant; betas and weight decay of train)."""
     whiten_advantages: bool = True
     """Normalize the GAE advantages to mean 0, std 1 over the step's completion tokens."""
 

@@ -85,7 +85,7 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 SHARDED = "sharded"
 """The checkpoint's torch.distributed.checkpoint folder: weights and optimizer state."""
 
-_KINDS = {"grpo": "a GRPO", "sft": "an SFT", "dpo": "a DPO"}
+_KINDS = {"grpo": "a GRPO", "sft": "an SFT", "dpo": "a DPO", "ppo": "a PPO"}
 
 
 def check_kind(saved: dict[str, Any], kind: str) -> None:

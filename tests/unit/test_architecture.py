@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "grpokit"
 LAYERS = [
     ["grpokit.__main__"],
     ["grpokit.cli"],
-    ["grpokit.dpo"],
+    ["grpokit.dpo", "grpokit.ppo"],
     ["grpokit.trainer", "grpokit.sft", "grpokit.conformance", "grpokit.rewards.cli",
      "grpokit.sandbox.cli"],
     ["grpokit.training", "grpokit.dpo_eval"],
