@@ -176,13 +176,15 @@ def default_model() -> str:
     return str(ensure_default_model())
 
 
-def spawn(side: str, spec: Spec, timeout: float | None = None) -> dict[str, Any]:
-    """Run one side in a child process; its result plus its peak RSS (GB) and wall-clock."""
+def spawn(side: str, spec: Spec, timeout: float | None = None,
+          script: str = __file__) -> dict[str, Any]:
+    """Run one side in a child process (`script side spec out`, this file by default); its
+    result plus its peak RSS (GB) and wall-clock."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{side}-") as tmp:
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_file.write_text(json.dumps(dataclasses.asdict(spec)))
         start = time.perf_counter()
-        child = subprocess.Popen([sys.executable, __file__, side, str(spec_file), str(out_file)])
+        child = subprocess.Popen([sys.executable, script, side, str(spec_file), str(out_file)])
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
         if os.waitstatus_to_exitcode(status) != 0 or not out_file.exists():
