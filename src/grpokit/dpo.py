@@ -27,11 +27,13 @@ import torch
 from grpokit import dpo_eval, models, precision
 from grpokit.algo.dpo import dpo_loss, preference_metrics, sequence_logprobs
 from grpokit.config import Config, ConfigError
-from grpokit.data.base import Task, load_task
+from grpokit.data.base import Task
 from grpokit.data.preference import split_pair
 from grpokit.logprobs import CompletionScorer, length_sorted_chunks
 from grpokit.session import shared_prefix
-from grpokit.sft import SFTExample, collate, encode_prompt, encode_target, load_split
+from grpokit.sft import (
+    SFTExample, collate, encode_prompt, encode_target, load_split, task_rule,
+)
 from grpokit.sinks import make_sinks
 from grpokit.training import (
     NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
@@ -73,14 +75,10 @@ def load_pairs(cfg: Config, tokenizer: Any
                ) -> tuple[list[PreferencePair], list[PreferencePair], Task | None]:
     """(train, held-out) pairs, split as `grpokit sft` and `grpokit train` split a dataset, and
     the built-in task when data.path is not set."""
-    d, task, system, rule = cfg.data, None, cfg.data.system_prompt, None
-    if d.path is None:
-        task = load_task(d.task, **d.task_args)
-        if task.preference_pair is None:
-            raise ConfigError(f"data.task: task {d.task!r} has no rule that writes preference "
-                              "pairs (arithmetic does); give a dataset with 'chosen' and "
-                              "'rejected' columns in data.path")
-        system, rule = task.system_prompt_for(d.system_prompt), task.preference_pair
+    d = cfg.data
+    task, system, rule = task_rule(cfg, "preference_pair", "preference pairs (arithmetic does); "
+                                   "give a dataset with 'chosen' and 'rejected' columns in "
+                                   "data.path")
     train, held_out = load_split(cfg, lambda row, where: encode_pair(
         row, tokenizer, where=where, system_prompt=system, max_prompt_length=d.max_prompt_length,
         max_completion_length=cfg.rollout.max_new_tokens, rule=rule), task)

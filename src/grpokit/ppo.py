@@ -30,14 +30,11 @@ from grpokit.groups import PromptGroups, sample_groups
 from grpokit.logprobs import position_ids, trim
 from grpokit.metrics import rollout_metrics
 from grpokit.session import Session, build_session
-from grpokit.sinks import make_sinks
 from grpokit.trainer import (
-    _after_step, _evaluate, _finish, batch_device, loss_mask_of, perf_metrics, sync_metrics,
-    total_updates, update_policy,
+    batch_device, loss_mask_of, perf_metrics, run, sync_metrics, total_updates, update_policy,
 )
 from grpokit.training import (
-    NonFiniteError, RunState, claimed, load_resume, new_run_state, resume_changes,
-    seed_everything, write_config,
+    NonFiniteError, RunState, new_run_state, resume_changes, seed_everything,
 )
 
 
@@ -203,21 +200,4 @@ def train_ppo(cfg: Config, *, resume: str | Path | None = None, console=None) ->
     """Run PPO as the config says: the run folder, checkpoints, evaluations and report of
     `grpokit train`; returns the final evaluations and the checkpoint path."""
     _check(cfg)
-    out = Path(cfg.log.output_dir)
-    saved = load_resume(resume, cfg, "ppo")
-    with claimed(out, resume) as folder:
-        session, groups, state, held_out = _start(cfg, saved, console)
-        cfg = session.cfg
-        write_config(out, cfg, folder)
-        results: dict[str, Any] = {}
-        if held_out and cfg.eval.before_and_after and state.step == 0:
-            results["before"] = _evaluate(session, held_out, out / "eval_before.jsonl")
-        sinks = make_sinks(cfg, out, console, start_step=state.step)
-        try:
-            while state.step < cfg.train.steps:
-                batch, metrics = ppo_step(session, groups, state)
-                state.step += 1
-                _after_step(session, groups, state, batch, metrics, sinks, held_out, out)
-        finally:
-            sinks.close()
-        return _finish(session, state, out, held_out, results, console)
+    return run(cfg, "ppo", _start, ppo_step, resume=resume, console=console)

@@ -229,17 +229,23 @@ def load_split(cfg: Config, encode: Encode, task_rows: Task | None = None
     return train, held_out[:limit]
 
 
+def task_rule(cfg: Config, rule_name: str, missing: str) -> tuple[Task | None, str | None, Any]:
+    """(built-in task, system prompt, the task's rule `rule_name`) when data.path is not set,
+    else (None, data.system_prompt, None); a task without the rule is an error ending `missing`."""
+    d = cfg.data
+    if d.path is not None:
+        return None, d.system_prompt, None
+    task = load_task(d.task, **d.task_args)
+    rule = getattr(task, rule_name)
+    if rule is None:
+        raise ConfigError(f"data.task: task {d.task!r} has no rule that writes {missing}")
+    return task, task.system_prompt_for(d.system_prompt), rule
+
+
 def load_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[SFTExample]]:
     """(train, held-out) SFT examples (see `load_split`)."""
-    d, task = cfg.data, None
-    system, rule = d.system_prompt, None
-    if d.path is None:
-        task = load_task(d.task, **d.task_args)
-        if task.sft_target is None:
-            raise ConfigError(f"data.task: task {d.task!r} has no rule that writes a target "
-                              "completion (arithmetic and countdown do); give a dataset with "
-                              "targets in data.path")
-        system, rule = task.system_prompt_for(d.system_prompt), task.sft_target
+    task, system, rule = task_rule(cfg, "sft_target", "a target completion (arithmetic and "
+                                   "countdown do); give a dataset with targets in data.path")
     return load_split(cfg, lambda row, where: encode_example(
         row, tokenizer, where=where, system_prompt=system,
         max_prompt_length=cfg.data.max_prompt_length,

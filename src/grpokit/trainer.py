@@ -250,11 +250,19 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
     the run folder, which is claimed with a lock for the whole run (docs/runs.md)."""
     dist.init_from_env()
     check_world(cfg, dist.world_size())
+    return run(cfg, "grpo", _start, train_step, resume=resume, console=console)
+
+
+def run(cfg: Config, kind: str, start, step, *, resume: str | Path | None = None, console=None
+        ) -> dict[str, Any]:
+    """The run of `train` (`grpokit ppo` shares it): the claimed folder, evaluations before and
+    after, `step(session, groups, state)` until `train.steps`, sinks and checkpoints;
+    `start(cfg, saved, console)` gives the session, prompt groups, run state and held-out."""
     out = Path(cfg.log.output_dir)
-    saved = load_resume(resume, cfg, "grpo")
+    saved = load_resume(resume, cfg, kind)
     with claimed(out, resume) as folder:
         dist.barrier()  # every rank has checked the folder before rank 0 writes into it
-        session, groups, state, held_out = _start(cfg, saved, console)
+        session, groups, state, held_out = start(cfg, saved, console)
         cfg = session.cfg
         write_config(out, cfg, folder)
         results: dict[str, Any] = {}
@@ -266,7 +274,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
         sinks = make_sinks(cfg, out, console, start_step=state.step) if dist.is_main() else None
         try:
             while state.step < cfg.train.steps:
-                batch, metrics = train_step(session, groups, state)
+                batch, metrics = step(session, groups, state)
                 state.step += 1
                 _after_step(session, groups, state, batch, metrics, sinks, held_out, out)
         finally:
