@@ -38,7 +38,7 @@ class TrainingBatch:
 
     scored: ScoredBatch
     advantages: torch.Tensor  # (N,) or (N, T)
-    loss_mask: torch.Tensor  # (N, T) bool: completion tokens that enter the loss
+    loss_mask: torch.Tensor  # (N, T) bool: sampled completion tokens that enter the loss
     included: torch.Tensor  # (N,) bool: sequences counted by the loss normalizer
 
     @property
@@ -66,7 +66,8 @@ def select_groups(scored: ScoredBatch, groups: list[int]) -> ScoredBatch:
         group_index=torch.arange(len(groups)).repeat_interleave(g),
         completions=[r.completions[i] for i in idx.tolist()],
         sampling_logprobs=None if r.sampling_logprobs is None else r.sampling_logprobs[idx],
-        rows=[r.rows[grp] for grp in groups],
+        rows=[r.rows[grp] for grp in groups], generated_mask=r.generated_mask[idx],
+        episodes=None if r.episodes is None else [r.episodes[i] for i in idx.tolist()],
     )
     steps = None if scored.step_rewards is None else [scored.step_rewards[i] for i in idx.tolist()]
     errors = None if scored.reward_errors is None else scored.reward_errors[idx]

@@ -17,6 +17,7 @@ from grpokit.algo.presets import PRESETS, preset_values
 from grpokit.rewards.base import RewardSpec
 from grpokit.run_config import CheckpointConfig, EvalConfig, LogConfig, RewardRunnerConfig
 from grpokit.stage_config import DPOConfig, PPOConfig, stage_checks
+from grpokit.tool_config import ToolsConfig, tool_checks
 from grpokit.typed_tree import ConfigError, build, choice, load_yaml, merge, parse_overrides
 
 
@@ -53,7 +54,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str | None = "arithmetic"
-    """A built-in task (arithmetic, countdown, humaneval); null when `path` names a dataset."""
+    """A built-in task (arithmetic, countdown, humaneval, multiply); null when `path` names a
+    dataset."""
     task_args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the built-in task (e.g. digits, style, train_size)."""
     path: str | None = None
@@ -215,6 +217,8 @@ class Config:
     """Prompts and their reward fields."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Sampling of completions."""
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    """Multi-turn episodes with tools (docs/tools.md)."""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     """The GRPO variant's knobs."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -270,6 +274,11 @@ def _vllm_checks(r: RolloutConfig) -> list[tuple[bool, str]]:
         (r.vllm_probe_tolerance is None or r.vllm_probe_tolerance > 0,
          f"rollout.vllm_probe_tolerance must be > 0 or null, got {r.vllm_probe_tolerance}"),
     ]
+
+
+def _rollout_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """The rollout.vllm_* fields and the tools section (multi-turn episodes)."""
+    return _vllm_checks(cfg.rollout) + tool_checks(cfg.tools, cfg.rollout.engine)
 
 
 def validate(cfg: Config) -> None:
@@ -328,7 +337,7 @@ def validate(cfg: Config) -> None:
         (all(1 <= k <= cfg.eval.samples_per_prompt for k in cfg.eval.k),
          f"eval.k values must be between 1 and eval.samples_per_prompt "
          f"({cfg.eval.samples_per_prompt}), got {cfg.eval.k}"),
-    ] + _vllm_checks(r) + stage_checks(cfg.dpo, cfg.ppo, cfg.model.lora.enabled)
+    ] + _rollout_checks(cfg) + stage_checks(cfg.dpo, cfg.ppo, cfg.model.lora.enabled)
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

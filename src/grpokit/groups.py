@@ -19,7 +19,7 @@ from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.data.sampler import PromptSampler
 from grpokit.rewards.base import Sample, StepRewards
 from grpokit.rewards.runner import RewardRunner
-from grpokit.rollout.base import RolloutBatch, SamplingParams, sampling_seed
+from grpokit.rollout.base import Episodes, RolloutBatch, SamplingParams, sampling_seed
 from grpokit.sandbox import SandboxUnavailable
 from grpokit.session import Session
 
@@ -56,9 +56,11 @@ class PromptGroups:
 
     def __init__(self, session: Session, rows: list[dict[str, Any]],
                  runner: RewardRunner | None = None):
-        cfg, tok = session.cfg, session.tokenizer
-        self.session, self.rows = session, rows
+        cfg, tok, env = session.cfg, session.tokenizer, session.env
+        self.session, self.rows, self.max_turns = session, rows, cfg.tools.max_turns
         system = session.task.system_prompt_for(cfg.data.system_prompt)
+        if env is not None:  # an episode starts from the environment's messages
+            rows, system = [{"messages": env.first_messages(row)} for row in rows], None
         self.prompts = [render_prompt(row, tok, system) for row in rows]
         self.prompt_ids = encode_prompts(rows, tok, system, cfg.data.max_prompt_length)
         self.params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
@@ -75,10 +77,13 @@ class PromptGroups:
 
     def score(self, indices: list[int], group_size: int, seeds: Sequence[int],
               params: SamplingParams | None = None) -> ScoredBatch:
-        """Generate and score G completions of each prompt; prompt k's from seeds[k]."""
-        params = params or self.params
+        """Generate and score G completions (or multi-turn episodes, with an environment) of
+        each prompt; prompt k's from seeds[k]."""
+        params, env = params or self.params, self.session.env
         ids = [self.prompt_ids[i] for i in indices]
-        rollout = self.session.engine.generate(ids, group_size, params, seeds)
+        extra = {} if env is None else \
+            {"episodes": Episodes(env, [self.rows[i] for i in indices], self.max_turns)}
+        rollout = self.session.engine.generate(ids, group_size, params, seeds, **extra)
         rollout.rows = [self.rows[i] for i in indices]
         samples = make_samples(rollout, [self.prompts[i] for i in indices], params.max_new_tokens)
         result = self.runner.score(samples)

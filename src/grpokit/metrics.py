@@ -14,6 +14,7 @@ import torch
 
 from grpokit import distributed as dist
 from grpokit.batch import TrainingBatch
+from grpokit.rollout.base import RolloutBatch, is_truncated
 
 
 def reduce_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -54,7 +55,9 @@ def _mean_std(s: float, sq: float, n: float) -> tuple[float, float]:
 def _no_rows(batch: TrainingBatch) -> TrainingBatch:
     none = torch.zeros(0, dtype=torch.long)
     r = batch.rollout
-    rollout = dataclasses.replace(r, completion_mask=r.completion_mask[none], finish_reason=[])
+    rollout = dataclasses.replace(r, completion_mask=r.completion_mask[none], finish_reason=[],
+                                  generated_mask=r.generated_mask[none],
+                                  episodes=None if r.episodes is None else [])
     errors = batch.scored.reward_errors
     scored = dataclasses.replace(batch.scored, rollout=rollout, rewards=batch.rewards[none],
                                  reward=batch.reward[none],
@@ -69,7 +72,7 @@ def rollout_metrics(batch: TrainingBatch, names: list[str]) -> dict[str, float]:
         batch = _no_rows(batch)
         r = batch.rollout
     lengths = r.completion_mask.sum(dim=1).double()  # (N,)
-    truncated = torch.tensor([f == "length" for f in r.finish_reason], dtype=torch.float64)
+    truncated = is_truncated(r.finish_reason).double()  # (N,)
     columns = [batch.reward, lengths, truncated, batch.advantages.double().reshape(-1)]
     columns += [batch.rewards[:, k] for k in range(len(names))]
     errors = batch.scored.reward_errors
@@ -96,7 +99,31 @@ def rollout_metrics(batch: TrainingBatch, names: list[str]) -> dict[str, float]:
         metrics[f"reward/{name}"] = _mean_std(*triple)[0]
     for name, triple in zip(names, triples[4 + len(names):]):
         metrics[f"reward_error_frac/{name}"] = triple[0] / max(triple[2], 1.0)
+    if r.episodes is not None:
+        metrics.update(tool_metrics(r))
     return metrics
+
+
+def tool_metrics(r: RolloutBatch) -> dict[str, float]:
+    """Multi-turn episodes over the whole step: turns and tool calls per episode, the share of
+    episodes that called a tool, errors and timeouts (counts and shares of the calls), the share
+    of completion tokens an environment inserted, and the share of episodes cut at max_turns."""
+    counts = [[e.turns, e.tool_calls, e.tool_errors, e.tool_timeouts, float(e.tool_calls > 0)]
+              for e in r.episodes]
+    inserted = (r.completion_mask & ~r.generated_mask).sum()
+    limit = sum(f == "max_turns" for f in r.finish_reason)
+    local = torch.tensor(counts, dtype=torch.float64).reshape(-1, 5).sum(dim=0).tolist()
+    totals = dist.all_reduce_sum(torch.tensor(
+        local + [float(len(counts)), float(inserted), float(r.completion_mask.sum()), float(limit)],
+        dtype=torch.float64)).tolist()
+    turns, calls, errors, timeouts, users, episodes, tool_tokens, tokens, cut = totals
+    per_episode, per_call = max(episodes, 1.0), max(calls, 1.0)
+    return {"tools/turns_mean": turns / per_episode, "tools/calls_mean": calls / per_episode,
+            "tools/use_frac": users / per_episode, "tools/calls": calls,
+            "tools/errors": errors, "tools/timeouts": timeouts,
+            "tools/error_frac": errors / per_call, "tools/timeout_frac": timeouts / per_call,
+            "tools/output_token_frac": tool_tokens / max(tokens, 1.0),
+            "tools/max_turns_frac": cut / per_episode}
 
 
 def write_samples(path: Path, step: int, batch: TrainingBatch, names: list[str],

@@ -169,6 +169,10 @@ def _check(cfg: Config) -> None:
                           "a copy of the decoder or a head on it); set it to false")
     if dist.world_size() > 1:
         raise ConfigError("grpokit ppo runs in one process; use grpokit train across ranks")
+    if cfg.tools.environment is not None:
+        raise ConfigError("tools.environment: grpokit ppo samples single-turn completions (its "
+                          "GAE runs over contiguous completion tokens, and tool output would cut "
+                          "them); use grpokit train for tool episodes")
 
 
 def _start(cfg: Config, saved: dict[str, Any] | None, console):

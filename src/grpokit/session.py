@@ -20,6 +20,9 @@ from grpokit.logprobs import CompletionScorer, prefix_sharing_problem
 from grpokit.parallel import GenerationCopy, Layout, SyncedEngine, lay_out
 from grpokit.rewards.base import RewardSpec
 from grpokit.rollout import RolloutEngine, make_engine
+from grpokit.rollout.base import Environment
+from grpokit.sandbox import SandboxUnavailable
+from grpokit.tools import make_environment
 
 
 @dataclass
@@ -46,6 +49,8 @@ class Session:
     """Why train.shared_prefix is off although asked for (the model cannot take it), else None."""
     precision_note: str | None = None
     """The bf16 decision and why (printed at start)."""
+    env: Environment | None = None
+    """The environment of multi-turn episodes (tools.environment); None: single-turn."""
 
     def __post_init__(self) -> None:
         if self.layout is None:  # a session built by hand (tests): the plain layout
@@ -81,6 +86,7 @@ def build_session(cfg: Config, *, resume_from: Path | None = None,
         raise ConfigError(f"data: task {task.name!r} has no training rows")
     specs = reward_specs(cfg, task)
     cfg = dataclasses.replace(cfg, rewards=specs)
+    env = environment(cfg, task)
     tokenizer = models.load_tokenizer(path)
     if training:
         model = models.load_trainable(cfg.model, path, resume_from)
@@ -96,10 +102,21 @@ def build_session(cfg: Config, *, resume_from: Path | None = None,
     if not training:
         engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16, cfg.rollout)
         return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16,
-                       Layout("single", CompletionScorer(model), None))
+                       Layout("single", CompletionScorer(model), None), env=env)
     engine, layout, prefix = _engine_and_layout(cfg, model, reference, tokenizer, bf16)
     return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16, layout, prefix,
-                   note)
+                   note, env)
+
+
+def environment(cfg: Config, task: Task) -> Environment | None:
+    """The environment `tools.environment` names, with the run's system prompt (None when
+    off); its tools are built here, so an unknown tool or a missing sandbox is a config error."""
+    if cfg.tools.environment is None:
+        return None
+    try:
+        return make_environment(cfg.tools, task.system_prompt_for(cfg.data.system_prompt))
+    except (ValueError, SandboxUnavailable) as exc:
+        raise ConfigError(f"tools: {exc}") from exc
 
 
 def _bf16_training_side(cfg: Config, model, reference) -> None:

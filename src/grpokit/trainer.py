@@ -27,7 +27,7 @@ from grpokit.metrics import reduce_metrics, rollout_metrics, write_samples
 from grpokit.models import disabled_adapter
 from grpokit.precision import autocast_paused
 from grpokit.report import write_report
-from grpokit.rollout.base import sampling_seed
+from grpokit.rollout.base import is_truncated, sampling_seed
 from grpokit.session import Session, build_session
 from grpokit.sinks import make_sinks
 from grpokit.training import (
@@ -92,8 +92,9 @@ def loss_mask_of(scored: ScoredBatch, cfg: Config) -> tuple[torch.Tensor, torch.
     """The sequences and tokens that enter the loss: the tie and truncation rules of `algo`."""
     a, r = cfg.algo, scored.rollout
     tied = is_tied(scored.reward, r.group_size, a.tie_rule, tuple(a.tie_interval))  # (B,)
-    truncated = torch.tensor([f == "length" for f in r.finish_reason])  # (N,) on the CPU
-    included, mask = loss_mask(r.completion_mask, truncated, tied, exclude_tied=a.exclude_tied,
+    truncated = is_truncated(r.finish_reason)  # (N,) on the CPU: token budget or turn limit
+    # Only sampled tokens are trained; tool output inserted by an environment is context.
+    included, mask = loss_mask(r.generated_mask, truncated, tied, exclude_tied=a.exclude_tied,
                                mask_truncated=a.mask_truncated)
     if scored.ghost:  # a rank's stand-in: in the passes, out of the loss and the normalizers
         return torch.zeros_like(included), torch.zeros_like(mask)
@@ -110,7 +111,7 @@ def sync_metrics(engine: Any) -> dict[str, float]:
 
 def perf_metrics(batch: TrainingBatch, train_tokens: float, gen_time: float,
                  step_time: float) -> dict[str, float]:
-    gen_tokens = float(batch.rollout.completion_mask.sum())
+    gen_tokens = float(batch.rollout.generated_mask.sum())
     return {"perf/gen_time_s": gen_time, "perf/step_time_s": step_time,
             "perf/gen_tokens_per_s": gen_tokens / max(gen_time, 1e-9),
             "perf/train_tokens_per_s": train_tokens / max(step_time - gen_time, 1e-9)}

@@ -39,7 +39,8 @@ class Task:
 
 
 _TASKS: dict[str, Callable[..., Task]] = {}
-_BUILTIN_MODULES = ("grpokit.data.arithmetic", "grpokit.data.countdown", "grpokit.data.humaneval")
+_BUILTIN_MODULES = ("grpokit.data.arithmetic", "grpokit.data.countdown", "grpokit.data.humaneval",
+                    "grpokit.data.multiply")
 _loaded = False
 
 

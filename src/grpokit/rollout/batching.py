@@ -26,6 +26,13 @@ def check_prompts(prompt_ids: list[list[int]], group_size: int, vocab_size: int)
             raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size}): {bad[:5]}")
 
 
+def single_turn_only(engine: str, episodes: Any) -> None:
+    """Raise for multi-turn episodes on an engine that samples single completions only."""
+    if episodes is not None:
+        raise ValueError(f"the {engine} engine samples single-turn completions only; multi-turn "
+                         "episodes (tools.environment) need rollout.engine=hf")
+
+
 def left_pad(
     prompt_ids: list[list[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +113,9 @@ def concat_rollouts(rs: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
         completions=[c for r in rs for c in r.completions],
         sampling_logprobs=None if any(x is None for x in logps) else _pad_cat(logps, False, 0.0),
         rows=[row for r in rs for row in r.rows],
+        generated_mask=_pad_cat([r.generated_mask for r in rs], False, False),
+        episodes=None if any(r.episodes is None for r in rs)
+        else [e for r in rs for e in r.episodes],
     )
 
 

@@ -12,8 +12,10 @@ import torch
 from transformers import GenerationConfig
 
 from grpokit.precision import autocast
-from grpokit.rollout.base import RolloutBatch, SamplingParams
-from grpokit.rollout.batching import EngineBase, assemble, check_prompts, concat_rollouts
+from grpokit.rollout.base import Episodes, RolloutBatch, SamplingParams
+from grpokit.rollout.batching import (
+    EngineBase, assemble, check_prompts, concat_rollouts, single_turn_only,
+)
 from grpokit.rollout.sampling import check_params
 
 
@@ -26,9 +28,11 @@ class GenerateEngine(EngineBase):
         group_size: int,
         params: SamplingParams,
         seeds: Sequence[int],
+        episodes: Episodes | None = None,
     ) -> RolloutBatch:
         """Sample group_size completions for each prompt (token ids, no padding); one `generate`
         call per prompt, under the global RNG seeded with the prompt's seed (then restored)."""
+        single_turn_only("generate", episodes)
         check_params(params)
         check_prompts(prompt_ids, group_size, self.model.get_input_embeddings().num_embeddings)
         parts = [self._one_prompt(ids, group_size, params, seed)

@@ -4,7 +4,8 @@ DESIGN.md §4. The B prompts are left-padded and prefilled in one forward pass (
 position's logits are computed), the cache is repeat-interleaved to N = B·G rows so that rows
 g·G .. g·G+G-1 share prompt g, and the N sequences are decoded one token per forward pass.
 Rows that stop are dropped from the batch once enough of them have, so finished sequences stop
-costing compute.
+costing compute. Multi-turn episodes (tool calls) decode from the same prefill in
+rollout/episodes.py.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from transformers import DynamicCache
 
 from grpokit.models import cache_kwarg
 from grpokit.precision import autocast
-from grpokit.rollout.base import RolloutBatch, SamplingParams
+from grpokit.rollout.base import Episodes, RolloutBatch, SamplingParams
 from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
+from grpokit.rollout.episodes import EpisodeDecoder
 from grpokit.rollout.sampling import check_params, prompt_uniforms, sample_next
 
 
@@ -48,27 +50,31 @@ class HFEngine(EngineBase):
         group_size: int,
         params: SamplingParams,
         seeds: Sequence[int],
+        episodes: Episodes | None = None,
     ) -> RolloutBatch:
-        """Sample group_size completions for each prompt (token ids, no padding)."""
+        """Sample group_size completions for each prompt (token ids, no padding); with
+        `episodes`, multi-turn episodes (rollout/episodes.py)."""
         check_params(params)
         check_prompts(prompt_ids, group_size, self.model.get_input_embeddings().num_embeddings)
+        if episodes is not None and len(episodes.rows) != len(prompt_ids):
+            raise ValueError(f"episodes.rows has {len(episodes.rows)} rows for {len(prompt_ids)} "
+                             "prompts: one dataset row per prompt")
         device = self.model.get_input_embeddings().weight.device
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), autocast(self.autocast, device):
-                return self._generate(prompt_ids, group_size, params, seeds, device)
+                prefilled = self._prefill(prompt_ids, group_size, device)
+                if episodes is not None:
+                    decoder = EpisodeDecoder(self, params, episodes, group_size)
+                    return decoder.run(*prefilled, seeds, self._forward)
+                return self._generate(*prefilled, group_size, params, seeds, device)
         finally:
             self.model.train(was_training)
 
-    def _generate(
-        self,
-        prompt_ids: list[list[int]],
-        group_size: int,
-        params: SamplingParams,
-        seeds: Sequence[int],
-        device: torch.device,
-    ) -> RolloutBatch:
+    def _prefill(self, prompt_ids: list[list[int]], group_size: int, device: torch.device):
+        """One forward pass over the B left-padded prompts, its cache expanded to N = B·G rows:
+        (cache, prompt ids (N, P), prompt mask (N, P), next positions (N,), logits (N, V))."""
         ids, mask = left_pad(prompt_ids, self.pad_id, device)  # (B, P)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P), as model.generate does
         cache = DynamicCache(config=self.model.config)  # filled in place by every forward
@@ -81,12 +87,30 @@ class HFEngine(EngineBase):
             **{self._cache_kwarg: cache},
         )
         cache.batch_repeat_interleave(group_size)
-        prompt_ids_n = ids.repeat_interleave(group_size, 0)  # (N, P)
-        prompt_mask_n = mask.repeat_interleave(group_size, 0)  # (N, P)
-        state = _DecodeState.start(
-            prompt_mask_n, positions[:, -1].repeat_interleave(group_size) + 1, params, self.pad_id
-        )
-        logits = out.logits[:, -1].repeat_interleave(group_size, 0)  # (N, V)
+        return (cache, ids.repeat_interleave(group_size, 0), mask.repeat_interleave(group_size, 0),
+                positions[:, -1].repeat_interleave(group_size) + 1,
+                out.logits[:, -1].repeat_interleave(group_size, 0))
+
+    def _forward(self, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
+                 cache: Any) -> torch.Tensor:
+        """The next-token logits (n, V) after feeding `ids` (n, K) on the cache."""
+        out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                         use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
+        return out.logits[:, -1]
+
+    def _generate(
+        self,
+        cache: Any,
+        prompt_ids_n: torch.Tensor,
+        prompt_mask_n: torch.Tensor,
+        positions: torch.Tensor,
+        logits: torch.Tensor,
+        group_size: int,
+        params: SamplingParams,
+        seeds: Sequence[int],
+        device: torch.device,
+    ) -> RolloutBatch:
+        state = _DecodeState.start(prompt_mask_n, positions, params, self.pad_id)
         stop = torch.tensor(self.stop_ids, device=device)
         uniforms = prompt_uniforms(seeds, group_size, params.max_new_tokens, device)  # (N, T)
         for step in range(params.max_new_tokens):

@@ -30,7 +30,9 @@ import vllm  # noqa: E402  (after the logging default above, which vllm reads at
 from vllm.inputs import TokensPrompt  # noqa: E402
 
 from grpokit.rollout.base import RolloutBatch, SamplingParams  # noqa: E402
-from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad  # noqa: E402
+from grpokit.rollout.batching import (  # noqa: E402
+    EngineBase, assemble, check_prompts, left_pad, single_turn_only,
+)
 from grpokit.rollout.sampling import check_params  # noqa: E402
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 12 + 30 = 42."
@@ -196,12 +198,15 @@ class VLLMEngine(EngineBase):
         group_size: int,
         params: SamplingParams,
         seeds: Sequence[int],
+        episodes: Any = None,
     ) -> RolloutBatch:
         """Sample group_size completions for each prompt (token ids, no padding).
 
         Prompt i is one request seeded with seeds[i] (vLLM seeds its sample j with seed + j),
-        so its completions do not depend on the other prompts of the call.
+        so its completions do not depend on the other prompts of the call. Multi-turn episodes
+        are the HF engine's (docs/tools.md).
         """
+        single_turn_only("vllm", episodes)
         check_params(params)
         check_prompts(prompt_ids, group_size, self.model.get_input_embeddings().num_embeddings)
         # vLLM refuses n > 1 for greedy decoding: there, each of the G samples is its own request.
