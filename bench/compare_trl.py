@@ -12,7 +12,10 @@ bf16 autocast over fp32 weights (TRL `bf16=True`, grpokit `model.autocast=bf16`)
 
 Step time and generation time are medians over steps 2..N (step 1 warms up); training time is
 step minus generation (rewards, reference and policy passes, optimizer); tokens/s counts completion
-tokens per second of step. Run it on an idle machine: on 2 cores a second busy process slows
+tokens per second of step. "floor s" is the step's unavoidable matmul work (`sides.step_flops`:
+each prompt once, every completion token, generation + reference + forward and backward) at the
+machine's measured matmul rate of that precision (the bf16 probe), so "x floor" is how far each
+side is from what this CPU can do at all. Run it on an idle machine: on 2 cores a second busy process slows
 torch by up to 10x.
 """
 
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sides import Spec, spawn, summary  # noqa: E402
+from sides import Spec, default_model, prompt_tokens, spawn, step_flops, summary  # noqa: E402
 
 CONFIGS = {"short": 64, "long": 256}
 
@@ -48,24 +51,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
+    from grpokit.precision import bf16_probe
+
+    probe, model = bf16_probe(), default_model()
+    prompt_len = prompt_tokens(Spec(), model)
     rows = []
     for config in args.configs.split(","):
         for precision in args.precisions.split(","):
             spec = Spec(max_new_tokens=CONFIGS[config], bf16=precision == "bf16", steps=args.steps)
             for side in ("trl", "grpokit"):
                 result = summary(spawn(side, spec))
+                rate = probe["bf16_gflops" if spec.bf16 else "fp32_gflops"] * 1e9
+                result["floor_s"] = step_flops(spec, model, prompt_len, result["tokens"]) / rate
                 rows.append((config, precision, side, result))
                 print(f"  {config} {precision} {side}: " + ", ".join(
                     f"{k} {v:.2f}" for k, v in result.items()), flush=True)
     print()
     head = (f"{'config':<14}{'precision':<10}{'side':<9}{'step s':>8}{'gen s':>8}{'train s':>9}"
-            f"{'tok/s':>8}{'peak RSS GB':>13}")
+            f"{'tok/s':>8}{'peak RSS GB':>13}{'floor s':>9}{'x floor':>9}")
     print(head)
     print("-" * len(head))
     for config, precision, side, r in rows:
         print(f"{f'<= {CONFIGS[config]} tokens':<14}{precision:<10}{side:<9}{r['step_s']:>8.1f}"
               f"{r['gen_s']:>8.1f}{r['train_s']:>9.1f}{r['tokens_per_s']:>8.1f}"
-              f"{r['peak_rss_gb']:>13.2f}")
+              f"{r['peak_rss_gb']:>13.2f}{r['floor_s']:>9.1f}{r['step_s'] / r['floor_s']:>9.2f}")
     print()
     for config in args.configs.split(","):
         for precision in args.precisions.split(","):

@@ -163,7 +163,8 @@ def run_grpokit(spec: Spec, workdir: Path) -> dict[str, Any]:
         m = json.loads(line)
         steps.append({"step_s": m["perf/step_time_s"], "gen_s": m["perf/gen_time_s"],
                       "reward": m["reward/mean"],
-                      "tokens": m["completion/len_mean"] * spec.prompts_per_step * spec.group_size})
+                      "tokens": m["completion/len_mean"] * spec.prompts_per_step * spec.group_size,
+                      "skipped": bool(m.get("train/skipped", 0.0))})
     return {"steps": steps}
 
 
@@ -195,13 +196,49 @@ def spawn(side: str, spec: Spec, timeout: float | None = None,
 
 
 def summary(result: dict[str, Any]) -> dict[str, float]:
-    """Medians over steps 2..N (step 1 warms up), and the peak RSS."""
-    later = result["steps"][1:] or result["steps"]
+    """Medians over steps 2..N (step 1 warms up), and the peak RSS. A step grpokit skipped (no
+    group with a reward spread, so no update: TRL runs its backward on zero advantages) is left
+    out, so that both sides' medians are of steps that trained."""
+    later = [s for s in result["steps"][1:] if not s.get("skipped")] or result["steps"]
     step = statistics.median(s["step_s"] for s in later)
     gen = statistics.median(s["gen_s"] for s in later)
     tokens = statistics.median(s.get("tokens", 0.0) for s in later)
-    return {"step_s": step, "gen_s": gen, "train_s": step - gen, "tokens_per_s": tokens / step,
+    return {"step_s": step, "gen_s": gen, "train_s": step - gen, "tokens": tokens,
+            "tokens_per_s": tokens / step,
             "peak_rss_gb": result["peak_rss_gb"]}
+
+
+def prompt_tokens(spec: Spec, model_path: str) -> float:
+    """Mean prompt length in tokens, through the model's chat template (both sides use it)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                     add_generation_prompt=True, tokenize=False)
+             for r in rows(spec)]
+    return statistics.mean(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
+
+
+def step_flops(spec: Spec, model_path: str, prompt_len: float, completion_tokens: float) -> float:
+    """The matmul FLOPs a step cannot avoid: each prompt's prefill once and every completion
+    token's decode step (generation), then the reference forward (beta > 0) and the policy's
+    forward and backward (3x a forward) over each prompt once and every completion token. The
+    vocabulary projection runs at the positions that predict a completion token; attention's two
+    matmuls are counted at each token's average context."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_path)
+    d, heads, kv = c.hidden_size, c.num_attention_heads, c.num_key_value_heads
+    head = getattr(c, "head_dim", None) or d // heads
+    layer = d * heads * head * 2 + d * kv * head * 2 + 3 * d * c.intermediate_size  # weights
+    completion_len = completion_tokens / (spec.prompts_per_step * spec.group_size)
+    context = prompt_len + completion_len / 2
+    per_token = 2 * c.num_hidden_layers * (layer + 2 * heads * head * context)
+    vocab = 2 * d * c.vocab_size
+    prompt = spec.prompts_per_step * prompt_len * per_token
+    completion = completion_tokens * (per_token + vocab)
+    passes = 1 + (1 if spec.beta else 0) + 3  # generation, reference, policy forward + backward
+    return passes * (prompt + completion)
 
 
 def _child(side: str, spec_file: str, out_file: str) -> None:

@@ -182,7 +182,7 @@ class TrainConfig:
     micro_batch_size: int = 32
     """At most this many sequences per forward/backward (gradient accumulation inside a
     minibatch)."""
-    max_tokens_per_micro_batch: int = 1024
+    max_tokens_per_micro_batch: int = 512
     """At most this many padded tokens per forward/backward, prompts counted once per distinct
     prompt with shared_prefix (a longer sequence runs alone). Bounds activation memory."""
     shared_prefix: bool = True
