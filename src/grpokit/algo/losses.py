@@ -64,7 +64,9 @@ class LossKnobs:
 
 def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                     temperature: float, with_entropy: bool) -> torch.Tensor:
-    logits = (hidden @ weight.T).float() / temperature  # (C, V)
+    logits = (hidden @ weight.T).float()  # (C, V)
+    if temperature != 1.0:
+        logits.div_(temperature)  # in place: mm's backward does not need its output
     logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
     logprobs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logsumexp  # (C,)
     if not with_entropy:
@@ -90,15 +92,17 @@ class _ChunkLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, temperature: float, with_entropy: bool):
         dtype = _matmul_dtype(hidden)
+        # In place wherever a (C, V) tensor is not needed again: one chunk's logits are tens of
+        # MB, so each temporary adds that much to the peak.
         logits = (hidden.to(dtype) @ weight.to(dtype).T).float()  # (C, V)
         if temperature != 1.0:
-            logits = logits / temperature
+            logits.div_(temperature)
         logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
         logprobs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logsumexp  # (C,)
         entropy = logsumexp.new_zeros(0)
         if with_entropy:
-            probs = torch.exp(logits - logsumexp[:, None])  # (C, V)
-            entropy = logsumexp - (probs * logits).sum(dim=-1)  # (C,)
+            probs = (logits - logsumexp[:, None]).exp_()  # (C, V)
+            entropy = logsumexp - probs.mul_(logits).sum(dim=-1)  # (C,)
         ctx.save_for_backward(hidden, weight, labels, logsumexp)
         ctx.temperature, ctx.dtype = temperature, dtype
         ctx.mark_non_differentiable(entropy)
@@ -110,11 +114,11 @@ class _ChunkLogprobs(torch.autograd.Function):
         h, w = hidden.to(ctx.dtype), weight.to(ctx.dtype)
         logits = (h @ w.T).float()  # (C, V)
         if ctx.temperature != 1.0:
-            logits = logits / ctx.temperature
-        grad = torch.exp(logits - logsumexp[:, None]).mul_(-grad_logprobs[:, None])  # (C, V)
+            logits.div_(ctx.temperature)
+        grad = logits.sub_(logsumexp[:, None]).exp_().mul_(-grad_logprobs[:, None])  # (C, V)
         grad.scatter_add_(-1, labels.unsqueeze(-1), grad_logprobs.unsqueeze(-1))
         if ctx.temperature != 1.0:
-            grad = grad / ctx.temperature
+            grad.div_(ctx.temperature)
         grad = grad.to(ctx.dtype)
         grad_hidden = (grad @ w).to(hidden.dtype) if ctx.needs_input_grad[0] else None
         grad_weight = (grad.T @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None
