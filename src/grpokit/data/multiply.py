@@ -31,23 +31,38 @@ CALCULATOR_PROMPT = SYSTEM_PROMPT.replace("You can run Python code", "You can us
 PROMPT_TEMPLATE = "What is {a} * {b}?"
 """User prompt of one problem."""
 
+HINT_TEMPLATE = ("What is {a} * {b}? Write <{tool}>{call}</{tool}>, then the output inside "
+                 "<answer> </answer>.")
+"""User prompt of the `hint` style: it spells out the call (a model as small as the default one
+almost never writes the tags from the system prompt's example alone)."""
+
+CALLS = {"python": "print({a} * {b})", "calculator": "{a} * {b}"}
+
 PROMPTS = {"python": SYSTEM_PROMPT, "calculator": CALCULATOR_PROMPT}
 
 
-def make_row(a: int, b: int) -> Row:
+def make_row(a: int, b: int, style: str = "plain", tool: str = "python") -> Row:
     """The task row of a × b."""
-    return {"prompt": PROMPT_TEMPLATE.format(a=a, b=b), "answer": str(a * b),
-            "expression": f"{a}*{b}"}
+    if style == "hint":
+        call = CALLS[tool].format(a=a, b=b)
+        prompt = HINT_TEMPLATE.format(a=a, b=b, tool=tool, call=call)
+    else:
+        prompt = PROMPT_TEMPLATE.format(a=a, b=b)
+    return {"prompt": prompt, "answer": str(a * b), "expression": f"{a}*{b}"}
 
 
 @register_task("multiply")
 def multiply_task(digits_a: int = 5, digits_b: int = 4, train_size: int = 2000,
-                  eval_size: int = 100, seed: int = 0, tool: str = "python") -> Task:
+                  eval_size: int = 100, seed: int = 0, tool: str = "python",
+                  style: str = "plain") -> Task:
     """a × b with a of `digits_a` digits and b of `digits_b` digits (exactly: no leading zero);
-    eval rows never repeat a train product. `tool` picks the tags the system prompt shows
-    (python or calculator). Reward: math on the <answer> tag."""
+    eval rows never repeat a train product. `tool` picks the tags the prompts show (python or
+    calculator); style "plain" asks only the question, "hint" also spells out the call.
+    Reward: math on the <answer> tag."""
     if tool not in PROMPTS:
         raise ValueError(f"task 'multiply': tool must be one of {sorted(PROMPTS)}, got {tool!r}")
+    if style not in ("plain", "hint"):
+        raise ValueError(f"task 'multiply': style must be 'plain' or 'hint', got {style!r}")
     check_size("digits_a", digits_a, 1, 30)
     check_size("digits_b", digits_b, 1, 30)
     check_size("train_size", train_size, 1)
@@ -56,7 +71,7 @@ def multiply_task(digits_a: int = 5, digits_b: int = 4, train_size: int = 2000,
 
     def draw(rng: random.Random) -> Row:
         return make_row(rng.randint(10 ** (digits_a - 1), 10**digits_a - 1),
-                        rng.randint(10 ** (digits_b - 1), 10**digits_b - 1))
+                        rng.randint(10 ** (digits_b - 1), 10**digits_b - 1), style, tool)
 
     train, held_out = distinct_rows(draw, key=lambda row: row["expression"],
                                     train_size=train_size, eval_size=eval_size, seed=seed,
