@@ -119,14 +119,8 @@ class HFEngine(EngineBase):
             if step == params.max_new_tokens - 1 or not state.alive.any():
                 break
             tokens = state.maybe_compact(tokens, cache, self.compact_fraction)
-            out = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=state.attention[:, : state.prompt_len + step + 1],
-                position_ids=state.positions[:, None],
-                use_cache=True,
-                **{self._cache_kwarg: cache},
-            )
-            logits = out.logits[:, -1]  # (n, V)
+            logits = self._forward(tokens[:, None], state.attention[:, : state.prompt_len + step + 1],
+                                   state.positions[:, None], cache)  # (n, V)
             state.positions = state.positions + 1
         completion_ids, completion_mask, logprobs = state.finish()
         return assemble(
