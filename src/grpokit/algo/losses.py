@@ -82,47 +82,97 @@ def _matmul_dtype(hidden: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
-class _ChunkLogprobs(torch.autograd.Function):
-    """One chunk's log-probs with a written-out backward. Only the chunk's hidden states, its
-    labels and the log-normalizer are kept; backward recomputes the logits once and uses
-    d log p(y) / d z = onehot(y) - softmax(z) (divided by the temperature). The entropy, when asked,
-    comes out of the same forward as a metric, without a gradient. Fewer passes over the (C, V)
-    logits than recomputing the forward under autograd (see `selective_logprobs`)."""
+def _chunks(rows: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, temperature: float, with_entropy: bool):
-        dtype = _matmul_dtype(hidden)
-        # In place wherever a (C, V) tensor is not needed again: one chunk's logits are tens of
-        # MB, so each temporary adds that much to the peak.
-        logits = (hidden.to(dtype) @ weight.to(dtype).T).float()  # (C, V)
+
+def _projected(hidden: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None
+               ) -> torch.Tensor:
+    """fp32 logits (C, V) of one chunk, written into `out` (a buffer reused across the chunks of
+    a pass, or None for a new tensor). In fp32 the matmul writes there directly; in bf16 its
+    product is upcast into it."""
+    if hidden.dtype == torch.float32 and weight.dtype == torch.float32:
+        return torch.mm(hidden, weight.T, out=out) if out is not None else hidden @ weight.T
+    product = hidden @ weight.T
+    return out.copy_(product) if out is not None else product.float()
+
+
+def _forward_chunks(hidden, weight_low, labels, temperature: float, with_entropy: bool,
+                    chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs, entropies (empty unless asked) and log-normalizers (M,) of every row, chunk by
+    chunk through one (C, V) fp32 logits buffer. `weight_low` is already in the matmul dtype."""
+    rows, dtype = hidden.shape[0], weight_low.dtype
+    logprobs = torch.empty(rows, dtype=torch.float32, device=hidden.device)
+    logsumexp = torch.empty_like(logprobs)
+    entropy = torch.empty_like(logprobs) if with_entropy else logprobs.new_zeros(0)
+    buffer = None
+    for part in _chunks(rows, chunk_size):
+        out = None if buffer is None else buffer[: part.stop - part.start]
+        logits = _projected(hidden[part].to(dtype), weight_low, out)  # (C, V) fp32
+        buffer = logits if buffer is None else buffer
         if temperature != 1.0:
             logits.div_(temperature)
-        logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
-        logprobs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logsumexp  # (C,)
-        entropy = logsumexp.new_zeros(0)
+        torch.logsumexp(logits, dim=-1, out=logsumexp[part])
+        logprobs[part] = logits.gather(-1, labels[part].unsqueeze(-1)).squeeze(-1) - logsumexp[part]
         if with_entropy:
-            probs = (logits - logsumexp[:, None]).exp_()  # (C, V)
-            entropy = logsumexp - probs.mul_(logits).sum(dim=-1)  # (C,)
-        ctx.save_for_backward(hidden, weight, labels, logsumexp)
-        ctx.temperature, ctx.dtype = temperature, dtype
+            # In place: the logits are not needed again in this chunk.
+            probs_times_logits = logits.sub(logsumexp[part, None]).exp_().mul_(logits)
+            entropy[part] = logsumexp[part] - probs_times_logits.sum(dim=-1)
+    return logprobs, entropy, logsumexp
+
+
+class _SelectiveLogprobs(torch.autograd.Function):
+    """The log-probs of every row with a written-out backward: one node for all chunks of a
+    pass. The weight is cast to the matmul dtype once (not once per chunk and direction), the
+    (C, V) logits live in one buffer reused by every chunk, and the weight's gradient is summed
+    over the chunks in one fp32 tensor; each tensor of the weight's size is made once per pass,
+    not once per chunk. Only the hidden states, labels and log-normalizers are kept for backward,
+    which recomputes each chunk's logits once and uses
+    d log p(y) / d z = onehot(y) - softmax(z) (divided by the temperature). The entropy, when
+    asked, comes out of the same forward as a metric, without a gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, temperature: float, with_entropy: bool,
+                chunk_size: int):
+        weight_low = weight.to(_matmul_dtype(hidden))  # no copy when the dtypes agree
+        logprobs, entropy, logsumexp = _forward_chunks(hidden, weight_low, labels, temperature,
+                                                       with_entropy, chunk_size)
+        ctx.save_for_backward(hidden, weight, weight_low, labels, logsumexp)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
         ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
 
     @staticmethod
     def backward(ctx, grad_logprobs, _grad_entropy):
-        hidden, weight, labels, logsumexp = ctx.saved_tensors
-        h, w = hidden.to(ctx.dtype), weight.to(ctx.dtype)
-        logits = (h @ w.T).float()  # (C, V)
-        if ctx.temperature != 1.0:
-            logits.div_(ctx.temperature)
-        grad = logits.sub_(logsumexp[:, None]).exp_().mul_(-grad_logprobs[:, None])  # (C, V)
-        grad.scatter_add_(-1, labels.unsqueeze(-1), grad_logprobs.unsqueeze(-1))
-        if ctx.temperature != 1.0:
-            grad.div_(ctx.temperature)
-        grad = grad.to(ctx.dtype)
-        grad_hidden = (grad @ w).to(hidden.dtype) if ctx.needs_input_grad[0] else None
-        grad_weight = (grad.T @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None
+        hidden, weight, weight_low, labels, logsumexp = ctx.saved_tensors
+        dtype, temperature = weight_low.dtype, ctx.temperature
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight, buffer = None, None
+        for part in _chunks(hidden.shape[0], ctx.chunk_size):
+            h = hidden[part].to(dtype)
+            out = None if buffer is None else buffer[: part.stop - part.start]
+            grad = _projected(h, weight_low, out)  # the chunk's logits (C, V), fp32
+            buffer = grad if buffer is None else buffer
+            if temperature != 1.0:
+                grad.div_(temperature)
+            g = grad_logprobs[part]
+            grad.sub_(logsumexp[part, None]).exp_().mul_(-g[:, None])  # -softmax · upstream
+            grad.scatter_add_(-1, labels[part].unsqueeze(-1), g.unsqueeze(-1))
+            if temperature != 1.0:
+                grad.div_(temperature)
+            grad = grad.to(dtype)
+            if grad_hidden is not None:
+                grad_hidden[part] = grad @ weight_low
+            if ctx.needs_input_grad[1]:
+                if grad_weight is None:
+                    grad_weight = (grad.T @ h).to(weight.dtype)
+                elif dtype == grad_weight.dtype:
+                    grad_weight.addmm_(grad.T, h)
+                else:  # bf16 products, summed in fp32
+                    grad_weight.add_(grad.T @ h)
+        if ctx.needs_input_grad[1] and grad_weight is None:  # no rows
+            grad_weight = torch.zeros_like(weight)
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def selective_logprobs(
@@ -143,24 +193,23 @@ def selective_logprobs(
     stored. The entropies carry a gradient only with `entropy_grad` (an entropy bonus in the
     loss); otherwise they are a metric and cost no backward.
     """
-    logprobs, entropies = [], []
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    for start in range(0, hidden.shape[0], chunk_size):
-        args = (hidden[start:start + chunk_size], weight, labels[start:start + chunk_size],
-                temperature, with_entropy)
-        if grad and with_entropy and entropy_grad:
-            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False).unbind(-1)
-        elif grad:
-            lp, ent = _ChunkLogprobs.apply(*args)
-        else:
-            out = _chunk_logprobs(*args)  # (C, 1 or 2)
-            lp, ent = out[:, 0], (out[:, 1] if with_entropy else None)
-        logprobs.append(lp)
-        entropies.append(ent)
-    if not logprobs:
+    temperature = float(temperature)
+    if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, (empty if with_entropy else None)
-    return torch.cat(logprobs), (torch.cat(entropies) if with_entropy else None)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    if grad and with_entropy and entropy_grad:
+        out = torch.cat([checkpoint(_chunk_logprobs, hidden[part], weight, labels[part],
+                                    temperature, True, use_reentrant=False)
+                         for part in _chunks(hidden.shape[0], chunk_size)])  # (M, 2)
+        return out[:, 0], out[:, 1]
+    if grad:
+        lp, ent = _SelectiveLogprobs.apply(hidden, weight, labels, temperature, with_entropy,
+                                           chunk_size)
+    else:
+        lp, ent, _ = _forward_chunks(hidden, weight.to(_matmul_dtype(hidden)), labels,
+                                     temperature, with_entropy, chunk_size)
+    return lp, (ent if with_entropy else None)
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor,
