@@ -44,9 +44,14 @@ class ModelConfig:
     dtype: str = choice("float32", "float32", "bfloat16")
     """Dtype of the trained weights (fp32 master weights are recommended)."""
     autocast: str = choice("auto", "auto", "bf16", "off")
-    """bf16 autocast for forward passes: auto = on where the CPU/GPU has bf16 matrix units."""
+    """bf16 autocast for forward passes: auto = on where a matmul probe measures bf16 faster
+    (CPU, cached per machine) or the GPU supports it."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    lean_mlp: bool = True
+    """Training passes keep only gate(x) and up(x) of a gated (SwiGLU) MLP for backward and
+    recompute silu(gate)·up there: two of the layer's largest activations fewer, the same
+    gradients (grpokit/lean.py; Llama, Mistral, Qwen2, Qwen3 MLPs)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapter settings."""
 
@@ -185,6 +190,11 @@ class TrainConfig:
     max_tokens_per_micro_batch: int = 512
     """At most this many padded tokens per forward/backward, prompts counted once per distinct
     prompt with shared_prefix (a longer sequence runs alone). Bounds activation memory."""
+    keep_freed_memory: bool = False
+    """Keep memory the C allocator frees for reuse instead of returning it to the system (glibc):
+    no page faulting and zero-filling of the same large tensors every micro-batch, at the cost of
+    a higher peak where freed blocks do not fit later ones (grpokit/allocator.py,
+    docs/performance.md)."""
     shared_prefix: bool = True
     """Run each distinct prompt of a micro-batch once, its completions on its keys and values
     (the same log-probs and gradients, fewer tokens). Off where the model's cache cannot take it

@@ -28,6 +28,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from grpokit.lean import use_lean_mlp
 from grpokit.typed_tree import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,8 @@ def load_trainable(model_cfg: Any, model_path: Path, resume_from: Path | None = 
         # and values a layer leaves in its cache, which the reentrant variant would detach.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         keep_cache_under_checkpointing(model)
+    if model_cfg.lean_mlp:
+        use_lean_mlp(model)
     if lora.enabled:
         model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
                            target_modules=lora.target_modules)

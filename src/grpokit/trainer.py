@@ -18,6 +18,7 @@ from grpokit import distributed as dist
 from grpokit.algo.advantages import batch_advantages
 from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.algo.masks import is_tied, loss_mask, top_entropy_mask
+from grpokit.allocator import keep_freed_memory
 from grpokit.batch import ScoredBatch, TrainingBatch
 from grpokit.config import Config, to_dict
 from grpokit.evaluation import evaluate, print_eval, write_eval_jsonl
@@ -288,6 +289,7 @@ def _start(cfg: Config, saved: dict[str, Any] | None, console):
     """Session, prompt groups, run state (restored when resuming) and held-out prompts: every
     check that can run before training (rewards, prompts, optimizer, resume conflicts)."""
     seed_everything(cfg.train.seed)
+    memory_note = _keep_freed_memory(cfg)
     session = build_session(cfg, resume_from=None if saved is None else saved["path"] / "model")
     cfg = session.cfg
     changes = resume_changes(saved, cfg) if saved is not None else {}
@@ -302,12 +304,22 @@ def _start(cfg: Config, saved: dict[str, Any] | None, console):
             apply_learning_rate(state, cfg.train.lr)
     if console is not None:
         console.print(f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)))
-        for note in (session.precision_note, session.prefix_note):
+        for note in (session.precision_note, session.prefix_note, memory_note):
             if note:
                 console.print(note)
         for key, (old, new) in changes.items():
             console.print(f"resume: {key} {old!r} -> {new!r}")
     return session, groups, state, held_out
+
+
+def _keep_freed_memory(cfg: Config) -> str | None:
+    """Apply train.keep_freed_memory (grpokit/allocator.py); what to print about it."""
+    if not cfg.train.keep_freed_memory:
+        return None
+    reason = keep_freed_memory()
+    if reason is None:
+        return "train.keep_freed_memory: freed memory stays in the process for reuse"
+    return f"train.keep_freed_memory is not applied: {reason}"
 
 
 def total_updates(cfg: Config) -> int:

@@ -154,8 +154,9 @@ def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int,
 # start, and a resume that changes one is refused.
 RESUME_MAY_CHANGE = ("train.steps", "train.lr", "train.micro_batch_size",
                      "train.max_tokens_per_micro_batch", "train.shared_prefix",
-                     "train.logprob_chunk_size", "train.parallel", "model.gradient_checkpointing", "log.",
-                     "checkpoint.", "eval.", "reward_runner.")
+                     "train.keep_freed_memory",
+                     "train.logprob_chunk_size", "train.parallel", "model.gradient_checkpointing",
+                     "model.lean_mlp", "log.", "checkpoint.", "eval.", "reward_runner.")
 
 
 def run_folder_of(resume: str | Path) -> Path:

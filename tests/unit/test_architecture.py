@@ -34,7 +34,7 @@ LAYERS = [
     ["grpokit.config"],
     ["grpokit.run_config", "grpokit.stage_config", "grpokit.tool_config"],
     ["grpokit.typed_tree", "grpokit.rewards.base", "grpokit.rollout.base"],
-    ["grpokit.algo"],
+    ["grpokit.algo", "grpokit.lean", "grpokit.allocator"],
 ]
 
 
