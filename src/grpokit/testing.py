@@ -122,3 +122,23 @@ def checkpoint_state(folder: str | Path, scratch: str | Path) -> dict:
     dcp_to_torch_save(folder / "sharded", scratch)
     state = torch.load(folder / "trainer.pt", weights_only=False)
     return {**state, **torch.load(scratch, weights_only=False)}
+
+
+def uneven_batch(tokenizer: Any, prompts: list[str], owners: list[int], lengths: list[int],
+                 pad_extra: int = 0, seed: int = 3) -> tuple[torch.Tensor, ...]:
+    """A training-pass batch (prompt ids, prompt mask, completion ids, completion mask): row i
+    has prompt `owners[i]` left-padded and `lengths[i]` random completion tokens right-padded,
+    with `pad_extra` more padding columns on each side."""
+    encoded = [tokenizer(t)["input_ids"] for t in prompts]
+    gen = torch.Generator().manual_seed(seed)
+    p_len, t_len = max(map(len, encoded)) + pad_extra, max(lengths) + pad_extra
+    pid = torch.zeros(len(owners), p_len, dtype=torch.long)
+    pmask = torch.zeros(len(owners), p_len, dtype=torch.bool)
+    cid = torch.zeros(len(owners), t_len, dtype=torch.long)
+    cmask = torch.zeros(len(owners), t_len, dtype=torch.bool)
+    for i, (o, n) in enumerate(zip(owners, lengths)):
+        p = encoded[o]
+        pid[i, p_len - len(p):], pmask[i, p_len - len(p):] = torch.tensor(p), True
+        cid[i, :n] = torch.randint(4, len(tokenizer), (n,), generator=gen)
+        cmask[i, :n] = True
+    return pid, pmask, cid, cmask

@@ -11,27 +11,13 @@ import torch
 from grpokit.lean import LEAN_MLP_CLASSES, use_lean_mlp
 from grpokit.logprobs import completion_logprobs
 from grpokit.models import apply_lora, keep_cache_under_checkpointing
-from grpokit.testing import tiny_llama
-
+from grpokit.testing import tiny_llama, uneven_batch
 
 
 def _batch(tok, pad_extra=0):
     """2 prompts of different lengths, 5 completions of uneven lengths (rows of one prompt not
-    adjacent); prompts left-padded, completions right-padded, `pad_extra` more padding."""
-    prompts = [tok(t)["input_ids"] for t in ("What is 1 + 2?", "Hi")]
-    owners, lengths = [0, 1, 0, 1, 0], [5, 1, 9, 3, 7]
-    gen = torch.Generator().manual_seed(3)
-    p_len, t_len = max(map(len, prompts)) + pad_extra, max(lengths) + pad_extra
-    pid = torch.zeros(len(owners), p_len, dtype=torch.long)
-    pmask = torch.zeros(len(owners), p_len, dtype=torch.bool)
-    cid = torch.zeros(len(owners), t_len, dtype=torch.long)
-    cmask = torch.zeros(len(owners), t_len, dtype=torch.bool)
-    for i, (o, n) in enumerate(zip(owners, lengths)):
-        p = prompts[o]
-        pid[i, p_len - len(p):], pmask[i, p_len - len(p):] = torch.tensor(p), True
-        cid[i, :n] = torch.randint(4, len(tok), (n,), generator=gen)
-        cmask[i, :n] = True
-    return pid, pmask, cid, cmask
+    adjacent), `pad_extra` more padding."""
+    return uneven_batch(tok, ["What is 1 + 2?", "Hi"], [0, 1, 0, 1, 0], [5, 1, 9, 3, 7], pad_extra)
 
 
 def _grads(model, batch, bf16=False, share=True):

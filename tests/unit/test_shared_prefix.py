@@ -11,28 +11,15 @@ from grpokit.logprobs import (
     prefix_sharing_problem,
 )
 from grpokit.models import keep_cache_under_checkpointing
-from grpokit.testing import tiny_llama
+from grpokit.testing import tiny_llama, uneven_batch
 
 
 def _batch(tok, pad_extra=0):
     """3 prompts of different lengths, 7 completions (2, 3 and 2 of them), rows interleaved;
     prompts left-padded, completions right-padded, `pad_extra` more padding columns."""
-    prompts = [tok(t)["input_ids"] for t in ("What is 1 + 2?", "Hi", "Name a colour.")]
-    owners = [0, 1, 2, 0, 1, 2, 1]  # a prompt's rows are not adjacent
-    gen = torch.Generator().manual_seed(3)
-    lengths = [5, 1, 9, 3, 7, 2, 4]
-    p_len = max(map(len, prompts)) + pad_extra
-    t_len = max(lengths) + pad_extra
-    pid = torch.zeros(len(owners), p_len, dtype=torch.long)
-    pmask = torch.zeros(len(owners), p_len, dtype=torch.bool)
-    cid = torch.zeros(len(owners), t_len, dtype=torch.long)
-    cmask = torch.zeros(len(owners), t_len, dtype=torch.bool)
-    for i, (o, n) in enumerate(zip(owners, lengths)):
-        p = prompts[o]
-        pid[i, p_len - len(p):], pmask[i, p_len - len(p):] = torch.tensor(p), True
-        cid[i, :n] = torch.randint(4, len(tok), (n,), generator=gen)
-        cmask[i, :n] = True
-    return pid, pmask, cid, cmask
+    # a prompt's rows are not adjacent
+    return uneven_batch(tok, ["What is 1 + 2?", "Hi", "Name a colour."], [0, 1, 2, 0, 1, 2, 1],
+                        [5, 1, 9, 3, 7, 2, 4], pad_extra)
 
 
 def _run(model, batch, share):
