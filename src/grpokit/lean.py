@@ -43,10 +43,10 @@ class _SiluGateDown(torch.autograd.Function):
         with torch.autocast(grad_out.device.type, enabled=False):  # the forward's dtypes
             w = weight.to(ctx.dtype)
             activated = F.silu(gate)
-            product = (activated * up).to(ctx.dtype)  # down's input, recomputed
             grad_out = grad_out.to(ctx.dtype)
             grad_weight = None
             if ctx.needs_input_grad[2]:
+                product = (activated * up).to(ctx.dtype)  # down's input, recomputed
                 grad_weight = (grad_out.reshape(-1, grad_out.shape[-1]).T
                                @ product.reshape(-1, product.shape[-1])).to(weight.dtype)
             grad_product = (grad_out @ w).to(activated.dtype)  # (..., intermediate)

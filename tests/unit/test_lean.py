@@ -104,14 +104,29 @@ def test_without_gradient_and_with_lora_the_module_forward_runs():
     x = torch.randn(1, 3, plain.config.hidden_size)
     with torch.no_grad():
         assert torch.equal(mlp(x), plain.model.layers[0].mlp(x))
-    lora = apply_lora(lean, rank=2, alpha=4, dropout=0.0, target_modules=["down_proj"])
+    # As load_trainable does it: lean first, then LoRA on down_proj, whose wrapper sends the
+    # module back to its own forward. The same adapters (seeded) on both sides.
+    loras = []
+    for model in (plain, lean):
+        torch.manual_seed(11)
+        loras.append(apply_lora(model, rank=2, alpha=4, dropout=0.0,
+                                target_modules=["down_proj", "up_proj"]))
+    for adapted in loras:  # non-zero B, so the adapters change the log-probs
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.constant_(p, 0.05)
     batch = _batch(tok)
-    lp, grads = _grads(lora, batch)
-    assert torch.isfinite(lp).all() and any("lora" in n for n in grads)
+    lp0, g0 = _grads(loras[0], batch)
+    lp1, g1 = _grads(loras[1], batch)
+    assert torch.equal(lp1, lp0)
+    assert any("lora" in n for n in g0) and g0.keys() == g1.keys()
+    for name in g0:
+        assert torch.equal(g1[name], g0[name]), name
 
 
 def test_other_activations_are_left_alone():
     model, _ = tiny_llama(seed=1)
     model.config.hidden_act = "gelu"
-    assert use_lean_mlp(model) == 0
     assert "LlamaMLP" in LEAN_MLP_CLASSES
+    assert use_lean_mlp(model) == 0
+    assert all("forward" not in vars(m) for m in model.modules())  # no forward replaced

@@ -115,7 +115,7 @@ def _forward_chunks(hidden, weight_low, labels, temperature: float, with_entropy
         torch.logsumexp(logits, dim=-1, out=logsumexp[part])
         logprobs[part] = logits.gather(-1, labels[part].unsqueeze(-1)).squeeze(-1) - logsumexp[part]
         if with_entropy:
-            # In place: the logits are not needed again in this chunk.
+            # One (C, V) temporary: the probabilities, times the logits in place.
             probs_times_logits = logits.sub(logsumexp[part, None]).exp_().mul_(logits)
             entropy[part] = logsumexp[part] - probs_times_logits.sum(dim=-1)
     return logprobs, entropy, logsumexp
@@ -170,8 +170,6 @@ class _SelectiveLogprobs(torch.autograd.Function):
                     grad_weight.addmm_(grad.T, h)
                 else:  # bf16 products, summed in fp32
                     grad_weight.add_(grad.T @ h)
-        if ctx.needs_input_grad[1] and grad_weight is None:  # no rows
-            grad_weight = torch.zeros_like(weight)
         return grad_hidden, grad_weight, None, None, None, None
 
 
