@@ -64,3 +64,47 @@ def test_value_loss_by_hand():
     # Over 4 tokens of a step (micro-batches add up): half the value.
     assert value_loss(values, old, ret, mask, clip=None, num_tokens=4)[0].item() == \
         pytest.approx(0.125)
+
+
+def test_value_loss_at_the_clip_boundary_counts_no_clipping():
+    # Dyadic numbers, so every step below is exact in float32. V_old = 0.5, clip 0.25:
+    #   token 0: V = 0.75, V − V_old = +0.25 = +clip exactly: V_clip = 0.5 + 0.25 = 0.75 = V
+    #   token 1: V = 0.25, V − V_old = −0.25 = −clip exactly: V_clip = 0.25 = V
+    #   token 2: V = 0.625, inside the band:                  V_clip = V
+    # So (V_clip − G)² = (V − G)² on every token: the clipped term never wins (a tie is not a
+    # clip), value_clip_frac is 0 and the loss is the plain ½ (V − G)²: with G = 1,
+    # ½ (0.0625 + 0.5625 + 0.140625) / 3 = 0.765625 / 6 = 0.127604...
+    # A `>=` in place of `>` would count all three tied tokens as clipped (frac 1).
+    values = torch.tensor([[0.75, 0.25, 0.625]])
+    old, ret = torch.full((1, 3), 0.5), torch.ones(1, 3)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    loss, metrics = value_loss(values, old, ret, mask, clip=0.25, num_tokens=3)
+    assert metrics["value_clip_frac"] == 0.0
+    assert loss.item() == pytest.approx(0.765625 / 6)
+    # Just past the boundary, V − V_old = 0.25 + 2⁻⁶: V = 0.765625, V_clip = 0.75, and with G = 1
+    # (0.75 − 1)² = 0.0625 > (0.765625 − 1)² = 0.054931640625: the clipped term wins (frac 1).
+    beyond = torch.tensor([[0.765625]])
+    _, m = value_loss(beyond, torch.full((1, 1), 0.5), torch.ones(1, 1),
+                      torch.ones(1, 1, dtype=torch.bool), clip=0.25, num_tokens=1)
+    assert m["value_clip_frac"] == 1.0
+
+
+def test_empty_completion_gets_no_reward_and_no_advantage():
+    # A row with no completion token (length 0) has nowhere to put its reward: its row stays 0.
+    # (Were rows of length 0 selected too, lengths − 1 = −1 would drop the reward on the last
+    # column, a padding position.)
+    mask = torch.tensor([[True, False, False], [False, False, False]])
+    rewards = outcome_token_rewards(torch.tensor([1.0, 5.0]), mask)
+    assert rewards.tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    adv, ret = gae(rewards, torch.zeros(2, 3), mask, gamma=1.0, lam=1.0)
+    assert adv.tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]] and ret.tolist() == adv.tolist()
+
+
+def test_whiten_two_entries_is_plus_minus_one():
+    # Two entries are enough to whiten: 1 and 3 have mean 2 and population std 1, so −1 and +1
+    # (up to eps); one entry alone has no spread and gives 0.
+    mask = torch.tensor([[True, True, False]])
+    out = whiten(torch.tensor([[1.0, 3.0, 7.0]]), mask)
+    torch.testing.assert_close(out, torch.tensor([[-1.0, 1.0, 0.0]]))
+    assert whiten(torch.tensor([[4.0, 7.0]]), torch.tensor([[True, False]])).tolist() == \
+        [[0.0, 0.0]]
