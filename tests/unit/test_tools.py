@@ -64,6 +64,32 @@ def test_calculator_bounds_repeated_products():
         calculate("2 ** 4000 * 2 ** 4000")  # each power is within the bound, the product not
 
 
+@pytest.mark.parametrize("expression, value", [
+    ("1 ** 5000", "1"),  # a large exponent, a small result
+    ("(-1) ** 10 ** 6", "1"),
+    ("(-1) ** (10 ** 6 + 1)", "-1"),
+    ("0 ** 10 ** 100", "0"),
+    ("1 ** -(10 ** 100)", "1"),
+    ("(-1) ** 2 ** 4000", "1"),  # an exponent of 4001 bits on a unit base
+    ("2 ** 4095 // 2 ** 4094", "2"),  # 4096 bits: the largest allowed
+    ("(1/2) ** 4095 * 2 ** 4095", "1"),
+    ("3 ** 2584 % 10", "1"),  # 4095.6 bits
+])
+def test_calculator_bounds_a_power_by_its_result(expression, value):
+    assert calculate(expression) == value
+
+
+@pytest.mark.parametrize("expression", [
+    "2 ** 4096", "3 ** 2585", "(1/2) ** 4096", "2 ** -4096", "10 ** 10 ** 8", "7 ** 2 ** 4000",
+    "(-2) ** 10 ** 999",
+])
+def test_calculator_refuses_a_power_whose_result_is_too_large_at_once(expression):
+    start = time.monotonic()
+    with pytest.raises(ToolError, match=r"too large .*over 4096 bits"):
+        calculate(expression)
+    assert time.monotonic() - start < 0.1  # estimated, never computed
+
+
 def test_the_last_expression_of_python_code_is_printed():
     assert print_last_expression("x = 3\nx * 4") == \
         "x = 3\n_grpokit_value = x * 4\nif _grpokit_value is not None:\n    print(_grpokit_value)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import decimal
+import math
 import operator
 from fractions import Fraction
 
@@ -74,7 +75,8 @@ def python_tool(timeout: float | None, memory_mb: int, backend: str, output_char
 MAX_EXPRESSION_CHARS = 1000
 """Longest expression the calculator takes."""
 MAX_BITS = 4096
-"""Largest numerator or denominator of any intermediate value, in bits (about 1233 digits)."""
+"""Largest numerator or denominator of any intermediate value, in bits (about 1233 digits); a
+power is refused from its result's estimated size before it is computed."""
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
@@ -87,15 +89,31 @@ def _checked(value: Fraction) -> Fraction:
     return value
 
 
+def _power_bits(base: Fraction, exponent: int) -> float:
+    """The bit length of base ** exponent's larger part (numerator or denominator), estimated
+    from the base's logarithm before anything is computed; 0 for a base of 0, 1 or -1, whose
+    powers stay that small whatever the exponent."""
+    largest = max(abs(base.numerator), base.denominator)
+    if largest <= 1:
+        return 0.0
+    if abs(exponent).bit_length() > 64:  # beyond any float product worth computing
+        return math.inf
+    return abs(exponent) * math.log2(largest)
+
+
 def _power(base: Fraction, exponent: Fraction) -> Fraction:
     if exponent.denominator != 1:
         raise ToolError("only whole-number exponents are supported")
-    bits = max(abs(base.numerator).bit_length(), base.denominator.bit_length())
-    if bits * abs(exponent.numerator) > MAX_BITS:
-        raise ToolError(f"the power is too large (over {MAX_BITS} bits)")
     if base == 0 and exponent < 0:
         raise ToolError("division by zero")
-    return base ** int(exponent)
+    # Bounded by the result, not the operands: 1 ** 5000 is 1, while 10 ** 10 ** 8 is refused
+    # from its estimate, without spending seconds and megabytes on computing it. _checked then
+    # applies the exact bound to what is computed.
+    bits = _power_bits(base, exponent.numerator)
+    if bits > MAX_BITS:
+        size = "far" if math.isinf(bits) else f"about {bits:.0f} bits,"
+        raise ToolError(f"the power is too large ({size} over {MAX_BITS} bits)")
+    return base ** exponent.numerator
 
 
 def _evaluate(node: ast.AST) -> Fraction:
