@@ -202,3 +202,49 @@ def test_config_knobs_reach_the_loss_and_in_process_engines_are_allowed():
 def test_invalid_correction_knobs_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+
+
+# ---------------------------------------------------------------- ρ exactly at C
+
+
+def _at_boundary(level, log_ratios):
+    """(old, sampler, mask, C) with old − sampler = `log_ratios` on one row, and C the largest ρ
+    of the level as the code computes it (read back from the metrics, so ρ = C bit for bit
+    whatever the platform's exp rounds to)."""
+    old = torch.full((1, len(log_ratios)), -1.0)  # (1, T)
+    sampler = old - torch.tensor([log_ratios])  # (1, T)
+    mask = torch.ones_like(old, dtype=torch.bool)
+    _, metrics = rollout_correction_weights(old, sampler, mask, mode="none", level=level)
+    return old, sampler, mask, metrics["is_ratio_max"]
+
+
+@pytest.mark.parametrize("mode", ["tis", "mis"])
+def test_token_ratio_exactly_at_the_threshold_is_kept_whole(mode):
+    # ρ = 2, 1, 0.5 and C = the first ρ (= 2): min(2, C) = 2 for TIS, and ρ ≤ C keeps it for MIS,
+    # so w = ρ on every token and nothing counts as truncated or masked. A `>=` in place of `>`
+    # masks the first token under MIS (w = 0) and counts it under both (is_clipped_frac 1/3).
+    old, sampler, mask, c = _at_boundary("token", [math.log(2.0), 0.0, math.log(0.5)])
+    assert c == pytest.approx(2.0)
+    weights, metrics = rollout_correction_weights(old, sampler, mask, mode=mode, level="token",
+                                                  threshold=c)
+    assert weights[0].tolist() == pytest.approx([2.0, 1.0, 0.5])
+    assert weights[0, 0].item() == c  # exactly ρ: neither truncated nor masked
+    assert metrics["is_clipped_frac"] == 0.0
+    # C one float32 step below ρ: now the token is over the threshold.
+    below = torch.nextafter(torch.tensor(c), torch.tensor(0.0)).item()
+    weights, metrics = rollout_correction_weights(old, sampler, mask, mode=mode, level="token",
+                                                  threshold=below)
+    assert weights[0, 0].item() == (below if mode == "tis" else 0.0)
+    assert metrics["is_clipped_frac"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("mode", ["tis", "mis"])
+def test_sequence_ratio_exactly_at_the_threshold_is_kept_whole(mode):
+    # Σ_t (old − sampler) = log 4 + log 0.5 = log 2: ρ_seq = 2 on both tokens, and C = ρ_seq:
+    # every token keeps w = ρ_seq; `>=` would truncate (TIS: frac 1) or drop (MIS: w = 0) all.
+    old, sampler, mask, c = _at_boundary("sequence", [math.log(4.0), math.log(0.5)])
+    assert c == pytest.approx(2.0)
+    weights, metrics = rollout_correction_weights(old, sampler, mask, mode=mode,
+                                                  level="sequence", threshold=c)
+    assert weights[0].tolist() == [c, c]
+    assert metrics["is_clipped_frac"] == 0.0
