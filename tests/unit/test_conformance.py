@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from grpokit.conformance import VectorError, add_commands, load_case, run_case, run_paths
+from grpokit.conformance import (
+    RTOL, VectorError, add_commands, load_case, run_case, run_paths,
+)
 
 REPO = Path(__file__).parents[2]
 VECTORS = REPO / "tests" / "conformance" / "vectors"
@@ -226,6 +228,37 @@ def test_wrong_expected_number_fails_naming_the_field():
     assert not result.passed
     assert result.failed_field == "grad_logprobs"
     assert result.max_deviation == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_a_one_percent_error_on_a_kl_only_gradient_fails():
+    """DERIVATIONS.md section 9: the token MIS masks keeps only β·KL, a gradient of 2.66388e-5.
+    1% of it is 2.66e-7, far under the absolute 1e-5 of the file, so an absolute check alone
+    passes it; the relative bound allows ATOL + RTOL·|b| = 1e-7 + 2.7e-10 and fails it."""
+    case = json.loads((VECTORS / "rollout_mis_token.json").read_text())
+    grad = case["expected"]["grad_logprobs"]
+    assert grad[0][1] == pytest.approx(2.66388e-5, rel=1e-4)
+    assert run_case(case).passed
+    grad[0][1] *= 1.01
+    result = run_case(case)
+    assert not result.passed and result.failed_field == "grad_logprobs"
+    assert result.max_deviation == pytest.approx(2.66388e-7, rel=1e-3)
+    assert result.max_deviation < case["tolerance"]  # what the absolute rule let through
+
+
+def test_the_files_tolerance_stays_the_ceiling_for_large_numbers():
+    """rollout_tis_sequence's largest per-token loss, about 3.92, may be off by
+    ATOL + RTOL·3.92 = 3.93e-5 under the relative bound alone; the file's absolute 1e-5 still
+    caps it, so a shift of 1.5e-5 fails, and passes once the file allows 1e-4."""
+    case = json.loads((VECTORS / "rollout_tis_sequence.json").read_text())
+    rows = case["expected"]["per_token_loss"]
+    i, t = max(((i, t) for i, row in enumerate(rows) for t in range(len(row))),
+               key=lambda it: abs(rows[it[0]][it[1]]))
+    assert abs(rows[i][t]) * RTOL > 1.5e-5 > case["tolerance"]
+    rows[i][t] += 1.5e-5
+    result = run_case(case)
+    assert not result.passed and result.failed_field == "per_token_loss"
+    case["tolerance"] = 1e-4  # a looser file: now the relative bound (≥ 1.8e-5) decides
+    assert run_case(case).passed
 
 
 def _cli(argv):
