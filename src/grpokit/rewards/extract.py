@@ -25,7 +25,32 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"[{}]")
 _MARKER = re.compile(r"\b(?:final\s+)?answer[*_]*(?:\s+is\b[*_]*\s*:?|\s*[:=])", re.IGNORECASE)
 _HOPE = re.compile(r"\.?\s*I hope it is correct\.?$", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+# A number standing as a token: nothing glued to it that would make it part of a word, an index
+# or a longer number (a letter, digit or "_" on either side; "." or "/" before it; ".5", ",5" or
+# "/5" after it). "AZYUK2A", "x2", "x_2", "2x" and "3rd" hold none; "x=2", "2.", "$2$", "-3",
+# "1,000", "3/4" and "answer:2" hold one. The group is atomic so that a number refused whole
+# ("2.5x") is not taken in part ("2"), and no match starts at a thousands group of a longer
+# number: the scan stays linear (",111" repeated 8k times, then "1", is one failed attempt).
+_NUMBER = re.compile(
+    r"(?<![\w./])(?!(?<=\d,)\d{3}(?!\d))-?(?>\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)(?!\w|[.,/]\d)"
+)
+# Inline math in an answer sentence ("$n$", "\(x\)"); an escaped "\$" is a dollar sign.
+_MATH_SPAN = r"(?<!\\)\$\$.+?(?<!\\)\$\$|(?<!\\)\$[^$]+?(?<!\\)\$|\\\(.+?\\\)|\\\[.+?\\\]"
+# The values of an answer sentence, in order: its math spans and the numbers of its prose.
+_VALUE = re.compile(_MATH_SPAN + "|" + _NUMBER.pattern)
+_SPAN = re.compile(_MATH_SPAN)
+_COMMAND = re.compile(r"\\[A-Za-z]+")
+# A word of prose: two letters or more, between spaces or punctuation (not "2x", "x^2", "{cm}").
+_WORD = re.compile(r"(?<![^\s(\"'])[^\W\d_]{2,}(?=[\s,.;:!?)\"']|$)")
+_CONNECTORS = ("and", "or")
+# Words that make the last value of a sentence something other than its answer ("either 3 or 4",
+# "is 33, not 34").
+_HEDGES = ("or", "not")
+# What may stand between the last two values of a list ("3 and 4", "$3$, $4$").
+_LIST_GAP = re.compile(r"[\s,;&]*(?:and|or)?[\s,;&]*", re.IGNORECASE)
+# Signs of an expression around a number written without delimiters ("x^2 + 1").
+_OPERATOR_BEFORE = re.compile(r"[-+*/^=<>_{}\\]\s*$")
+_OPERATOR_AFTER = re.compile(r"[+*/^=<>_{}\\]")
 # Superscripts are exponents and subscripts indices: NFKC alone would turn "3²" into "32".
 _SUPER = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾ⁿⁱ", "0123456789+-=()ni")
 _SUB = str.maketrans("₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎", "0123456789+-=()")
@@ -93,7 +118,8 @@ def answer_tags(text: str, max_chars: int | None = None) -> list[str]:
 def answer_lines(text: str, max_chars: int | None = None) -> list[str]:
     """The text after the last answer marker ("Answer:", "Final answer:", "the answer is") of
     every line that has one, to the end of that line (or the next non-empty line when the marker
-    ends its line); a closing "I hope it is correct." is dropped."""
+    ends its line); a closing "I hope it is correct." is dropped, and an answer sentence gives
+    its final value (see sentence_value)."""
     lines = text.splitlines()
     found = []
     for i, line in enumerate(lines):
@@ -106,8 +132,40 @@ def answer_lines(text: str, max_chars: int | None = None) -> list[str]:
         if not rest:
             rest = next((lines[j].strip() for j in range(i + 1, len(lines)) if lines[j].strip()), "")
         rest = rest[: max_chars + 40] if max_chars is not None else rest
-        found.append(_HOPE.sub("", rest).strip())
+        rest = _HOPE.sub("", rest).strip()
+        # An answer over the cap stays as it is, to be refused as too long, not read in part.
+        found.append(rest if max_chars is not None and len(rest) > max_chars else sentence_value(rest))
     return [f for f in found if f]
+
+
+def sentence_value(answer: str) -> str:
+    """The final value of an answer written as a sentence ("The largest $n$ is 34." → 34): the
+    last number of its prose or its last math span, whichever comes later. Anything else is kept
+    whole: an answer that is mathematics rather than a sentence (`$x^2+1$`, `2x+3`, `x = 5`,
+    `5 apples`: fewer than two words outside its math), a hedge or a negation ("either 3 or 4",
+    "33, not 34"), a list ending the sentence ("3 and 4"), and a number that is part of an
+    expression ("is x^2 + 1")."""
+    values = list(_VALUE.finditer(answer))
+    if not values or not _is_prose(answer):
+        return answer
+    last = values[-1]
+    gap = answer[values[-2].end() if len(values) > 1 else 0 : last.start()]
+    if len(values) > 1 and _LIST_GAP.fullmatch(gap):
+        return answer
+    if _OPERATOR_AFTER.search(answer, last.end()):
+        return answer
+    if not last.group(0).startswith(("$", "\\")) and _OPERATOR_BEFORE.search(gap):
+        return answer
+    return last.group(0)
+
+
+def _is_prose(answer: str) -> bool:
+    """Two words or more outside the answer's math and LaTeX commands, "and"/"or" not counted,
+    and no "or" or "not" among them (a sentence that hedges or negates is not read as its last
+    value)."""
+    prose = _COMMAND.sub(" ", _SPAN.sub(" ", answer))
+    words = [w.casefold() for w in _WORD.findall(prose)]
+    return not set(_HEDGES) & set(words) and sum(w not in _CONNECTORS for w in words) >= 2
 
 
 def _find(text: str, strategy: str, max_chars: int | None) -> list[str]:
