@@ -154,10 +154,17 @@ def ppo_step(session: Session, groups: PromptGroups, state: PPOState
                                                              mask.to(device))
     batch = TrainingBatch(scored, advantages, mask.to(device), included.to(device))
     metrics = {**stats.metrics(), **rollout_metrics(batch, groups.names)}
-    metrics.update(update_policy(session, state, batch))
-    metrics.update(update_critic(session, state, batch, old_values, returns))
-    session.engine.sync_weights()
-    metrics.update(sync_metrics(session.engine))
+    if stats.no_signal:
+        # Dynamic sampling trains on informative groups only and found none: the batch is the
+        # tied first round, kept for its metrics. Neither model steps (docs/ppo.md, Dynamic
+        # sampling), as in GRPO's train_step.
+        metrics.update({"train/skipped": 1.0, "train/tokens": 0.0})
+    else:
+        metrics.update(update_policy(session, state, batch))
+        metrics.update(update_critic(session, state, batch, old_values, returns))
+        metrics["train/skipped"] = 0.0
+        session.engine.sync_weights()
+        metrics.update(sync_metrics(session.engine))
     metrics.update(perf_metrics(batch, metrics["train/tokens"], gen_time,
                                 time.perf_counter() - start))
     return batch, metrics
