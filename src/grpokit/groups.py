@@ -18,7 +18,7 @@ from grpokit.config import AlgoConfig, Config, ConfigError
 from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.data.sampler import PromptSampler
 from grpokit.rewards.base import Sample, StepRewards
-from grpokit.rewards.runner import RewardRunner
+from grpokit.rewards.runner import RewardError, RewardRunner
 from grpokit.rollout.base import Episodes, RolloutBatch, SamplingParams, sampling_seed
 from grpokit.sandbox import SandboxUnavailable
 from grpokit.session import Session
@@ -47,11 +47,25 @@ def step_rewards_of(result) -> list[StepRewards | None] | None:
     return next(iter(result.step_rewards.values()))
 
 
+def data_source(cfg: Config, task: str) -> str:
+    """The data the rows come from, as the config names it (for messages)."""
+    return f"data.path={cfg.data.path}" if cfg.data.path else f"task {task!r}"
+
+
+def scorable_count(scored: ScoredBatch) -> int:
+    """Completions with a reward: a combined reward, or process rewards."""
+    scorable = ~torch.isnan(scored.reward)  # (N,)
+    if scored.step_rewards is not None:
+        scorable |= torch.tensor([s is not None for s in scored.step_rewards], dtype=torch.bool)
+    return int(scorable.sum())
+
+
 class PromptGroups:
     """Turns prompt indices into scored groups: generate G completions each, score them.
 
     Every prompt is rendered and tokenized once, up front, so a prompt longer than
-    data.max_prompt_length is an error before training starts, naming the row.
+    data.max_prompt_length is an error before training starts, naming the row; so is a dataset
+    none of whose rows has a field a reward function reads.
     """
 
     def __init__(self, session: Session, rows: list[dict[str, Any]],
@@ -72,6 +86,9 @@ class PromptGroups:
                                                  timeout=r.timeout)
         except (ValueError, SandboxUnavailable) as exc:  # bad reward names or arguments, or no
             raise ConfigError(f"rewards: {exc}") from exc  # sandbox for the code reward here
+        if runner is None:  # the whole dataset: a held-out slice may lack what other rows have
+            self.runner.check_fields(session.task.train_rows + session.task.eval_rows,
+                                     data_source(cfg, session.task.name))
         self.weights = [s.weight for s in session.rewards]
         self.names = [s.name for s in session.rewards]
 
@@ -131,9 +148,13 @@ def sample_groups(source: PromptGroups, sampler: PromptSampler, step: int,
     draw = _Draw(source, cfg.train.seed, step, G)
     scored = draw.round(sampler.next_batch())
     if a.dynamic_sampling:
-        return _refill(draw, sampler, scored, cfg.rollout.prompts_per_step, a)
-    tied = int(is_tied(scored.reward, G, a.tie_rule, tuple(a.tie_interval)).sum())
-    return scored, GroupStats(len(scored.rollout.rows), tied, len(scored.rollout.rows)).over_ranks()
+        scored, stats = _refill(draw, sampler, scored, cfg.rollout.prompts_per_step, a)
+    else:
+        tied = int(is_tied(scored.reward, G, a.tie_rule, tuple(a.tie_interval)).sum())
+        stats = GroupStats(len(scored.rollout.rows), tied, len(scored.rollout.rows)).over_ranks()
+    if not cfg.reward_runner.allow_unscorable:
+        draw.check_scorable(source.names)
+    return scored, stats
 
 
 @dataclass
@@ -148,6 +169,10 @@ class _Draw:
     """Prompts drawn this step so far, over every rank."""
     span: tuple[int, int] = (0, 0)
     """This rank's share [start, stop) of the last round's prompts."""
+    completions: int = 0
+    """Completions this rank generated this step, refills included."""
+    scorable: int = 0
+    """Of those, the ones with a reward."""
 
     def round(self, indices: list[int]) -> ScoredBatch | None:
         """Generate and score this rank's share of `indices` (None when the share is empty: a
@@ -158,7 +183,25 @@ class _Draw:
         self.span = (start, stop)
         if start == stop:
             return None
-        return self.source.score(indices[start:stop], self.group_size, seeds)
+        scored = self.source.score(indices[start:stop], self.group_size, seeds)
+        self.completions += len(scored.reward)
+        self.scorable += scorable_count(scored)
+        return scored
+
+    def check_scorable(self, names: list[str]) -> None:
+        """Stop on a step none of whose completions (over every rank) could be scored: it has
+        no signal, and it usually means the data does not fit the reward functions."""
+        counts = dist.all_reduce_sum(torch.tensor([self.scorable, self.completions],
+                                                  dtype=torch.float64))
+        scorable, total = (int(x) for x in counts.tolist())
+        if scorable or not total:
+            return
+        raise RewardError(
+            f"step {self.step + 1}: none of its {total} completions could be scored: every reward "
+            f"function ({', '.join(names)}) gave None or failed on each of them. The warnings "
+            "above name the rows (a gold answer that does not parse, a field the function reads "
+            "missing). Set reward_runner.allow_unscorable=true to train through such steps"
+        )
 
     def global_tied(self, scored: ScoredBatch | None, a: AlgoConfig, total: int) -> list[bool]:
         """The tie decision of every prompt of the last round, in global order, on every rank."""

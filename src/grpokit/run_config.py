@@ -55,3 +55,8 @@ class RewardRunnerConfig:
     """Stop when more than this share of a batch's samples fail in one reward function."""
     timeout: float = REWARD_TIMEOUT_S
     """Deadline in seconds for one reward function on one batch."""
+    allow_unscorable: bool = False
+    """Train through a step in which every completion is unscorable (every reward function gave
+    None or failed on each): such a step has no learning signal. Off, it stops the run with an
+    error naming the step and the reward functions, since it usually means the data does not
+    fit the rewards (a gold that does not parse, a field under another name)."""

@@ -1,3 +1,4 @@
+import logging
 import math
 import threading
 import time
@@ -7,6 +8,7 @@ import torch
 
 from grpokit.rewards.base import RewardSpec, Sample, StepRewards
 from grpokit.rewards.item import ItemReward
+from grpokit.rewards.registry import per_item
 from grpokit.rewards.runner import RewardError, RewardRunner
 
 
@@ -118,3 +120,24 @@ def test_config_errors():
 def test_empty_batch():
     result = runner(Batch("a", [])).score([])
     assert result.rewards.shape == (0, 1)
+
+
+@per_item("test_runner_user_function")
+def user_function(sample):
+    """A user's function, run in this process (not isolated)."""
+    return 1.0
+
+
+def test_in_process_user_functions_are_named_once_at_start_with_the_isolate_remedy(caplog):
+    specs = [RewardSpec("test_runner_user_function"), RewardSpec("format")]
+    with caplog.at_level(logging.WARNING, logger="grpokit.rewards.runner"):
+        runner_ = RewardRunner(specs, timeout=2.0)
+        runner_.score(SAMPLES)
+        runner_.score(SAMPLES)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"'test_runner_user_function' ({__name__})" in warning and "'format'" not in warning
+    assert "timeout=2.0s" in warning and "isolate=True" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="grpokit.rewards.runner"):
+        RewardRunner([RewardSpec("format"), RewardSpec("overlong", 1.0, {"cache": 4})])
+    assert not caplog.records  # built-in functions bound their own work

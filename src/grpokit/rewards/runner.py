@@ -14,6 +14,12 @@ deadline. Each error gives None (NaN) and is counted per function; when a functi
 
 Process rewards: a function may return StepRewards for a sample. Its column of the (N, K) matrix
 then holds NaN for that sample, and the StepRewards are carried in `step_rewards[name][i]`.
+
+Unscorable data is named, never silent (docs/rewards.md, the runner): `check_fields` refuses rows
+none of which has a field a function reads; a function's row check (a gold answer that does not
+parse) gives a row's completions None without calling the function, with one warning per row;
+and the runner warns once, when it is built, about each user function that runs in this process,
+where no deadline can stop it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from grpokit.rewards.base import (
 )
 from grpokit.rewards.isolated import IsolatedReward
 from grpokit.rewards.item import describe_row
-from grpokit.rewards.registry import build, isolated_module
+from grpokit.rewards.registry import build, fields_of, home, isolated_module, row_check_of
 from grpokit.typed_tree import UserError
 
 logger = logging.getLogger(__name__)
@@ -75,6 +81,24 @@ class _Outcome:
     values: list[RewardValue] | None = None
     errors: dict[int, str] = field(default_factory=dict)
     seconds: list[float] | None = None
+    asked: int | None = None
+    """How many samples the function was given, when not the whole batch (rows it cannot score
+    were left out)."""
+
+
+def _spread(outcome: _Outcome, keep: list[int], n: int) -> _Outcome:
+    """The outcome of the samples `keep` of a batch of n, spread over the whole batch: None (and
+    no time) for the samples left out."""
+    values = outcome.values or []
+    if len(values) != len(keep):  # a wrong count is reported by `score`
+        return _Outcome(values, outcome.errors, outcome.seconds, asked=len(keep))
+    spread = _Outcome(values=[None] * n, seconds=None if outcome.seconds is None else [0.0] * n)
+    for j, i in enumerate(keep):
+        spread.values[i] = values[j]
+        if spread.seconds is not None:
+            spread.seconds[i] = outcome.seconds[j]
+    spread.errors = {keep[j]: message for j, message in outcome.errors.items()}
+    return spread
 
 
 def _failed(sample: Sample, i: int, what: str) -> str:
@@ -133,6 +157,21 @@ def _check_value(name: str, i: int, value: Any) -> float | StepRewards | RewardF
     return float(value)
 
 
+def user_module(spec: RewardSpec, fn: RewardFunction) -> str | None:
+    """The user's module a function comes from (registered or passed outside grpokit), else
+    None: a built-in, or an isolated function (its deadline always fires)."""
+    if isinstance(fn, IsolatedReward):
+        return None
+    module = home(spec.name) or getattr(fn, "__module__", None) or ""
+    return None if module.split(".")[0] == "grpokit" else module
+
+
+def columns_of(rows: list[dict[str, Any]], limit: int = 30) -> str:
+    """The columns the rows have, in the order they first appear (for messages)."""
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    return ", ".join(map(str, names[:limit])) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def build_function(spec: RewardSpec, timeout: float | None) -> RewardFunction:
     """The function of a config entry: in its own worker process when registered isolate=True."""
     module = isolated_module(spec.name)
@@ -170,19 +209,53 @@ class RewardRunner:
         self.functions = functions if functions is not None else [build_function(s, timeout) for s in specs]
         # In-process functions still running past an earlier deadline, by column.
         self._stuck: dict[int, threading.Thread] = {}
+        self._row_checks = [row_check_of(spec.name) for spec in specs]
+        self._warned_rows: set[tuple[str, str]] = set()
+        self._warn_in_process()
+
+    def _warn_in_process(self) -> None:
+        """Once, at start: the user functions that run in this process, where a call stuck while
+        holding the interpreter lock (C code, a regex) overruns any deadline (docs/rewards.md)."""
+        found = {s.name: m for s, fn in zip(self.specs, self.functions) if (m := user_module(s, fn))}
+        if not found:
+            return
+        where = ", ".join(f"{name!r} ({module})" for name, module in found.items())
+        script = any(module == "__main__" for module in found.values())
+        logger.warning(
+            "reward functions %s run in this process: reward_runner.timeout=%ss counts a late batch "
+            "as errors but cannot stop a call stuck while holding the interpreter lock (C code, a "
+            "long regex). To bound them, register them with isolate=True (@register(name, "
+            "isolate=True) or @per_item(name, isolate=True))%s: each then runs in a worker process "
+            "that is killed at the deadline (docs/rewards.md, Deadlines)",
+            where, self.timeout, ", from an importable module, not the script being run" if script else "",
+        )
+
+    def check_fields(self, rows: list[dict[str, Any]], source: str) -> None:
+        """Refuse rows none of which has a field a function reads (`source` names the data): every
+        completion would be unscorable, every step."""
+        for spec in self.specs:
+            fields = fields_of(spec)
+            if not fields or not rows or any(row.get(f) is not None for row in rows for f in fields):
+                continue
+            named = " or ".join(repr(f) for f in fields)
+            raise RewardError(
+                f"reward {spec.name!r} reads the row field {named}, but none of the {len(rows)} rows "
+                f"of {source} has it; the rows have the columns: {columns_of(rows)}. Rename the "
+                "column in the data, or configure reward functions that read the columns it has"
+            )
 
     def score(self, samples: list[Sample], timed: bool = False) -> RewardResult:
         """Score every sample with every function (see the module docstring). With `timed`, each
         function scores one sample at a time and the seconds of each are returned."""
-        outcomes = self._run_all(samples, timed)
+        outcomes = self._run_all(samples, timed, self._scorable(samples))
         n, k = len(samples), len(self.functions)
         rewards = torch.full((n, k), float("nan"), dtype=torch.float32)  # (N, K)
         error_mask = torch.zeros((n, k), dtype=torch.bool)  # (N, K)
         step_rewards: dict[str, list[StepRewards | None]] = {}
         for col, (name, outcome) in enumerate(zip(self.names, outcomes)):
-            values = outcome.values or []
-            if len(values) != n:
-                raise RewardError(f"reward {name!r} returned {len(values)} values for {n} samples")
+            values, asked = outcome.values or [], n if outcome.asked is None else outcome.asked
+            if len(values) != asked:
+                raise RewardError(f"reward {name!r} returned {len(values)} values for {asked} samples")
             for i, raw in enumerate(values):
                 value = _check_value(name, i, raw)
                 if isinstance(value, RewardFailure):
@@ -205,13 +278,46 @@ class RewardRunner:
             step_rewards=step_rewards or None, error_mask=error_mask, seconds=seconds,
         )
 
-    def _run_all(self, samples: list[Sample], timed: bool) -> list[_Outcome]:
+    def _scorable(self, samples: list[Sample]) -> list[list[int]]:
+        """Per function, the samples it scores: all but those whose row its row check refuses
+        (each such row is warned about once)."""
+        n, keep = len(samples), []
+        rows = list({id(s.row): s.row for s in samples}.values())  # a row's G samples share it
+        for name, fn, check in zip(self.names, self.functions, self._row_checks):
+            problems = {} if check is None or not rows else self._row_problems(name, fn, check, rows)
+            keep.append([i for i in range(n) if id(samples[i].row) not in problems])
+        return keep
+
+    def _row_problems(self, name: str, fn: RewardFunction, check, rows: list[dict[str, Any]]
+                      ) -> dict[int, str]:
+        """{id(row): problem} of the rows `fn` cannot score."""
+        try:
+            found = check(fn, rows)
+        except Exception as exc:  # noqa: BLE001 - a check that fails leaves the rows to the function
+            logger.warning("reward %s: checking the rows failed (%r); scoring them all", name, exc)
+            return {}
+        problems = {id(row): problem for row, problem in zip(rows, found) if problem}
+        for row in rows:
+            key = (name, describe_row(row))
+            if id(row) in problems and key not in self._warned_rows:
+                self._warned_rows.add(key)
+                logger.warning("reward %s: %s: %s; its completions score None", name,
+                               describe_row(row), problems[id(row)])
+        return problems
+
+    def _run_all(self, samples: list[Sample], timed: bool, keep: list[list[int]]) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(self.functions)
         start = time.monotonic()
         deadline = None if self.timeout is None else start + self.timeout
 
         def work(col: int) -> None:
-            outcomes[col] = _call_safely(self.functions[col], samples, deadline, timed)
+            if len(keep[col]) == len(samples):
+                outcomes[col] = _call_safely(self.functions[col], samples, deadline, timed)
+                return
+            batch = [samples[i] for i in keep[col]]
+            outcome = _call_safely(self.functions[col], batch, deadline, timed) if batch else \
+                _Outcome([], seconds=[] if timed else None)
+            outcomes[col] = _spread(outcome, keep[col], len(samples))
 
         threads: dict[int, threading.Thread] = {}
         for col in range(len(outcomes)):
