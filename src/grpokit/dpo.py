@@ -34,7 +34,7 @@ from grpokit.session import shared_prefix
 from grpokit.sft import (
     SFTExample, collate, encode_prompt, encode_target, load_split, task_rule,
 )
-from grpokit.sinks import make_sinks
+from grpokit.sinks import check_trackers, make_sinks
 from grpokit.training import (
     NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
     optimizer_step, resume_changes, save_run, seed_everything, write_config,
@@ -263,6 +263,7 @@ def run_dpo(cfg: Config, console: Any = None, resume: str | Path | None = None) 
     """DPO as the config says; writes checkpoints and `<output_dir>/final` (merged when LoRA).
     Returns held-out results before and after, the last loss and the paths."""
     out = Path(cfg.log.output_dir)
+    check_trackers(cfg)  # a missing tracker library stops the start, before anything is written
     saved = load_resume(resume, cfg, "dpo")
     with claimed(out, resume) as folder:
         run = _start(cfg, saved, console)

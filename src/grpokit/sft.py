@@ -32,7 +32,7 @@ from grpokit.data.base import Task, load_task
 from grpokit.data.datasets import load_rows, row_name, split_rows
 from grpokit.data.render import has_chat_template, render_prompt
 from grpokit.logprobs import completion_logprobs, length_sorted_chunks
-from grpokit.sinks import make_sinks
+from grpokit.sinks import check_trackers, make_sinks
 from grpokit.training import (
     NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
     optimizer_step, resume_changes, save_run, seed_everything, write_config,
@@ -298,6 +298,7 @@ def run_sft(cfg: Config, console: Any = None, resume: str | Path | None = None) 
     """Supervised fine-tuning as the config says; writes checkpoints and `<output_dir>/final`
     (merged when LoRA) for `grpokit train model.path=<output_dir>/final`. Returns the results."""
     out = Path(cfg.log.output_dir)
+    check_trackers(cfg)  # a missing tracker library stops the start, before anything is written
     saved = load_resume(resume, cfg, "sft")
     with claimed(out, resume) as folder:
         model, tokenizer, state, train_examples, evaluate = _start(cfg, saved, console)

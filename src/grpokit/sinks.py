@@ -105,6 +105,22 @@ def _tracker_library(name: str, extra: str) -> Any:
     except ImportError:
         raise UserError(f"log.report_to names {extra}, whose library {name} is not installed: "
                         f"pip install 'grpokit[{extra}]'") from None
+    except Exception as exc:  # a broken install (mismatched dependencies) fails on import
+        raise UserError(f"log.report_to names {extra}, whose library {name} fails to import "
+                        f"({type(exc).__name__}: {exc}); reinstall it: "
+                        f"pip install --force-reinstall 'grpokit[{extra}]'") from exc
+
+
+# The trackers of `log.report_to` that need a library of their own (TensorBoard comes with torch).
+_TRACKER_LIBRARIES = {"wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_trackers(cfg: Any) -> None:
+    """Import the library of each tracker `log.report_to` names: called before anything is
+    written to the run folder, so a missing one stops the start, not a run already under way."""
+    for name in dict.fromkeys(cfg.log.report_to):
+        if name in _TRACKER_LIBRARIES:
+            _tracker_library(_TRACKER_LIBRARIES[name], name)
 
 
 def _tracker_run(out: Path, tracker: str, start_step: int) -> str | None:

@@ -30,7 +30,7 @@ from grpokit.precision import autocast_paused
 from grpokit.report import write_report
 from grpokit.rollout.base import is_truncated, sampling_seed
 from grpokit.session import Session, build_session
-from grpokit.sinks import make_sinks
+from grpokit.sinks import check_trackers, make_sinks
 from grpokit.training import (
     NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
     optimizer_step, resume_changes, save_run, seed_everything, write_config,
@@ -261,6 +261,8 @@ def run(cfg: Config, kind: str, start, step, *, resume: str | Path | None = None
     after, `step(session, groups, state)` until `train.steps`, sinks and checkpoints;
     `start(cfg, saved, console)` gives the session, prompt groups, run state and held-out."""
     out = Path(cfg.log.output_dir)
+    if dist.is_main():  # the trackers run on rank 0; a missing library stops the start
+        check_trackers(cfg)
     saved = load_resume(resume, cfg, kind)
     with claimed(out, resume) as folder:
         dist.barrier()  # every rank has checked the folder before rank 0 writes into it

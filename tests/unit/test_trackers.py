@@ -73,6 +73,41 @@ def test_a_missing_library_names_the_extra_to_install(tracker, tmp_path, monkeyp
         make_sinks(_cfg(tmp_path, f"log.report_to=[{tracker}]"), tmp_path, None)
 
 
+@pytest.mark.parametrize("command", ["train", "sft", "dpo"])
+def test_a_missing_library_stops_the_start_before_anything_is_written(command, tiny_model_dir,
+                                                                     tmp_path, monkeypatch, capsys):
+    from grpokit.cli import main
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    out = tmp_path / "run"
+    code = main([command, f"model.path={tiny_model_dir}", f"log.output_dir={out}",
+                 "log.report_to=[tensorboard, wandb]", "train.steps=1", "eval.num_prompts=2",
+                 "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=24",
+                 "data.max_prompt_length=256", "rollout.engine=generate",
+                 "data.task_args={digits: 1, ops: '+', train_size: 4, eval_size: 2, style: short}"])
+    assert code == 2
+    assert "log.report_to names wandb" in capsys.readouterr().err
+    assert not out.exists()  # no config.yaml, run.json, metrics.jsonl or evaluation
+
+
+def test_a_library_that_fails_to_import_is_named(tmp_path, monkeypatch):
+    import importlib
+
+    from grpokit.sinks import check_trackers
+
+    real = importlib.import_module
+
+    def broken(name, *args):
+        if name == "mlflow":
+            raise AttributeError("module 'google.protobuf' has no attribute 'x'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(UserError, match=r"mlflow fails to import \(AttributeError: module "):
+        check_trackers(_cfg(tmp_path, "log.report_to=[mlflow]"))
+    check_trackers(_cfg(tmp_path, "log.report_to=[tensorboard]"))  # imports nothing
+
+
 def test_tensorboard_gets_the_samples_as_a_markdown_table(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
