@@ -13,6 +13,7 @@ from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.config import ConfigError, load_config
 from grpokit.data.arithmetic import arithmetic_task, wrong_answer
 from grpokit.data.preference import split_pair
+from grpokit import dpo
 from grpokit.dpo import (
     Policy, PreferencePair, encode_pair, load_pairs, pair_batch, pair_logps, run_dpo, train_step,
 )
@@ -232,3 +233,58 @@ def test_resume_two_plus_two_equals_four_steps(tiny_model_dir, tmp_path, referen
     strip = lambda lines: [{k: v for k, v in json.loads(x).items()
                             if not k.startswith("perf/") and k != "time"} for x in lines]
     assert strip(m1) == strip(m2)
+
+
+@pytest.mark.parametrize("reference, lora", [("copy", False), ("adapter_off", True),
+                                             ("precomputed", False)])
+def test_reference_stays_frozen_while_the_policy_moves(tiny_model_dir, tmp_path, reference, lora):
+    """The run's own policy and reference (dpo._start, as `grpokit dpo` builds them), three
+    optimizer steps at lr 1e-3. At the start the reference is the start model, so its summed
+    log-probs of four fixed pairs equal the policy's; after the steps the reference's are the
+    same bits as before (and the weights it reads: the copy's, LoRA's base), while the policy's
+    have moved."""
+    overrides = [f"model.path={tiny_model_dir}", *DPO, "eval.before_and_after=false",
+                 f"dpo.reference={reference}", f"log.output_dir={tmp_path}"]
+    if lora:
+        overrides += ["model.lora.enabled=true", "model.lora.rank=4"]
+    cfg = load_config(overrides=overrides)
+    run = dpo._start(cfg, None, None)
+    policy, pad, chunk = run.policy, run.tokenizer.pad_token_id, cfg.train.logprob_chunk_size
+    if reference == "precomputed":
+        dpo.precompute_reference(policy, {"train": run.train_pairs, "eval": run.eval_pairs}, cfg,
+                                 pad, tmp_path, False, run.autocast)
+        cache = (tmp_path / dpo.REF_CACHE).read_bytes()
+    probe = run.train_pairs[:4]
+    batch = pair_batch(probe, pad)
+
+    def logps():  # under the run's autocast, as the loss pass and the precomputation run
+        with torch.no_grad(), run.autocast():
+            return torch.stack(policy.ref_logps(probe, batch, chunk)), \
+                torch.stack(pair_logps(policy.scorer, batch, chunk))  # (2, 4) each
+
+    frozen = {name: w.detach().clone() for name, w in _reference_weights(policy).items()}
+    ref_before, policy_before = logps()
+    torch.testing.assert_close(ref_before, policy_before, rtol=1e-5, atol=1e-5)
+    for _ in range(3):
+        pairs = [run.train_pairs[i] for i in run.state.sampler.next_batch()]
+        train_step(policy, pairs, run.state, cfg, pad, run.autocast)
+        run.state.step += 1
+    ref_after, policy_after = logps()
+    assert torch.equal(ref_after, ref_before)
+    assert (policy_after - policy_before).abs().max() > 1e-3
+    assert all(torch.equal(w, frozen[name]) for name, w in _reference_weights(policy).items())
+    if reference == "precomputed":
+        assert (tmp_path / dpo.REF_CACHE).read_bytes() == cache
+
+
+def _reference_weights(policy: Policy) -> dict[str, torch.Tensor]:
+    """The weights the reference reads: the copy's, LoRA's base (everything but the adapter),
+    none for precomputed log-probs (their cache file is compared instead)."""
+    if policy.reference == "copy":
+        assert not any(w.requires_grad for w in policy.ref_scorer.parameters())
+        return dict(policy.ref_scorer.named_parameters())
+    if policy.reference == "adapter_off":
+        base = {n: w for n, w in policy.model.named_parameters() if "lora_" not in n}
+        assert base and not any(w.requires_grad for w in base.values())
+        return base
+    return {}
