@@ -141,3 +141,20 @@ def test_in_process_user_functions_are_named_once_at_start_with_the_isolate_reme
     with caplog.at_level(logging.WARNING, logger="grpokit.rewards.runner"):
         RewardRunner([RewardSpec("format"), RewardSpec("overlong", 1.0, {"cache": 4})])
     assert not caplog.records  # built-in functions bound their own work
+
+
+def test_an_isolated_function_whose_module_fails_to_import_stops_before_anything_is_written(
+        tiny_model_dir, tmp_path, capsys):
+    from grpokit.cli import main
+    from grpokit.rewards.registry import register
+
+    register("test_runner_unimportable", isolate=True, module="grpokit_test_no_such_module")(
+        lambda **args: None)
+    out = tmp_path / "run"
+    assert main(["train", f"model.path={tiny_model_dir}", f"log.output_dir={out}",
+                 "rewards=[{name: test_runner_unimportable}]", "train.steps=1",
+                 "eval.num_prompts=0", "log.report_to=[]"]) == 2
+    err = capsys.readouterr().err
+    assert "'test_runner_unimportable' (isolated)" in err
+    assert "importing grpokit_test_no_such_module exited while importing them" in err
+    assert not out.exists()

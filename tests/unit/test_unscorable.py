@@ -102,3 +102,24 @@ def test_a_step_with_no_scorable_completion_is_an_error_unless_allowed(tiny_mode
                  "reward_runner.allow_unscorable=true"]) == 0
     (line,) = (allowed / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line)["reward/unscorable_frac"] == 1.0
+
+
+def test_errors_of_the_rows_left_to_a_function_name_the_sample_in_the_whole_batch():
+    from grpokit.rewards.item import ItemReward
+    from grpokit.rewards.registry import row_check
+
+    def fails_on_b(sample):
+        if sample.row["id"] == "b":
+            raise KeyError("boom")
+        return 1.0
+
+    row_check("test_unscorable_checked")(
+        lambda fn, rows: ["refused" if row["id"] == "a" else None for row in rows])
+    runner = RewardRunner([RewardSpec("test_unscorable_checked")], max_error_rate=1.0,
+                          functions=[ItemReward("test_unscorable_checked", fails_on_b)])
+    rows = {k: {"id": k} for k in "abc"}
+    result = runner.score([Sample("x", rows[k]) for k in "aabbcc"])
+    values = result.rewards[:, 0].tolist()
+    assert [math.isnan(v) for v in values] == [True, True, True, True, False, False]
+    assert result.error_mask[:, 0].tolist() == [False, False, True, True, False, False]
+    assert result.error_examples["test_unscorable_checked"][0].startswith("sample 2 (row id='b')")

@@ -97,7 +97,9 @@ def _spread(outcome: _Outcome, keep: list[int], n: int) -> _Outcome:
         spread.values[i] = values[j]
         if spread.seconds is not None:
             spread.seconds[i] = outcome.seconds[j]
-    spread.errors = {keep[j]: message for j, message in outcome.errors.items()}
+    # The messages name the sample by its index in the whole batch, as everywhere else.
+    spread.errors = {keep[j]: message.replace(f"sample {j} ", f"sample {keep[j]} ", 1)
+                     for j, message in outcome.errors.items()}
     return spread
 
 

@@ -87,18 +87,20 @@ class _Worker:
         if self.ready:
             return True
         limit = self.started + _STARTUP_TIMEOUT - time.monotonic()
+        why = f"did not start within {_STARTUP_TIMEOUT:.0f}s"
         try:
             if not self.conn.poll(max(min(timeout, limit), 0.0)):
                 if limit > timeout:
                     return False
                 raise EOFError("start-up limit")
+            # An answer that is not "ready" is the worker going away: its import failed.
+            why = "exited while importing them (its error is printed above)"
             self.ready = self.conn.recv() == "ready"
         except (EOFError, OSError):
             self.ready = False
         if not self.ready:
             self.kill()
-            raise RuntimeError(f"reward worker importing {', '.join(self.preload) or 'nothing'} did not "
-                               f"start within {_STARTUP_TIMEOUT:.0f}s (exit code {self.process.returncode})")
+            raise RuntimeError(f"reward worker importing {', '.join(self.preload) or 'nothing'} {why}")
         return True
 
     def alive(self) -> bool:
