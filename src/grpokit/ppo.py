@@ -29,6 +29,7 @@ from grpokit.config import Config, ConfigError
 from grpokit.groups import PromptGroups, sample_groups
 from grpokit.logprobs import position_ids, trim
 from grpokit.metrics import rollout_metrics
+from grpokit.precision import autocast_paused
 from grpokit.session import Session, build_session
 from grpokit.trainer import (
     batch_device, loss_mask_of, perf_metrics, run, sync_metrics, total_updates, update_policy,
@@ -67,7 +68,8 @@ class Critic(torch.nn.Module):
             hidden = decoder(input_ids=torch.cat([p_ids, c_ids], dim=1), attention_mask=attention,
                              position_ids=position_ids(attention), use_cache=False
                              ).last_hidden_state[:, p - 1: p - 1 + t]  # (n, T, H)
-        values = self.head(hidden.float()).squeeze(-1).float()  # (n, T)
+        with autocast_paused(hidden.device):  # bf16 autocast would round every value to 8 bits
+            values = self.head(hidden.float()).squeeze(-1)  # (n, T) fp32
         values = torch.where(c_mask.bool(), values, 0.0)
         return torch.nn.functional.pad(values, (0, t_full - t))  # (n, T_full)
 

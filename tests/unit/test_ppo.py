@@ -110,6 +110,21 @@ def test_critic_values_come_from_the_state_before_each_completion_token(value_mo
         assert critic(*batch).tolist() == [[2.0, 3.0, 4.0, 0.0], [1.0, 0.0, 0.0, 0.0]]
 
 
+def test_the_value_head_runs_in_fp32_under_bf16_autocast():
+    # The runs wrap the critic in bf16 autocast (session.autocast). The head is fp32 on purpose:
+    # with the hidden state 13 (row 0's last prompt token) and a weight fl32(1/3) = 0.33333334,
+    # fp32 gives 13 · 0.33333334 = 4.3333335, while a bf16 head rounds the weight to 0.333984375
+    # and its output to 8 significant bits: 4.34375, off by 0.01, a resolution of 2⁻⁸ near 1 that
+    # the value targets (returns in [0, 1]) cannot be learned below.
+    critic = Critic(_StubPolicy(), "head")
+    with torch.no_grad():
+        critic.head.weight.copy_(torch.tensor([[1 / 3, 0.0]]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            values = critic(PROMPT_IDS, PROMPT_MASK, COMPLETION_IDS, COMPLETION_MASK)
+    assert values.dtype == torch.float32
+    assert values[0, 0].item() == (torch.tensor(13.0) * torch.tensor(1 / 3)).item()
+
+
 # ---------------------------------------------------------------- returns before whitening
 
 
