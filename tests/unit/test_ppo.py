@@ -182,9 +182,9 @@ def test_an_all_tied_dynamic_sampling_step_skips_both_updates(tiny_model_dir, tm
     # Every completion scores 1.0: every group ties in every round, so dynamic sampling keeps
     # nothing and flags no_signal. The step logs train/skipped = 1 and leaves the policy, the
     # critic and both AdamW states untouched (docs/ppo.md says why PPO honours the flag).
-    cfg = load_config(overrides=[f"model.path={tiny_model_dir}", *PPO, "rewards=[{name: ppo_const}]",
-                                 "algo.dynamic_sampling=true", "algo.max_refill_rounds=1",
-                                 f"log.output_dir={tmp_path}"])
+    cfg = load_config(overrides=[f"model.path={tiny_model_dir}", *PPO,
+                                 "rewards=[{name: ppo_const}]", "algo.dynamic_sampling=true",
+                                 "algo.max_refill_rounds=1", f"log.output_dir={tmp_path}"])
     session, groups, state, _ = ppo._start(cfg, None, None)
     policy = [p.detach().clone() for p in session.model.parameters()]
     critic = [p.detach().clone() for p in state.critic.parameters()]
