@@ -25,7 +25,7 @@ from grpokit.evaluation import evaluate, print_eval, write_eval_jsonl
 from grpokit.groups import PromptGroups, check_world, sample_groups
 from grpokit.logprobs import batched_logprobs, padded_chunks, plan_micro_batches, shares_prefix
 from grpokit.metrics import reduce_metrics, rollout_metrics, write_samples
-from grpokit.models import disabled_adapter
+from grpokit.models import disabled_adapter, memory_named
 from grpokit.precision import autocast_paused
 from grpokit.report import write_report
 from grpokit.rollout.base import is_truncated, sampling_seed
@@ -134,8 +134,9 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
     batch, old = _old_logprobs(session, batch)
     ref = _reference_logprobs(session, batch)
     r, parts, optim = batch.rollout, [], []
+    rows = 0 if batch.scored.ghost else len(r.completion_ids)  # a stand-in holds no row of the step
     for epoch in range(t.epochs_per_batch):
-        for mb in _minibatches(len(r.completion_ids), t.minibatches, (t.seed, state.step, epoch)):
+        for mb in _minibatches(rows, t.minibatches, (t.seed, state.step, epoch)):
             counts = _global_counts(batch, mb)
             chunks = padded_chunks(plan_micro_batches(
                 r.prompt_ids, r.prompt_mask, r.completion_mask, mb, max_seqs=t.micro_batch_size,
@@ -147,7 +148,8 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
                 for k, chunk in enumerate(chunks):
                     padding = bool(chunk[0] < 0)
                     idx = torch.tensor([0]) if padding else chunk
-                    with session.layout.accumulating(last=k == len(chunks) - 1):
+                    with session.layout.accumulating(last=k == len(chunks) - 1), \
+                            memory_named(state.step + 1, k, len(chunks), r, idx):
                         part = _micro_step(session, batch, idx, old, ref, knobs, counts, padding)
                     parts += [part] if part else []
             optim.append(optimizer_step(session.model, state.optimizer, state.scheduler,
@@ -198,14 +200,18 @@ def _reference_logprobs(session: Session, batch: TrainingBatch) -> torch.Tensor 
 
 
 def _minibatches(n: int, count: int, keys: tuple[int, ...]) -> list[torch.Tensor]:
-    """This rank's rows of each minibatch. The split is of the whole step's batch, from a seed
-    of (seed, step, epoch), so it is the same whatever the number of ranks."""
+    """This rank's rows of each of the step's `count` minibatches. The split is of the whole
+    step's batch (every rank's rows in rank order, the ranks' shares may differ), from a seed of
+    (seed, step, epoch), into exactly `count` parts whose sizes differ by at most one row; so it
+    is the same whatever the number of ranks, and every rank runs `count` optimizer steps."""
     if count == 1:
         return [torch.arange(n)]
-    start, stop = dist.share(n * dist.world_size())
+    sizes = [int(s) for s in dist.all_gather_tensor(torch.tensor([n]))]
+    start = sum(sizes[: dist.rank()])
     generator = torch.Generator().manual_seed(sampling_seed(*keys, "minibatches"))
-    order = torch.randperm(n * dist.world_size(), generator=generator)
-    return [part[(part >= start) & (part < stop)] - start for part in order.chunk(count)]
+    order = torch.randperm(sum(sizes), generator=generator)
+    return [part[(part >= start) & (part < start + n)] - start
+            for part in order.tensor_split(count)]
 
 
 def _global_counts(batch: TrainingBatch, idx: torch.Tensor) -> tuple[int, int]:

@@ -58,14 +58,16 @@ def _scored_batch(cfg, groups: list[int]) -> TrainingBatch:
     return TrainingBatch(part, trainer.advantages_of(part, cfg), mask, included)
 
 
-def _one_update(model_dir, groups: list[int], parallel: str = "ddp") -> dict[str, torch.Tensor]:
-    """One update_policy on `groups` with SGD(lr=LR); returns the updated parameters."""
+def _one_update(model_dir, groups: list[int], parallel: str = "ddp", *extra: str
+                ) -> dict[str, torch.Tensor]:
+    """One update_policy on `groups` with SGD(lr=LR); returns the updated parameters, the
+    step's token count and how many optimizer steps it ran."""
     from grpokit import models
     from grpokit.data.sampler import PromptSampler
     from grpokit.session import Session
     from grpokit.training import RunState
 
-    cfg = _config(model_dir, f"train.parallel={parallel}")
+    cfg = _config(model_dir, f"train.parallel={parallel}", *extra)
     torch.manual_seed(0)
     model = models.load_policy(model_dir, dtype="float32")
     reference = models.load_reference(model_dir, dtype="float32")
@@ -76,19 +78,23 @@ def _one_update(model_dir, groups: list[int], parallel: str = "ddp") -> dict[str
     metrics = trainer.update_policy(session, state, _scored_batch(cfg, groups))
     params = {k: v.detach().clone() for k, v in full_state_dict(model).items()}
     params["__tokens"] = torch.tensor(metrics["train/tokens"])
+    params["__optimizer_steps"] = torch.tensor(scheduler.last_epoch)
     return params
 
 
-def _worker(rank: int, world: int, port: int, model_dir, out_dir, parallel: str) -> None:
+def _worker(rank: int, world: int, port: int, model_dir, out_dir, parallel: str,
+            groups: int = B, *extra: str) -> None:
     import torch.distributed as tdist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        start, stop = dist.share(B)  # this rank's contiguous groups, as sample_groups takes them
+        # This rank's contiguous groups, as sample_groups (and dynamic sampling's rebalance)
+        # takes them: with an odd count the shares differ by one group.
+        start, stop = dist.share(groups)
         share = list(range(start, stop))
-        torch.save(_one_update(model_dir, share, parallel), f"{out_dir}/rank{rank}.pt")
+        torch.save(_one_update(model_dir, share, parallel, *extra), f"{out_dir}/rank{rank}.pt")
     finally:
         tdist.destroy_process_group()
 
@@ -109,13 +115,43 @@ def test_two_ranks_update_equals_the_single_process_update(tiny_model_dir, tmp_p
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     before = {k: v for k, v in _fresh_params(tiny_model_dir).items()}
     for key, value in single.items():
-        if key == "__tokens" or key == "lm_head.weight":  # tied to the embedding
+        if key.startswith("__") or key == "lm_head.weight":  # counts; tied to the embedding
             continue
         assert not torch.equal(value, before[key]) or key.endswith("norm.weight"), key
         for r in ranks:  # every rank applied the same summed gradient
             torch.testing.assert_close(r[key], value, rtol=0, atol=1e-6, msg=key)
     assert ranks[0]["__tokens"] == ranks[1]["__tokens"] == single["__tokens"] == sum(
         k for i, k in enumerate(COMPLETION_LENGTHS) if i // G != 1)
+
+
+@pytest.mark.parametrize("minibatches", [2, 4, 8])
+def test_uneven_rank_shares_split_minibatches_as_one_process(tiny_model_dir, tmp_path,
+                                                               minibatches):
+    """3 kept groups over 2 ranks (1 and 2 groups, 2 and 4 rows): the two ranks' minibatches
+    are exactly the one process's, so the weights agree and every rank runs exactly
+    `minibatches` optimizer steps. 6 rows into 4 parts is 2+2+1+1 (not 3 parts of 2); into 8
+    parts, two are empty everywhere (the schedule still steps, the weights do not move)."""
+    import torch.multiprocessing as mp
+
+    extra = [f"train.minibatches={minibatches}", "algo.beta=0"]  # SGD at lr 0.1: k3 would overflow
+    single = _one_update(tiny_model_dir, [0, 1, 2], "ddp", *extra)
+    mp.spawn(_worker, args=(2, _free_port(), tiny_model_dir, str(tmp_path), "ddp", 3, *extra),
+             nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert int(single["__optimizer_steps"]) == minibatches
+    for r in ranks:
+        assert int(r["__optimizer_steps"]) == minibatches
+        for key, value in single.items():
+            if key != "lm_head.weight":  # tied to the embedding
+                torch.testing.assert_close(r[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_minibatches_are_exactly_count_parts_of_the_whole_batch():
+    """One process, 6 rows into 4 minibatches: exactly 4 parts (2, 2, 1, 1 rows), together
+    every row once."""
+    parts = trainer._minibatches(6, 4, (0, 0, 0))
+    assert [len(p) for p in parts] == [2, 2, 1, 1]
+    assert sorted(torch.cat(parts).tolist()) == list(range(6))
 
 
 def _fresh_params(model_dir) -> dict[str, torch.Tensor]:
