@@ -236,7 +236,8 @@ def _micro_step(session, batch, idx, old, ref, knobs, counts, padding=False
     loss, metrics = policy_loss(logprobs, old_lp, batch.advantages[idx], batch.loss_mask[idx],
                                 knobs, ref_logprobs=None if ref is None else ref[idx],
                                 entropy=entropy, sampler_logprobs=sampler,
-                                num_sequences=counts[0], num_tokens=counts[1])
+                                num_sequences=counts[0], num_tokens=counts[1],
+                                sequence_mask=r.generated_mask[idx])
     if not torch.isfinite(loss):
         raise NonFiniteError(f"non-finite loss {loss.item()} in a micro-batch of sequences "
                              f"{idx.tolist()[:8]}...")

@@ -218,3 +218,45 @@ def test_on_policy_ratio_is_one_and_gradient_is_minus_advantage():
     loss.backward()
     assert loss.item() == pytest.approx(-0.5)
     assert logp.grad[0].tolist() == pytest.approx([-0.25, -0.25])
+
+
+def test_sequence_ratio_runs_over_the_sampled_tokens_not_a_narrowed_loss_mask():
+    """GSPO under top-entropy selection: the loss mask keeps token 0 of 2, the completion has 2
+    sampled tokens. logp − old = [2 ln 1.5, 0], so the completion's ratio is
+    exp((2 ln 1.5 + 0) / 2) = 1.5 on every token; over the narrowed mask it would be
+    exp(2 ln 1.5) = 2.25. The gradient flows to both tokens: d s / d logp_t = s / 2 = 0.75."""
+    old = torch.zeros(1, 2)
+    logp = torch.tensor([[2 * math.log(1.5), 0.0]], requires_grad=True)
+    loss_mask = torch.tensor([[True, False]])
+    sampled = torch.tensor([[True, True]])
+    ratio = importance_ratio(logp, old, loss_mask, level="sequence", sequence_mask=sampled)
+    assert ratio.detach()[0].tolist() == pytest.approx([1.5, 1.5], abs=1e-6)
+    assert importance_ratio(logp, old, loss_mask, level="sequence")[0, 0].item() == \
+        pytest.approx(2.25)  # the default: the ratio over the given mask itself
+    # Loss −ρA at the kept token with A = 1 (inside the clip: ε = 10), token_mean over 1 token.
+    knobs = LossKnobs(ratio="sequence", clip_low=0.9, clip_high=10.0, aggregation="token_mean")
+    loss, metrics = policy_loss(logp, old, torch.tensor([1.0]), loss_mask, knobs,
+                                sequence_mask=sampled)
+    assert loss.item() == pytest.approx(-1.5)
+    assert metrics["ratio_mean"] == pytest.approx(1.5)
+    loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-0.75, -0.75], abs=1e-6)
+
+
+def test_sequence_tis_weight_runs_over_the_sampled_tokens():
+    """The issue's counter-example: old − sampler = [ln 3, ln 0.5] over 2 sampled tokens, the
+    loss mask narrowed to token 1. The completion's ratio is 3 · 0.5 = 1.5 (TIS at C = 2 keeps
+    it); summed over the narrowed mask alone it would be 0.5."""
+    from grpokit.algo.correction import rollout_correction_weights
+
+    old = torch.tensor([[math.log(3.0), math.log(0.5)]])
+    sampler = torch.zeros(1, 2)
+    loss_mask = torch.tensor([[False, True]])
+    sampled = torch.tensor([[True, True]])
+    weights, metrics = rollout_correction_weights(old, sampler, loss_mask, "tis", "sequence", 2.0,
+                                                  sequence_mask=sampled)
+    assert weights[0].tolist() == pytest.approx([1.5, 1.5])
+    assert metrics["is_ratio_mean"] == pytest.approx(1.5)  # over the loss token
+    assert metrics["mismatch_kl"] == pytest.approx(-math.log(0.5))  # −d at the loss token
+    narrowed, _ = rollout_correction_weights(old, sampler, loss_mask, "tis", "sequence", 2.0)
+    assert narrowed[0, 1].item() == pytest.approx(0.5)

@@ -124,3 +124,29 @@ def test_non_finite_loss_stops_the_step_before_any_update(tiny_model_dir, tmp_pa
     with pytest.raises(NonFiniteError, match="non-finite loss"):
         trainer.train_step(session, rollouts, state)
     assert all(torch.equal(a, b) for a, b in zip(before, session.model.parameters()))
+
+
+def test_sequence_ratios_see_every_sampled_token_under_top_entropy_selection(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """GSPO with top-entropy selection: the loss gets the narrowed loss mask, and the
+    sequence-level ratio the sampled tokens (generated_mask) of the very same rows."""
+    from grpokit import trainer
+
+    seen = []
+
+    def spy(logprobs, old, advantages, mask, knobs, **kwargs):
+        seen.append((mask.clone(), kwargs["sequence_mask"].clone()))
+        return policy_loss(logprobs, old, advantages, mask, knobs, **kwargs)
+
+    from grpokit.algo.losses import policy_loss
+    monkeypatch.setattr(trainer, "policy_loss", spy)
+    cfg = load_config(overrides=_overrides(
+        tiny_model_dir, tmp_path / "run", "train.steps=1", "eval.before_and_after=false",
+        "algo.preset=gspo", "algo.top_entropy_fraction=0.5", "log.report_to=[]"))
+    trainer.train(cfg)
+    assert seen
+    narrowed = 0
+    for mask, sampled in seen:
+        assert not (mask & ~sampled).any()  # the loss tokens are sampled tokens
+        narrowed += int((sampled & ~mask).sum())
+    assert narrowed > 0  # selection left sampled tokens out of the loss, not out of the ratio

@@ -9,7 +9,8 @@ and corrects for it:
 - MIS, masked importance sampling (Liu et al. 2025, "When speed kills stability"): w = ρ where
   ρ ≤ C, else 0: the token (or the whole sequence) leaves the policy gradient.
 
-ρ is per token, exp(old − sampler), or per sequence, exp(Σ_t m·(old − sampler)) for every token of
+ρ is per token, exp(old − sampler), or per sequence, exp(Σ_t s·(old − sampler)) over the
+completion's sampled tokens s (never a loss mask narrowed by token selection), for every token of
 the completion; log-ratios are clamped to ±20. The weights carry no gradient, multiply the clipped
 surrogate only (not the KL penalty, not the entropy bonus), and leave the normalizers alone.
 """
@@ -66,13 +67,15 @@ def _metrics(diff: torch.Tensor, ratio: torch.Tensor, changed: torch.Tensor,
 def rollout_correction_weights(
     old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor | None,
     completion_mask: torch.Tensor, mode: str = "none", level: str = "token",
-    threshold: float = 2.0,
+    threshold: float = 2.0, sequence_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, dict[str, float]]:
     """Detached weights (N, T) for the clipped surrogate (None for `none`) and the mismatch metrics.
 
     old_logprobs are the trainer's log-probs of the sampling-time policy, sampler_logprobs what the
-    rollout engine reported. Without sampler log-probs there are no metrics and, for `none`, no
-    work at all; tis or mis without them is an error.
+    rollout engine reported. completion_mask holds the loss tokens (the metrics' tokens);
+    sequence_mask the completion's sampled tokens, over which a sequence-level ratio is summed
+    (default: completion_mask). Without sampler log-probs there are no metrics and, for `none`,
+    no work at all; tis or mis without them is an error.
     """
     if sampler_logprobs is None:
         if mode != "none":
@@ -81,7 +84,8 @@ def rollout_correction_weights(
         return None, {}
     with torch.no_grad():
         mask = completion_mask.bool()
-        diff = torch.where(mask, old_logprobs.float() - sampler_logprobs.float(), 0.0)  # (N, T)
+        sampled = mask if sequence_mask is None else sequence_mask.bool()
+        diff = torch.where(sampled, old_logprobs.float() - sampler_logprobs.float(), 0.0)  # (N, T)
         log_ratio = _level_log_ratio(diff, level)  # (N, T)
         ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # (N, T)
         weights, changed = _weigh(ratio, mode, threshold)

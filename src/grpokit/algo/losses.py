@@ -218,10 +218,13 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
-                     completion_mask: torch.Tensor, *, level: str = "token") -> torch.Tensor:
-    """ρ (N, T): per token exp(logp - old); per sequence (GSPO) exp(mean_t(logp - old)) for every
-    token of the completion, the gradient flowing through the mean. Log-ratios are clamped to ±20."""
-    mask = completion_mask.bool()
+                     completion_mask: torch.Tensor, *, level: str = "token",
+                     sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ρ (N, T): per token exp(logp - old); per sequence (GSPO) exp(mean_t(logp - old)) over the
+    completion's sampled tokens `sequence_mask` (default: completion_mask; never a loss mask
+    narrowed by token selection, or the ratio stops being the completion's likelihood ratio), for
+    every token, the gradient flowing through the mean. Log-ratios are clamped to ±20."""
+    mask = completion_mask.bool() if sequence_mask is None else sequence_mask.bool()
     log_ratio = torch.where(mask, logprobs.float() - old_logprobs.float(), 0.0)  # (N, T)
     if level == "sequence":
         lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (N, 1)
@@ -277,12 +280,15 @@ def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
                    completion_mask: torch.Tensor, knobs: LossKnobs, *,
                    ref_logprobs: torch.Tensor | None = None,
                    entropy: torch.Tensor | None = None,
-                   correction: torch.Tensor | None = None) -> torch.Tensor:
+                   correction: torch.Tensor | None = None,
+                   sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
     """w·surrogate + β·KL − entropy_coef·entropy at each token (N, T); 0 where the mask is 0.
 
     `correction` holds the detached rollout-correction weights w (N, T) of
-    `rollout_correction_weights`; None (mode none) leaves the surrogate untouched."""
-    ratio = importance_ratio(logprobs, old_logprobs, completion_mask, level=knobs.ratio)
+    `rollout_correction_weights`; None (mode none) leaves the surrogate untouched.
+    `sequence_mask` (the sampled tokens) is what a sequence-level ratio averages over."""
+    ratio = importance_ratio(logprobs, old_logprobs, completion_mask, level=knobs.ratio,
+                             sequence_mask=sequence_mask)
     loss = clipped_surrogate(ratio, advantages, clip_low=knobs.clip_low,
                              clip_high=knobs.clip_high, dual_clip=knobs.dual_clip)  # (N, T)
     if correction is not None:
@@ -302,37 +308,43 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
                 completion_mask: torch.Tensor, knobs: LossKnobs, *,
                 ref_logprobs: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
                 sampler_logprobs: torch.Tensor | None = None, num_sequences: int | None = None,
-                num_tokens: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                num_tokens: int | None = None, sequence_mask: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, dict[str, float]]:
     """The aggregated loss of one micro-batch and its metrics.
 
-    num_sequences / num_tokens are the counts of the whole optimizer step (all micro-batches and
-    ranks); they default to this batch's own counts. sampler_logprobs (N, T) are the rollout
-    engine's log-probs: with them the metrics include the sampler–trainer mismatch, and
-    knobs.rollout_correction tis / mis (which need them) weight the surrogate.
+    completion_mask holds the loss tokens; sequence_mask (N, T) the completion's sampled tokens,
+    over which sequence-level ratios run (default: completion_mask). num_sequences / num_tokens
+    are the counts of the whole optimizer step (all micro-batches and ranks); they default to
+    this batch's own counts. sampler_logprobs (N, T) are the rollout engine's log-probs: with
+    them the metrics include the sampler–trainer mismatch, and knobs.rollout_correction tis / mis
+    (which need them) weight the surrogate.
     """
     mask = completion_mask.bool()
     num_sequences = mask.shape[0] if num_sequences is None else num_sequences
     num_tokens = int(mask.sum()) if num_tokens is None else num_tokens
     weights, mismatch = rollout_correction_weights(
         old_logprobs, sampler_logprobs, mask, knobs.rollout_correction,
-        knobs.rollout_correction_level, knobs.rollout_correction_threshold)
+        knobs.rollout_correction_level, knobs.rollout_correction_threshold, sequence_mask)
     per_token = per_token_loss(logprobs, old_logprobs, advantages, mask, knobs,
-                               ref_logprobs=ref_logprobs, entropy=entropy, correction=weights)
+                               ref_logprobs=ref_logprobs, entropy=entropy, correction=weights,
+                               sequence_mask=sequence_mask)
     loss = aggregate(per_token, mask, mode=knobs.aggregation, num_sequences=num_sequences,
                      num_tokens=num_tokens, max_completion_length=knobs.max_completion_length)
     with torch.no_grad():
         metrics = loss_metrics(logprobs, old_logprobs, advantages, mask, knobs,
-                               ref_logprobs=ref_logprobs, entropy=entropy)
+                               ref_logprobs=ref_logprobs, entropy=entropy,
+                               sequence_mask=sequence_mask)
     return loss, {**metrics, **mismatch}
 
 
 def loss_metrics(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs, *,
-                 ref_logprobs=None, entropy=None) -> dict[str, float]:
+                 ref_logprobs=None, entropy=None, sequence_mask=None) -> dict[str, float]:
     """Token-mean diagnostics of one micro-batch; `tokens` is the weight for averaging them."""
     tokens = int(mask.sum())
     if tokens == 0:
         return {"tokens": 0.0}
-    ratio = importance_ratio(logprobs, old_logprobs, mask, level=knobs.ratio)[mask]  # (M,)
+    ratio = importance_ratio(logprobs, old_logprobs, mask, level=knobs.ratio,
+                             sequence_mask=sequence_mask)[mask]  # (M,)
     adv = (advantages if advantages.ndim == 2 else advantages.unsqueeze(1).expand_as(mask))[mask]
     low = (ratio < 1.0 - knobs.clip_low) & (adv < 0)
     high = (ratio > 1.0 + knobs.clip_high) & (adv > 0)
