@@ -18,7 +18,7 @@ from grpokit.rewards.base import RewardSpec
 from grpokit.run_config import CheckpointConfig, EvalConfig, LogConfig, RewardRunnerConfig
 from grpokit.stage_config import DPOConfig, PPOConfig, stage_checks
 from grpokit.tool_config import ToolsConfig, tool_checks
-from grpokit.typed_tree import ConfigError, build, choice, load_yaml, merge, parse_overrides
+from grpokit.typed_tree import ConfigError, build, choice, merge, parse_overrides, read_yaml
 
 
 @dataclass
@@ -360,7 +360,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        data = load_yaml(path.read_text()) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     data = merge(data, parse_overrides(overrides or []))

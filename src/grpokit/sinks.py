@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.tensorboard import SummaryWriter
 
+from grpokit import distributed as dist
 from grpokit.config import to_dict
 from grpokit.typed_tree import UserError, flatten
 
@@ -116,8 +117,11 @@ _TRACKER_LIBRARIES = {"wandb": "wandb", "mlflow": "mlflow"}
 
 
 def check_trackers(cfg: Any) -> None:
-    """Import the library of each tracker `log.report_to` names: called before anything is
-    written to the run folder, so a missing one stops the start, not a run already under way."""
+    """Import the library of each tracker `log.report_to` names (on rank 0, where the trackers
+    run): called before anything is written to the run folder, so a missing one stops the start,
+    not a run already under way."""
+    if not dist.is_main():
+        return
     for name in dict.fromkeys(cfg.log.report_to):
         if name in _TRACKER_LIBRARIES:
             _tracker_library(_TRACKER_LIBRARIES[name], name)

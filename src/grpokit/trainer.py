@@ -268,8 +268,7 @@ def run(cfg: Config, kind: str, start, step, *, resume: str | Path | None = None
     after, `step(session, groups, state)` until `train.steps`, sinks and checkpoints;
     `start(cfg, saved, console)` gives the session, prompt groups, run state and held-out."""
     out = Path(cfg.log.output_dir)
-    if dist.is_main():  # the trackers run on rank 0; a missing library stops the start
-        check_trackers(cfg)
+    check_trackers(cfg)  # a missing tracker library stops the start, before anything is written
     saved = load_resume(resume, cfg, kind)
     with claimed(out, resume) as folder:
         dist.barrier()  # every rank has checked the folder before rank 0 writes into it
