@@ -25,11 +25,12 @@ from typing import Any, Iterator
 import torch
 from huggingface_hub import snapshot_download
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpokit.lean import use_lean_mlp
-from grpokit.typed_tree import ConfigError
+from grpokit.typed_tree import ConfigError, UserError, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def resolve_model(name_or_path: str | os.PathLike, hf_cache_dir: str | None = No
             return path
         raise FileNotFoundError(
             f"model {name!r}: folder {path.resolve()} has no config.json; expected a Hugging Face "
-            f"causal-LM folder (config.json + *.safetensors + tokenizer files)"
+            f"causal-LM folder (config.json + *.safetensors + tokenizer files){_inner_model(path)}"
         )
     tried.append(f"a local folder at {path.resolve()} (does not exist)")
     cached = _from_hf_cache(name, hf_cache_dir)
@@ -73,6 +74,18 @@ def resolve_model(name_or_path: str | os.PathLike, hf_cache_dir: str | None = No
         f"cannot resolve model {name!r}; tried " + "; ".join(tried) + ". grpokit never downloads "
         f"models: pass a local folder, or fetch it first with `hf download {name}`."
     )
+
+
+def _inner_model(path: Path) -> str:
+    """A hint when `path` is a checkpoint or a run folder of grpokit: the model folder in it."""
+    if any((path / "model" / name).is_file() for name in ("config.json", "adapter_config.json")):
+        return (f". It is a checkpoint folder: its model is in {path / 'model'}; pass "
+                f"model.path={path / 'model'}")
+    models = sorted(path.glob("checkpoints/step-*/model"))
+    if models:
+        return (f". It is a run folder: the model of its newest checkpoint is in {models[-1]}; "
+                f"pass model.path={models[-1]}")
+    return ""
 
 
 def resolve_model_path(name_or_path: str) -> Path:
@@ -164,9 +177,49 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 # ---------------------------------------------------------------- loading
 
 
+@contextlib.contextmanager
+def named_load_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a failure to load `what` (the model, the tokenizer, an adapter) from the folder
+    `path` into a ConfigError naming the damaged file (a config.json that does not parse, a
+    truncated safetensors file), or else the folder and the library's message. Out of memory is
+    not a damaged file and passes through."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:  # transformers, tokenizers and safetensors raise many types
+        damaged = _damaged_file(Path(path))
+        raise ConfigError(f"model.path: the {what} in {path} cannot be loaded: "
+                          f"{damaged or _first_line(exc)}") from exc
+
+
+def _damaged_file(folder: Path) -> str | None:
+    """'FILE:LINE: why' of the first JSON file that does not parse or safetensors file whose
+    header or length does not verify, in the model folder; None when all look whole."""
+    for name in ("config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json", "model.safetensors.index.json"):
+        if (folder / name).is_file():
+            try:
+                read_json(folder / name, ConfigError)
+            except ConfigError as exc:
+                return str(exc)
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):  # checks the header against the file's length
+                pass
+        except Exception as exc:  # safetensors' own error type, OSError
+            return f"{file}: {_first_line(exc)} (is the file truncated?)"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def load_tokenizer(path: str | os.PathLike) -> Any:
     """The tokenizer of a model folder, with a pad token (EOS when missing) and left padding."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    with named_load_errors(path, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer at {path} has neither a pad token nor an EOS token")
@@ -183,7 +236,9 @@ def _torch_dtype(dtype: str) -> torch.dtype:
 
 def load_policy(path: str | os.PathLike, dtype: str = "float32") -> torch.nn.Module:
     """The policy from a model folder, weights in `dtype`."""
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=_torch_dtype(dtype))
+    dtype = _torch_dtype(dtype)
+    with named_load_errors(path, "model"):
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
 
 
 def load_reference(path: str | os.PathLike, dtype: str = "float32") -> torch.nn.Module:
@@ -213,7 +268,9 @@ def load_trainable(model_cfg: Any, model_path: Path, resume_from: Path | None = 
         model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
                            target_modules=lora.target_modules)
         if resume_from is not None:
-            set_peft_model_state_dict(model, load_file(resume_from / "adapter_model.safetensors"))
+            with named_load_errors(resume_from, "LoRA adapter"):
+                adapter = load_file(resume_from / "adapter_model.safetensors")
+            set_peft_model_state_dict(model, adapter)
     return model
 
 
@@ -234,6 +291,36 @@ def cache_kwarg(model: torch.nn.Module) -> str:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else \
         "past_key_values"
+
+
+# ---------------------------------------------------------------- running out of memory
+
+
+class OutOfMemory(UserError):
+    """A training pass ran out of memory: the message names the step, the micro-batch, its
+    sequences and tokens, and the settings that lower the peak."""
+
+
+@contextlib.contextmanager
+def memory_named(step: int, micro_batch: int, micro_batches: int, rollout: Any,
+                 idx: torch.Tensor) -> Iterator[None]:
+    """Turn running out of memory (torch's, or the host's MemoryError) in the forward and backward
+    of micro-batch `micro_batch` (0-based) of `step` (1-based, as metrics.jsonl counts) into an
+    OutOfMemory naming where it happened; `rollout` holds the step's masks, `idx` the rows."""
+    reason = None
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        reason = _first_line(exc) or "out of memory"
+    if reason is None:
+        return
+    # Counted here, after the except block let go of the failed pass and its activations.
+    tokens = int(rollout.prompt_mask[idx].sum() + rollout.completion_mask[idx].sum())
+    raise OutOfMemory(
+        f"out of memory at step {step}, micro-batch {micro_batch + 1} of {micro_batches} "
+        f"({len(idx)} sequences, {tokens} tokens): {reason}; lower "
+        "train.max_tokens_per_micro_batch or train.micro_batch_size, or set "
+        "model.gradient_checkpointing=true")
 
 
 # ---------------------------------------------------------------- LoRA and saving

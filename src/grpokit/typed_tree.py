@@ -2,18 +2,23 @@
 
 `build` checks every value against its field's annotation and `choice` metadata and fails on
 unknown keys with a close match and the valid keys; the messages name the dotted key.
+`read_text`, `read_yaml`, `read_json` and `read_json_lines` read a user's file and turn every
+read, decode and parse failure into a `UserError` naming the file and, where there is one, the
+line: the command line prints it and exits 2 (docs/runs.md, Errors).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 import types
 import typing
 from dataclasses import field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import yaml
 
@@ -56,6 +61,71 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset, row or prompt is invalid; the message names the file, the row and the field."""
+
+
+# ---------------------------------------------------------------- reading a user's files
+
+
+def read_text(path: str | Path, error: type[UserError] = UserError) -> str:
+    """The UTF-8 text of a user's file; a file that cannot be read or decoded is `error`, naming
+    the file, and for bad bytes the line and column."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise error(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
+                    f"{column}); save the file as UTF-8") from None
+
+
+def read_yaml(path: str | Path, error: type[UserError] = ConfigError) -> Any:
+    """A YAML file parsed with `Loader`; invalid YAML is `error` naming the file and the line."""
+    text = read_text(path, error)
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else f"{path}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        column = f" at column {mark.column + 1}" if mark is not None else ""
+        raise error(f"{where}: not valid YAML: {problem}{column}"
+                    f"{f' ({context})' if context else ''}") from None
+
+
+def read_json(path: str | Path, error: type[UserError] = UserError) -> Any:
+    """A JSON file; invalid JSON (a truncated file, say) is `error` naming the file and the line."""
+    text = read_text(path, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}"
+                    ) from None
+
+
+def read_json_lines(path: str | Path, error: type[UserError] = UserError,
+                    partial_tail: bool = False) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, value) of each non-blank line of a JSONL file; a line that is not
+    JSON is `error` naming the file and the line. With `partial_tail`, a last line that has no
+    newline yet and does not parse is skipped: a live run is still writing it."""
+    text = read_text(path, error)
+    # "\n" only: str.splitlines also breaks at U+2028 and others, which JSON strings may hold.
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if partial_tail and number == len(lines):  # no "\n" after it: still being written
+                return
+            raise error(f"{path}:{number}: not valid JSON: {exc.msg} at column {exc.colno}"
+                        ) from None
+        yield number, value
 
 
 def _suggest(key: str, valid: list[str]) -> str:

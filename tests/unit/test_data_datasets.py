@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import pytest
 
@@ -178,8 +179,41 @@ def test_unsupported_and_unreadable(tmp_path, load):
     with pytest.raises(ValueError, match="must be written by datasets' save_to_disk"):
         load(tmp_path / "folder")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{not json\n')
-    with pytest.raises(ValueError, match="bad.jsonl: could not be read as json"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON: .* at column 2"):
         load(tmp_path / "bad.jsonl")
+
+
+@pytest.mark.parametrize("name, text", [
+    ("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("empty.json", ""), ("empty.csv", ""),
+])
+def test_an_empty_file_says_so(tmp_path, load, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=f"{name}: the file is empty"):
+        load(tmp_path / name)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("rows.jsonl", b'{"prompt": "a"}\n\n{"prompt": "b",}\n',
+     r"rows.jsonl:3: not valid JSON: Expecting property name .* at column 16"),
+    ("rows.jsonl", b'{"prompt": "a"}\n["b"]\n', r"rows.jsonl:2: expected a JSON object"),
+    ("rows.jsonl", b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n',
+     r"rows.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 16\)"),
+    ("rows.json", b'[{"prompt": "a"},\n {"prompt": }]', r"rows.json:2: not valid JSON"),
+    ("rows.csv", b"prompt,answer\na,1\ncaf\xe9,2\n", r"rows.csv:3: not valid UTF-8"),
+])
+def test_a_broken_file_names_its_line(tmp_path, load, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load(tmp_path / name)
+
+
+def test_rows_know_their_file_and_line(tmp_path, load):
+    path = write(tmp_path / "data.jsonl", ROWS)
+    rows = load(path, prompt_column="question")
+    assert [row.where for row in rows] == [f"{path}: line {n}" for n in (1, 2, 3)]
+    # Otherwise plain dicts: equal to one, and pickled and copied as one.
+    assert rows[0] == {"prompt": "1+1?", "solution": "2", "level": 1}
+    assert type(pickle.loads(pickle.dumps(rows[0]))) is dict
 
 
 @pytest.mark.parametrize(

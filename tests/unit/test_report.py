@@ -102,12 +102,26 @@ def test_bad_input_names_what_is_wrong(tmp_path):
     with pytest.raises(UserError, match="no metrics.jsonl"):
         write_report([tmp_path])
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\nnot json\n')
-    with pytest.raises(UserError, match=r"metrics.jsonl:2: not a JSON line"):
+    with pytest.raises(UserError, match=r"metrics.jsonl:2: not valid JSON"):
         write_report([tmp_path])
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.5}\n[1, 2]\n')
     with pytest.raises(UserError, match=r"metrics.jsonl:2: expected a JSON object"):
         write_report([tmp_path])
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_a_live_run_is_reported_up_to_its_last_complete_line(tmp_path, capsys):
+    done = '{"step": 1, "reward/mean": 0.5}\n{"step": 2, "reward/mean": 0.75}\n'
+    (tmp_path / "metrics.jsonl").write_text(done + '{"step": 3, "reward/me')
+    (tmp_path / "samples.jsonl").write_text('{"step": 1, "completion": "4"}\n{"step": 2, "com')
+    assert main(["report", str(tmp_path)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    run = load_run(tmp_path)
+    assert run.series("reward/mean") == ([1, 2], [0.5, 0.75]) and len(run.samples) == 1
+    # Ended by its newline, the same line is damage, not a write in progress.
+    (tmp_path / "metrics.jsonl").write_text(done + '{"step": 3, "reward/me\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl:3: not valid JSON"):
+        load_run(tmp_path)
 
 
 def _chromium() -> str | None:

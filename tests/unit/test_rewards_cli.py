@@ -61,6 +61,23 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, config, lines, message):
     assert re.search(message, capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("config, content, message", [
+    (CONFIG, b'{"completion": "a", "answer": "4"}\n{"completion": "caf\xe9"}\n',
+     r"in.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 20\)"),
+    ("rewards:\n  - {name: format\n", None, r"c.yaml:3: not valid YAML"),
+])
+def test_undecodable_input_and_invalid_yaml_name_file_and_line(tmp_path, capsys, config, content,
+                                                               message):
+    (tmp_path / "in.jsonl").write_bytes(content or json.dumps(LINES[0]).encode())
+    (tmp_path / "c.yaml").write_text(config)
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["score", "-c", str(tmp_path / "c.yaml"),
+                              "--input", str(tmp_path / "in.jsonl")])
+    assert args.func(args) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
 def _parse(tmp_path, *extra):
     (tmp_path / "c.yaml").write_text(CONFIG)
     (tmp_path / "in.jsonl").write_text(json.dumps(LINES[0]))

@@ -8,13 +8,15 @@ non-string prompt, or a malformed chat list, is an error naming the file, row an
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from grpokit.data.render import prompt_messages
-from grpokit.typed_tree import DataError
+from grpokit.typed_tree import DataError, read_json, read_json_lines, read_text
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -48,9 +50,14 @@ def _csv_string_features(path: Path) -> Any:
     """Every column of a CSV file as a string (its header row names them)."""
     import datasets
 
-    with path.open(newline="", encoding="utf-8") as file:
-        header = next(csv.reader(file), None)
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            header = next(csv.reader(file), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        _diagnose(path, "csv")  # names the line of undecodable bytes
+        raise DataError(f"{path}: the CSV header cannot be read: {exc}") from None
     if not header:
+        _diagnose(path, "csv")  # an empty file says so
         raise DataError(f"{path}: a CSV file needs a header row naming its columns")
     return datasets.Features({name: datasets.Value("string") for name in header})
 
@@ -66,11 +73,58 @@ def _load_file(path: Path, split: str | None, cache_dir: str | None) -> Any:
         )
     extra = {"features": _csv_string_features(path)} if builder == "csv" else {}
     try:
-        return datasets.load_dataset(
-            builder, data_files=str(path), split=split or "train", cache_dir=cache_dir, **extra
-        )
+        with _library_log_quiet():
+            return datasets.load_dataset(
+                builder, data_files=str(path), split=split or "train", cache_dir=cache_dir,
+                **extra
+            )
     except Exception as exc:  # the datasets library raises many types; all mean "unreadable"
-        raise DataError(f"{path}: could not be read as {builder}: {exc}") from exc
+        _diagnose(path, builder)
+        reason = str(exc).strip() or type(exc).__name__
+        raise DataError(f"{path}: could not be read as {builder}: {reason}") from exc
+
+
+@contextlib.contextmanager
+def _library_log_quiet() -> Iterator[None]:
+    """`datasets` logs a failure to read a file, with a traceback, before it raises; the DataError
+    raised here names the file and line instead, so its own log is left out."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _diagnose(path: Path, builder: str) -> None:
+    """After `datasets` failed on a text file: the errors it reports without a line or with an
+    empty message, named by file and line. An empty file, bytes that are not UTF-8, a JSONL
+    line or a JSON document that does not parse, a JSONL line that is not an object. (Run only
+    on failure: a good file is parsed once, by `datasets`.)"""
+    if builder == "parquet":
+        return
+    text = read_text(path, DataError)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty (no rows)")
+    if path.suffix.lower() == ".jsonl":
+        for number, row in read_json_lines(path, DataError):
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object (one row per line), "
+                                f"got {type(row).__name__}")
+    elif builder == "json":
+        read_json(path, DataError)
+
+
+def _plain_rows(dataset: Any, path: Path) -> list[dict[str, Any]]:
+    """The dataset's rows as Python dicts. Arrow reads bytes that are not UTF-8 without complaint
+    and fails only here, without naming the file; the file's line is found and named."""
+    try:
+        return dataset.to_list()
+    except UnicodeDecodeError as exc:
+        if path.is_file():
+            _diagnose(path, _BUILDERS.get(path.suffix.lower(), ""))
+        raise DataError(f"{path}: holds text that is not valid UTF-8 ({exc.reason})") from None
 
 
 def _destinations(
@@ -110,6 +164,25 @@ def _destinations(
             )
         taken[key] = name
     return source, keys
+
+
+class Row(dict):
+    """A row that knows where it came from: `where` names it as a user finds it ("FILE: line 7",
+    "task 'arithmetic': training row 3"), for errors found after loading, such as a prompt too
+    long for the tokenizer. Otherwise a plain dict, and pickled as one, so reward workers and
+    JSON see only its keys."""
+
+    def __init__(self, data: dict[str, Any], where: str):
+        super().__init__(data)
+        self.where = where
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return dict, (dict(self),)
+
+
+def named_rows(rows: list[dict[str, Any]], what: str) -> list[Row]:
+    """Rows named "{what} {n}", n 1-based (rows a task built, not read from a file)."""
+    return [Row(row, f"{what} {n}") for n, row in enumerate(rows, start=1)]
 
 
 def _clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -160,12 +233,12 @@ def load_rows(
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     rows = []
-    for i, raw in enumerate(dataset.to_list()):
+    for i, raw in enumerate(_plain_rows(dataset, path)):
         row = {keys[name]: value for name, value in raw.items()}
         prompt_messages(row, None, f"{path}: {row_name(path, i)} (column {source!r})")
         if keys[source] == "messages":
             row["messages"] = _clean_messages(row["messages"])
-        rows.append(row)
+        rows.append(Row(row, f"{path}: {row_name(path, i)}"))
     if not rows:
         raise DataError(f"{path}: has no rows")
     return rows

@@ -143,7 +143,8 @@ def eval_table(results: dict[str, EvalResult]) -> str:
         values = [results[n].summary.get(key) for n in names]
         cells = [_with_interval(v, results[n].summary.get(f"{key}_ci95"))
                  for v, n in zip(values, names)]
-        change = values[-1] - values[0] if len(values) > 1 and None not in values else None
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        change = values[-1] - values[0] if len(values) > 1 and numbers else None
         rows.append([key, *cells, *([change] if len(names) > 1 else [])])
     return _table(["metric", *names, *(["change"] if len(names) > 1 else [])], rows)
 

@@ -18,20 +18,20 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec, Sample
 from grpokit.rewards.audit import ScoreReport
 from grpokit.rewards.runner import RewardError, RewardResult, RewardRunner
+from grpokit.typed_tree import UserError, read_json_lines, read_yaml
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(UserError):
     """The config or the input file is not what `grpokit score` expects."""
 
 
 def load_specs(path: str) -> list[RewardSpec]:
-    """The `rewards:` list of a YAML config as RewardSpecs."""
-    config = yaml.safe_load(Path(path).read_text()) or {}
+    """The `rewards:` list of a YAML config as RewardSpecs (YAML 1.2 booleans, as in
+    `grpokit train`'s config)."""
+    config = read_yaml(path, ScoreInputError) or {}
     entries = config.get("rewards") if isinstance(config, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ScoreInputError(f"{path}: expected a non-empty `rewards:` list of {{name, weight, args}}")
@@ -62,14 +62,8 @@ def _count(line: dict[str, Any], key: str, where: str) -> int:
 def read_samples(path: str) -> tuple[list[dict[str, Any]], list[Sample], list[int]]:
     """The input lines, their Samples and their 1-based line numbers (errors name the line)."""
     lines, samples, numbers = [], [], []
-    for number, text in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not text.strip():
-            continue
+    for number, line in read_json_lines(path, ScoreInputError):
         where = f"{path}:{number}"
-        try:
-            line = json.loads(text)
-        except ValueError as exc:
-            raise ScoreInputError(f"{where}: not valid JSON: {exc}") from exc
         if not isinstance(line, dict) or not isinstance(line.get("completion"), str):
             raise ScoreInputError(f"{where}: expected an object with a string `completion`")
         prompt = line.get("prompt")
