@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from grpokit.models import (
     save_model,
 )
 from grpokit.testing import save_tiny_llama, tiny_llama
+from grpokit.typed_tree import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,37 @@ def test_resolve_unknown_names_what_was_tried(name: str, expected: str, tmp_path
 def test_resolve_folder_without_config(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model(tmp_path)
+
+
+def test_a_checkpoint_or_run_folder_as_the_model_names_the_model_folder_in_it(
+        tmp_path: Path, tiny_dir: Path) -> None:
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000002"
+    shutil.copytree(tiny_dir, checkpoint / "model")
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"It is a checkpoint folder: its model is in {checkpoint / 'model'}; pass "
+            f"model.path={checkpoint / 'model'}")):
+        resolve_model(checkpoint)
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"It is a run folder: the model of its newest checkpoint is in "
+            f"{checkpoint / 'model'}")):
+        resolve_model(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda d: (d / "config.json").write_text('{\n  "model_type": "llama",\n'),
+     "config.json:3: not valid JSON"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-9]),
+     "model.safetensors: Error while deserializing header"),
+    (lambda d: (d / "model.safetensors").write_bytes(b""), "model.safetensors: "),
+])
+def test_a_damaged_model_folder_is_a_config_error_naming_the_file(
+        tmp_path: Path, tiny_dir: Path, damage, named: str) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    damage(folder)
+    with pytest.raises(ConfigError, match=re.escape(f"in {folder} cannot be loaded: {folder}/{named}")):
+        load_tokenizer(folder)
+        load_policy(folder)
 
 
 def test_resolve_from_local_hf_cache(tmp_path: Path, tiny_dir: Path) -> None:
@@ -241,3 +275,46 @@ def test_default_model_converts_and_chats() -> None:
     assert batch.finish_reason == ["stop"]
     assert "12" in batch.completions[0]
     assert os.path.isfile(path / "model.safetensors")
+
+
+# ---------------------------------------------------------------- out of memory
+
+
+def test_out_of_memory_in_the_training_pass_names_step_micro_batch_and_tokens(
+        tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from grpokit import trainer
+    from grpokit.cli import main
+
+    real, seen = trainer._micro_step, []
+
+    def second_runs_out(session, batch, idx, *args):
+        seen.append(idx)
+        if len(seen) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+        return real(session, batch, idx, *args)
+
+    monkeypatch.setattr(trainer, "_micro_step", second_runs_out)
+    assert main(["train", f"model.path={tiny_dir}", f"log.output_dir={tmp_path / 'run'}",
+                 "algo.preset=grpo", "train.steps=1", "rollout.prompts_per_step=2",
+                 "rollout.group_size=2", "rollout.max_new_tokens=6", "train.micro_batch_size=1",
+                 "eval.before_and_after=false", "log.report_to=[]",
+                 "data.max_prompt_length=1024"]) == 2
+    batch = seen[1]
+    err = capsys.readouterr().err
+    assert re.search(r"grpokit: error: out of memory at step 1, micro-batch 2 of 4 \(1 sequences, "
+                     r"\d+ tokens\): CUDA out of memory. Tried to allocate 2.00 GiB; lower "
+                     r"train.max_tokens_per_micro_batch", err), err
+    assert len(batch) == 1 and "Traceback" not in err
+
+
+def test_memory_named_counts_prompt_and_completion_tokens() -> None:
+    class Rollout:
+        prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+        completion_mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+
+    with pytest.raises(models.OutOfMemory, match=r"step 7, micro-batch 3 of 5 \(2 sequences, "
+                                                 r"8 tokens\): out of host memory"):
+        with models.memory_named(7, 2, 5, Rollout(), torch.tensor([0, 1])):
+            raise MemoryError("out of host memory")
+    with models.memory_named(7, 2, 5, Rollout(), torch.tensor([0, 1])):
+        pass  # nothing raised, nothing counted

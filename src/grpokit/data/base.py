@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from grpokit.data.datasets import load_rows, split_rows
+from grpokit.data.datasets import load_rows, named_rows, split_rows
 from grpokit.rewards.base import RewardSpec
 from grpokit.typed_tree import DataError
 
@@ -72,9 +72,13 @@ def load_task(name: str, **args: Any) -> Task:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise DataError(f"unknown task {name!r}{hint}; built-in tasks: {', '.join(names)}")
     try:
-        return _TASKS[name](**args)
+        task = _TASKS[name](**args)
     except TypeError as exc:
         raise DataError(f"task {name!r}: bad args {args!r}: {exc}") from exc
+    # Named so that a later error (a prompt too long) says which row, 1-based, of which split.
+    task.train_rows = named_rows(task.train_rows, f"task {name!r}: training row")
+    task.eval_rows = named_rows(task.eval_rows, f"task {name!r}: held-out row")
+    return task
 
 
 def load_data(data: Any) -> Task:
