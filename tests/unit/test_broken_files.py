@@ -144,6 +144,19 @@ def test_report_names_a_broken_eval_file(tmp_path, capsys):
     _exits_2_naming(capsys, ["report", str(path)], f"{path}: the summary record")
 
 
+@pytest.mark.parametrize("content", [
+    '{"name": "x",\n',
+    pytest.param(b'{"name": "caf\xe9"}', marks=pytest.mark.xfail(
+        strict=True, reason="conformance.load_case decodes with read_text() and catches only "
+                            "OSError and JSONDecodeError, so bad bytes raise UnicodeDecodeError")),
+])
+def test_conformance_names_a_broken_vector_file(tmp_path, capsys, content):
+    path = _write(tmp_path / "vector.json", content)
+    assert main(["conformance", str(path)]) == 2
+    out = capsys.readouterr()
+    assert str(path) in out.out + out.err and "Traceback" not in out.out + out.err
+
+
 def test_the_message_is_one_line(broken, capsys):
     assert main(["train", "-c", str(broken["yaml"])]) == 2
     assert capsys.readouterr().err.splitlines() == [

@@ -207,6 +207,18 @@ def test_a_broken_file_names_its_line(tmp_path, load, name, content, message):
         load(tmp_path / name)
 
 
+def test_a_damaged_save_to_disk_folder_names_the_file(tmp_path, load):
+    path = write(tmp_path / "saved", ROWS)
+    (path / "train" / "state.json").write_text('{"_data_files": [\n')
+    with pytest.raises(DataError, match=r"saved/train/state.json:2: not valid JSON"):
+        load(path, prompt_column="question")
+    path = write(tmp_path / "saved2", ROWS)
+    arrow = next((path / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"saved2: cannot be loaded as a datasets.save_to_disk"):
+        load(path, prompt_column="question")
+
+
 def test_rows_know_their_file_and_line(tmp_path, load):
     path = write(tmp_path / "data.jsonl", ROWS)
     rows = load(path, prompt_column="question")

@@ -29,7 +29,10 @@ def _load_folder(path: Path, split: str | None) -> Any:
             f"{path}: a folder must be written by datasets' save_to_disk "
             "(no dataset_dict.json or state.json in it)"
         )
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # JSON, Arrow and OS errors all mean "damaged"
+        _damaged_folder(path, exc)
     if isinstance(loaded, datasets.Dataset):
         if split is not None:
             raise DataError(
@@ -44,6 +47,16 @@ def _load_folder(path: Path, split: str | None) -> Any:
     if split not in splits:
         raise DataError(f"{path}: no split {split!r}; splits: {', '.join(splits)}")
     return loaded[split]
+
+
+def _damaged_folder(path: Path, exc: Exception) -> None:
+    """The error of a save_to_disk folder that does not load: the JSON file that does not parse
+    (FILE:LINE), else the folder and the library's reason (a truncated Arrow file, say)."""
+    for name in sorted(path.glob("**/*.json")):
+        read_json(name, DataError)
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    raise DataError(f"{path}: cannot be loaded as a datasets.save_to_disk folder: {reason}"
+                    ) from exc
 
 
 def _csv_string_features(path: Path) -> Any:
