@@ -157,7 +157,8 @@ def run_eval(cfg: Config, console=None, jsonl: str | Path | None = None) -> dict
                         "evaluated")
     rows = session.task.eval_rows[: cfg.eval.num_prompts]
     if not rows:
-        raise ValueError(f"task {session.task.name!r} has no held-out rows to evaluate")
+        raise UserError(f"task {session.task.name!r} has no held-out rows to evaluate "
+                        f"(eval.num_prompts={cfg.eval.num_prompts})")
     records: list[dict[str, Any]] = []
     results = evaluate(session, PromptGroups(session, rows), cfg.train.seed, records)
     results["num_prompts"] = float(len(rows))

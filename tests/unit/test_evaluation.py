@@ -89,8 +89,10 @@ def test_eval_without_held_out_rows_is_an_error(tiny_model_dir):
     from grpokit.config import load_config
     from grpokit.evaluation import run_eval
 
+    from grpokit.typed_tree import UserError
+
     cfg = load_config(overrides=[f"model.path={tiny_model_dir}", *EVAL, "eval.num_prompts=0"])
-    with pytest.raises(ValueError, match="no held-out rows"):
+    with pytest.raises(UserError, match="no held-out rows"):  # exit 2, not a traceback
         run_eval(cfg)
 
 
