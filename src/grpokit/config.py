@@ -169,6 +169,10 @@ class AlgoConfig:
     """Importance ratio of the correction per token, or per sequence (summed log-ratio)."""
     rollout_correction_threshold: float = 2.0
     """C > 1: tis weighs by min(ρ, C); mis drops tokens (or sequences) whose ρ exceeds C."""
+    sampling_support: str = choice("replay", "replay", "full")
+    """With rollout.top_k / top_p: replay computes the trainer's log-probs over the set the
+    sampler kept at each position (the sampler's distribution); full over the whole vocabulary
+    (the ratio to the sampler then carries the kept mass). Docs: design-notes.md."""
 
     def __post_init__(self) -> None:
         for key, value in preset_values(self.preset).items():

@@ -1,7 +1,10 @@
 """Run GRPO conformance vectors (docs/conformance.md) through grpokit's own math.
 
 A vector pins the advantages, per-token losses, aggregated loss and d loss / d logprobs of one
-small batch, and with sampler log-probs the mismatch metrics of the rollout correction.
+small batch, and with sampler log-probs the mismatch metrics of the rollout correction. A vector
+may give the policy's logits instead of its log-probs, with the sampler's temperature, top-k and
+top-p: the log-probs then come out of `algo.sampling_support` (replay or full), and the vector also
+pins them and d loss / d logits.
 `run_case` recomputes them with `grpokit.algo` (the gradient with torch autograd, advantages and
 old / reference / sampler log-probs held fixed) and compares each number b with
 |a − b| ≤ min(tolerance, ATOL + RTOL·|b|): the vector's absolute `tolerance` is a ceiling, and the
@@ -27,6 +30,8 @@ from grpokit.algo import process_advantages, rollout_correction_weights
 from grpokit.algo.advantages import ESTIMATORS, SCALES
 from grpokit.algo.correction import CORRECTION_LEVELS, CORRECTIONS, MISMATCH_METRICS
 from grpokit.algo.losses import AGGREGATIONS, KL_ESTIMATORS, RATIO_LEVELS
+from grpokit.algo.selective import logprobs_from_logits
+from grpokit.algo.support import SAMPLING_SUPPORTS, Truncation
 from grpokit.rewards.base import StepRewards
 
 EXPECTED_FIELDS = ("advantages", "per_token_loss", "loss", "grad_logprobs")
@@ -39,7 +44,10 @@ _CHOICES = {"estimator": ESTIMATORS, "scale": SCALES, "ratio": RATIO_LEVELS, "kl
             "aggregation": AGGREGATIONS}
 _NUMBERS = ("clip_low", "clip_high", "beta", "max_completion_length")
 _OPTIONAL_CHOICES = {"rollout_correction": CORRECTIONS,
-                     "rollout_correction_level": CORRECTION_LEVELS}
+                     "rollout_correction_level": CORRECTION_LEVELS,
+                     "sampling_support": SAMPLING_SUPPORTS}
+LOGITS_FIELDS = ("logprobs", "grad_logits")
+"""What a vector that gives `inputs.logits` also pins."""
 
 
 class VectorError(ValueError):
@@ -89,7 +97,8 @@ def _check_knobs(knobs: Any) -> None:
     for name, choices in _OPTIONAL_CHOICES.items():  # absent: no rollout correction
         if name in knobs and knobs[name] not in choices:
             raise ValueError(f"knobs.{name}: expected one of {choices}, got {knobs[name]!r}")
-    for name in ("adv_eps", "dual_clip", "rollout_correction_threshold"):
+    for name in ("adv_eps", "dual_clip", "rollout_correction_threshold", "temperature", "top_k",
+                 "top_p"):
         if knobs.get(name) is not None:
             _shape(knobs[name], f"knobs.{name}")
 
@@ -121,20 +130,25 @@ def _check_rewards(inputs: dict[str, Any], num: int) -> None:
 def _check_inputs(inputs: Any, knobs: dict[str, Any]) -> tuple[int, int]:
     if not isinstance(inputs, dict):
         raise ValueError("inputs: expected an object")
-    names = ["logprobs", "old_logprobs", "completion_mask"]
+    source = "logits" if "logits" in inputs else "logprobs"
+    names = [source, "old_logprobs", "completion_mask"]
     if knobs["beta"] != 0:
         names.append("ref_logprobs")
     if knobs.get("rollout_correction", "none") != "none" or "sampler_logprobs" in inputs:
         names.append("sampler_logprobs")
+    if source == "logits":
+        names.append("completion_ids")
     for name in names:
         if name not in inputs:
             raise ValueError(f"inputs.{name}: missing")
-    shape = _shape(inputs["logprobs"], "inputs.logprobs")
-    if len(shape) != 2:
-        raise ValueError(f"inputs.logprobs: expected an (N, T) matrix, got shape {shape}")
+    shape = _shape(inputs[source], f"inputs.{source}")
+    if len(shape) != (3 if source == "logits" else 2):
+        raise ValueError(f"inputs.{source}: expected an (N, T{', V' * (source == 'logits')}) "
+                         f"array, got shape {shape}")
+    shape = shape[:2]
     for name in names[1:]:
         if _shape(inputs[name], f"inputs.{name}") != shape:
-            raise ValueError(f"inputs.{name}: expected shape {shape} like inputs.logprobs")
+            raise ValueError(f"inputs.{name}: expected shape {shape} like inputs.{source}")
     group_size = inputs.get("group_size")
     if not isinstance(group_size, int) or group_size < 1 or shape[0] % group_size:
         raise ValueError(f"inputs.group_size: expected a positive divisor of N={shape[0]}, "
@@ -149,6 +163,8 @@ def _check_expected(case: dict[str, Any], shape: tuple[int, int]) -> None:
         raise ValueError("expected: missing or not an object")
     adv_shape = shape if "step_rewards" in case["inputs"] else shape[:1]
     shapes = {"advantages": adv_shape, "per_token_loss": shape, "loss": (), "grad_logprobs": shape}
+    if "logits" in case["inputs"]:
+        shapes.update(logprobs=shape, grad_logits=tuple(_shape(case["inputs"]["logits"], "")))
     for name, want in shapes.items():
         if name not in expected:
             raise ValueError(f"expected.{name}: missing")
@@ -198,7 +214,7 @@ def _advantages(case: dict[str, Any]) -> torch.Tensor:
         steps = [None if row is None else StepRewards(tuple(float(r) for r, _ in row),
                                                        tuple(int(end) for _, end in row))
                  for row in inputs["step_rewards"]]
-        num_tokens = len(inputs["logprobs"][0])
+        num_tokens = len(inputs["old_logprobs"][0])
         return process_advantages(steps, inputs["group_size"], num_tokens, eps=eps)
     rows = [[math.nan if r is None else float(r) for r in row] for row in inputs["rewards"]]
     reward = combine_rewards(torch.tensor(rows, dtype=torch.float64), inputs["reward_weights"])
@@ -220,7 +236,7 @@ def compute(case: dict[str, Any]) -> dict[str, Any]:
     mismatch metrics when the inputs carry sampler_logprobs."""
     inputs = case["inputs"]
     knobs = loss_knobs(case["knobs"])
-    logprobs = torch.tensor(inputs["logprobs"], dtype=torch.float64, requires_grad=True)  # (N, T)
+    logits, logprobs = _policy_logprobs(case)  # (N, T, V) or None, (N, T)
     old = _tensor(inputs, "old_logprobs")  # (N, T)
     mask = torch.tensor(inputs["completion_mask"]).bool()  # (N, T)
     ref = _tensor(inputs, "ref_logprobs", knobs.beta != 0.0)  # (N, T) or None
@@ -235,9 +251,29 @@ def compute(case: dict[str, Any]) -> dict[str, Any]:
     loss, metrics = policy_loss(logprobs, old, advantages, mask, knobs, ref_logprobs=ref,
                                 sampler_logprobs=sampler)
     loss.backward()
-    return {"advantages": advantages.tolist(), "per_token_loss": per_token.tolist(),
-            "loss": loss.item(), "grad_logprobs": logprobs.grad.tolist(),
-            "metrics": {k: v for k, v in metrics.items() if k in MISMATCH_METRICS}}
+    got = {"advantages": advantages.tolist(), "per_token_loss": per_token.tolist(),
+           "loss": loss.item(), "grad_logprobs": logprobs.grad.tolist(),
+           "metrics": {k: v for k, v in metrics.items() if k in MISMATCH_METRICS}}
+    if logits is not None:
+        got.update(logprobs=logprobs.detach().tolist(), grad_logits=logits.grad.tolist())
+    return got
+
+
+def _policy_logprobs(case: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The policy's log-probs (N, T), a leaf unless the vector gives logits (N, T, V): then
+    they are computed as the trainer does, over the sampler's kept set under `replay` (the
+    default) or the whole vocabulary under `full`, and both keep their gradient."""
+    inputs, knobs = case["inputs"], case["knobs"]
+    if "logits" not in inputs:
+        return None, torch.tensor(inputs["logprobs"], dtype=torch.float64, requires_grad=True)
+    logits = torch.tensor(inputs["logits"], dtype=torch.float64, requires_grad=True)
+    truncation = Truncation(int(knobs.get("top_k", 0)), float(knobs.get("top_p", 1.0)))
+    replay = knobs.get("sampling_support", "replay") == "replay"
+    logprobs = logprobs_from_logits(logits, torch.tensor(inputs["completion_ids"]),
+                                    float(knobs.get("temperature", 1.0)),
+                                    truncation if replay else None)  # (N, T)
+    logprobs.retain_grad()
+    return logits, logprobs
 
 
 def _differences(got: Any, want: Any):
@@ -279,7 +315,8 @@ def run_case(case: dict[str, Any], path: str = "") -> CaseResult:
     got = compute(case)
     tolerance = float(case["tolerance"])
     expected = case["expected"]
-    names = EXPECTED_FIELDS + (("metrics",) if "metrics" in expected else ())
+    names = EXPECTED_FIELDS + (("metrics",) if "metrics" in expected else ()) \
+        + (LOGITS_FIELDS if "logits" in case["inputs"] else ())
     deviations = {name: max_deviation(got[name], expected[name]) for name in names}
     excess = {name: max_excess(got[name], expected[name], tolerance) for name in names}
     worst = max(excess, key=lambda name: excess[name])

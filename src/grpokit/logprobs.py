@@ -18,7 +18,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from grpokit import distributed as dist
-from grpokit.algo.losses import selective_logprobs
+from grpokit.algo.selective import selective_logprobs
+from grpokit.algo.support import Truncation
 from grpokit.models import cache_kwarg
 from grpokit.precision import fp32_attention
 
@@ -54,10 +55,12 @@ def completion_logprobs(
     with_entropy: bool = False,
     entropy_grad: bool = False,
     share_prefix: bool = False,
+    truncation: Truncation | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the completion tokens (0 on padding), and entropies when asked (with a
     gradient only with `entropy_grad`). `share_prefix`: run each distinct prompt once (see the
-    module docstring)."""
+    module docstring). `truncation`: over the sampler's top-k / top-p kept set at each position
+    (algo.sampling_support=replay)."""
     t_full = completion_ids.shape[1]
     p_ids, p_mask, c_ids, c_mask = trim(prompt_ids, prompt_mask, completion_ids, completion_mask)
     decoder, weight = _decoder_and_head(model)
@@ -66,7 +69,8 @@ def completion_logprobs(
     mask = c_mask.bool()
     lp, ent = selective_logprobs(predicting[mask], weight, c_ids[mask],
                                  temperature=max(temperature, 1e-6), chunk_size=chunk_size,
-                                 with_entropy=with_entropy, entropy_grad=entropy_grad)
+                                 with_entropy=with_entropy, entropy_grad=entropy_grad,
+                                 truncation=truncation)
     return _unflatten(lp, mask, t_full), (None if ent is None else _unflatten(ent, mask, t_full))
 
 
@@ -161,12 +165,13 @@ class CompletionScorer(torch.nn.Module):
 
     def forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, *,
                 temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False,
-                entropy_grad: bool = False):
+                entropy_grad: bool = False, truncation: Truncation | None = None):
         with fp32_attention():  # where models.use_fp32_attention set the model up
             return completion_logprobs(self.model, prompt_ids, prompt_mask, completion_ids,
                                        completion_mask, temperature=temperature,
                                        chunk_size=chunk_size, with_entropy=with_entropy,
-                                       entropy_grad=entropy_grad, share_prefix=self.share_prefix)
+                                       entropy_grad=entropy_grad, share_prefix=self.share_prefix,
+                                       truncation=truncation)
 
 
 def shares_prefix(scorer: torch.nn.Module) -> bool:
@@ -256,9 +261,11 @@ def padded_chunks(chunks: list[torch.Tensor]) -> list[torch.Tensor]:
 def batched_logprobs(model, batch, *, micro_batch_size: int, temperature: float,
                      max_tokens: int = 2**62,
                      chunk_size: int, autocast=contextlib.nullcontext,
-                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     with_entropy: bool = False, truncation: Truncation | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad log-probs (and entropies) for a whole batch, micro-batch by micro-batch: the old or
-    reference log-probs, or the entropies of top-entropy token selection."""
+    reference log-probs, or the entropies of top-entropy token selection; over the sampler's kept
+    sets with a `truncation`."""
     logprobs = torch.zeros(batch.completion_ids.shape, dtype=torch.float32,
                            device=batch.completion_ids.device)  # (N, T)
     entropy = torch.zeros_like(logprobs) if with_entropy else None  # (N, T)
@@ -272,7 +279,7 @@ def batched_logprobs(model, batch, *, micro_batch_size: int, temperature: float,
             lp, ent = scorer(batch.prompt_ids[idx], batch.prompt_mask[idx],
                              batch.completion_ids[idx], batch.completion_mask[idx],
                              temperature=temperature, chunk_size=chunk_size,
-                             with_entropy=with_entropy)
+                             with_entropy=with_entropy, truncation=truncation)
             if bool(idx[0] < 0):
                 continue  # a rank's padding pass (see padded_chunks)
             logprobs[idx] = lp

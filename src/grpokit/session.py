@@ -14,6 +14,7 @@ import torch
 
 from grpokit import distributed as dist
 from grpokit import models, precision
+from grpokit.algo.support import Truncation
 from grpokit.config import Config, ConfigError
 from grpokit.data.base import Task, load_data
 from grpokit.logprobs import CompletionScorer, prefix_sharing_problem
@@ -60,6 +61,15 @@ class Session:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return precision.autocast(self.bf16, next(self.model.parameters()).device)
+
+
+def sampling_truncation(cfg: Config) -> Truncation | None:
+    """The sampler's top-k / top-p that the policy's log-probs replay (algo.sampling_support);
+    None for `full`. The reference is never truncated: KL(π ‖ π_ref) is finite only against the
+    reference's whole distribution."""
+    if cfg.algo.sampling_support != "replay":
+        return None
+    return Truncation(cfg.rollout.top_k, cfg.rollout.top_p)
 
 
 def reward_specs(cfg: Config, task: Task) -> list[RewardSpec]:

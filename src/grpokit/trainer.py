@@ -29,7 +29,7 @@ from grpokit.models import disabled_adapter, memory_named
 from grpokit.precision import autocast_paused
 from grpokit.report import write_report
 from grpokit.rollout.base import is_truncated, sampling_seed
-from grpokit.session import Session, build_session
+from grpokit.session import Session, build_session, sampling_truncation
 from grpokit.sinks import check_trackers, make_sinks
 from grpokit.training import (
     NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
@@ -182,6 +182,7 @@ def _old_logprobs(session: Session, batch: TrainingBatch
     if on_policy and not select:
         return batch, None
     old, entropy = batched_logprobs(session.layout.scorer, batch.rollout, with_entropy=select,
+                                    truncation=sampling_truncation(session.cfg),
                                     **_logprob_args(session))
     if select:
         batch = dataclasses.replace(batch, loss_mask=top_entropy_mask(
@@ -230,7 +231,8 @@ def _micro_step(session, batch, idx, old, ref, knobs, counts, padding=False
         logprobs, entropy = layout.scorer(
             r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx],
             temperature=cfg.rollout.temperature, chunk_size=cfg.train.logprob_chunk_size,
-            with_entropy=True, entropy_grad=knobs.entropy_coef != 0.0)
+            with_entropy=True, entropy_grad=knobs.entropy_coef != 0.0,
+            truncation=sampling_truncation(cfg))
     old_lp = logprobs.detach() if old is None else old[idx]
     sampler = None if r.sampling_logprobs is None else r.sampling_logprobs[idx]
     loss, metrics = policy_loss(logprobs, old_lp, batch.advantages[idx], batch.loss_mask[idx],

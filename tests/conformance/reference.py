@@ -316,17 +316,70 @@ def advantages_for(case: dict[str, Any]) -> list[float] | Matrix:
     knobs, inputs = case["knobs"], case["inputs"]
     eps = knobs.get("adv_eps", 1e-6)
     if "step_rewards" in inputs:
-        num_tokens = len(inputs["logprobs"][0])
+        num_tokens = len(inputs["old_logprobs"][0])
         return process_advantages(inputs["step_rewards"], inputs["group_size"], num_tokens, eps)
     reward = combine_rewards(inputs["rewards"], inputs["reward_weights"])
     return outcome_advantages(reward, inputs["group_size"], knobs["estimator"], knobs["scale"], eps)
 
 
+def kept_set(z: list[float], top_k: int, top_p: float) -> list[bool]:
+    """The sampler's kept tokens at one position of temperature-scaled logits z: the top k, then
+    the shortest descending prefix of them whose renormalised mass reaches top_p (a token is
+    dropped when the mass strictly before it already reaches top_p); every token whose logit
+    reaches the smallest kept one stays (ties at the threshold are kept together)."""
+    ranked = sorted(z, reverse=True)
+    if 0 < top_k < len(z):
+        ranked = ranked[:top_k]
+    total = sum(math.exp(v) for v in ranked)
+    threshold, before = ranked[0], 0.0
+    for v in ranked:
+        if before >= top_p:
+            break
+        threshold = v
+        before += math.exp(v) / total
+    return [v >= threshold for v in z]
+
+
+def replayed_logprob(logits: list[float], label: int, knobs: dict[str, Any]
+                     ) -> tuple[float, list[float]]:
+    """log p(label) over the sampler's kept set (sampling_support replay, the default) or the
+    whole vocabulary (full), and d log p / d logits = (onehot − p) / temperature, with p the
+    renormalised probabilities (0 outside the kept set). The label always stays kept."""
+    temperature = knobs.get("temperature", 1.0)
+    z = [v / temperature for v in logits]
+    kept = [True] * len(z)
+    if knobs.get("sampling_support", "replay") == "replay":
+        kept = kept_set(z, knobs.get("top_k", 0), knobs.get("top_p", 1.0))
+        kept[label] = True
+    norm = math.log(sum(math.exp(v) for v, k in zip(z, kept) if k))
+    probs = [math.exp(v - norm) if k else 0.0 for v, k in zip(z, kept)]
+    grad = [((1.0 if j == label else 0.0) - p) / temperature for j, p in enumerate(probs)]
+    return z[label] - norm, grad
+
+
+def with_logprobs(case: dict[str, Any]) -> tuple[dict[str, Any], list | None]:
+    """The case with inputs.logprobs filled from inputs.logits when it gives logits, and the
+    (N, T, V) derivatives of each log-prob by its logits (None for a log-probs case)."""
+    inputs = case["inputs"]
+    if "logits" not in inputs:
+        return case, None
+    rows = [[replayed_logprob(z, y, case["knobs"]) for z, y in zip(zs, ys)]
+            for zs, ys in zip(inputs["logits"], inputs["completion_ids"])]
+    filled = {**case, "inputs": {**inputs, "logprobs": [[lp for lp, _ in r] for r in rows]}}
+    return filled, [[d for _, d in r] for r in rows]
+
+
 def expected(case: dict[str, Any]) -> dict[str, Any]:
     """Everything a vector pins: advantages, per_token_loss, loss, grad_logprobs, and the
-    mismatch metrics when the inputs carry sampler_logprobs."""
+    mismatch metrics when the inputs carry sampler_logprobs; with logits, also the log-probs and
+    d loss / d logits = d loss / d logprobs · d logprobs / d logits (chain rule, per position)."""
+    case, dlogits = with_logprobs(case)
     advantages = advantages_for(case)
     result = {"advantages": advantages, **loss_terms(case, advantages)}
     if "sampler_logprobs" in case["inputs"]:
         result["metrics"] = correction_metrics(case["knobs"], case["inputs"])
+    if dlogits is not None:
+        result["logprobs"] = case["inputs"]["logprobs"]
+        result["grad_logits"] = [[[g * d for d in dz] for g, dz in zip(g_row, d_row)]
+                                 for g_row, d_row in zip(result["grad_logprobs"], dlogits)]
     return result

@@ -112,7 +112,7 @@ def _reference_loss(case, logprobs):
 @pytest.mark.parametrize("path", OWN_FILES, ids=lambda p: p.stem)
 def test_reference_gradient_matches_finite_differences(path):
     """The hand-derived gradient of reference.py against central differences of its own loss."""
-    case = json.loads(path.read_text())
+    case, _ = reference.with_logprobs(json.loads(path.read_text()))
     grad = reference.expected(case)["grad_logprobs"]
     logprobs, h = case["inputs"]["logprobs"], 1e-7
     for i, row in enumerate(logprobs):

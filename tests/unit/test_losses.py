@@ -11,11 +11,10 @@ from grpokit.algo.losses import (
     clipped_surrogate,
     importance_ratio,
     kl_penalty,
-    logprobs_from_logits,
     per_token_loss,
     policy_loss,
-    selective_logprobs,
 )
+from grpokit.algo.selective import logprobs_from_logits, selective_logprobs
 
 
 def test_selective_logprobs_match_full_log_softmax_in_chunks():

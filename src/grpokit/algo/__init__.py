@@ -20,11 +20,10 @@ from grpokit.algo.losses import (
     clipped_surrogate,
     importance_ratio,
     kl_penalty,
-    logprobs_from_logits,
     per_token_loss,
     policy_loss,
-    selective_logprobs,
 )
+from grpokit.algo.selective import logprobs_from_logits, selective_logprobs
 from grpokit.algo.masks import is_tied, loss_mask, top_entropy_mask
 from grpokit.algo.presets import PRESETS, preset_values
 

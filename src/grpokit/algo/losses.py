@@ -1,4 +1,4 @@
-"""Token log-probs, importance ratios, clipping, KL estimators and aggregation (DESIGN.md §3).
+"""Importance ratios, clipping, KL estimators and aggregation (DESIGN.md §3).
 
 Everything here is computed in fp32 whatever dtype the model ran in.
 """
@@ -10,7 +10,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from grpokit.algo.correction import LOG_RATIO_CLAMP, rollout_correction_weights
 
@@ -60,161 +59,6 @@ class LossKnobs:
                 cast = float if f.default is None else type(f.default)  # dual_clip: float | None
                 kwargs[f.name] = cast(values[f.name])
         return cls(**kwargs)
-
-
-def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                    temperature: float, with_entropy: bool) -> torch.Tensor:
-    logits = (hidden @ weight.T).float()  # (C, V)
-    if temperature != 1.0:
-        logits.div_(temperature)  # in place: mm's backward does not need its output
-    logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
-    logprobs = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - logsumexp  # (C,)
-    if not with_entropy:
-        return logprobs.unsqueeze(-1)
-    probs = torch.softmax(logits, dim=-1)  # (C, V)
-    entropy = logsumexp - (probs * logits).sum(dim=-1)  # (C,)
-    return torch.stack([logprobs, entropy], dim=-1)
-
-
-def _matmul_dtype(hidden: torch.Tensor) -> torch.dtype:
-    """The dtype the vocabulary projection runs in: autocast's when it is on, else the input's."""
-    device = hidden.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-
-
-def _chunks(rows: int, size: int) -> list[slice]:
-    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
-
-
-def _projected(hidden: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None
-               ) -> torch.Tensor:
-    """fp32 logits (C, V) of one chunk, written into `out` (a buffer reused across the chunks of
-    a pass, or None for a new tensor). In fp32 the matmul writes there directly; in bf16 its
-    product is upcast into it."""
-    if hidden.dtype == torch.float32 and weight.dtype == torch.float32:
-        return torch.mm(hidden, weight.T, out=out) if out is not None else hidden @ weight.T
-    product = hidden @ weight.T
-    return out.copy_(product) if out is not None else product.float()
-
-
-def _forward_chunks(hidden, weight_low, labels, temperature: float, with_entropy: bool,
-                    chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probs, entropies (empty unless asked) and log-normalizers (M,) of every row, chunk by
-    chunk through one (C, V) fp32 logits buffer. `weight_low` is already in the matmul dtype."""
-    rows, dtype = hidden.shape[0], weight_low.dtype
-    logprobs = torch.empty(rows, dtype=torch.float32, device=hidden.device)
-    logsumexp = torch.empty_like(logprobs)
-    entropy = torch.empty_like(logprobs) if with_entropy else logprobs.new_zeros(0)
-    buffer = None
-    for part in _chunks(rows, chunk_size):
-        out = None if buffer is None else buffer[: part.stop - part.start]
-        logits = _projected(hidden[part].to(dtype), weight_low, out)  # (C, V) fp32
-        buffer = logits if buffer is None else buffer
-        if temperature != 1.0:
-            logits.div_(temperature)
-        torch.logsumexp(logits, dim=-1, out=logsumexp[part])
-        logprobs[part] = logits.gather(-1, labels[part].unsqueeze(-1)).squeeze(-1) - logsumexp[part]
-        if with_entropy:
-            # One (C, V) temporary: the probabilities, times the logits in place.
-            probs_times_logits = logits.sub(logsumexp[part, None]).exp_().mul_(logits)
-            entropy[part] = logsumexp[part] - probs_times_logits.sum(dim=-1)
-    return logprobs, entropy, logsumexp
-
-
-class _SelectiveLogprobs(torch.autograd.Function):
-    """The log-probs of every row with a written-out backward: one node for all chunks of a
-    pass. The weight is cast to the matmul dtype once (not once per chunk and direction), the
-    (C, V) logits live in one buffer reused by every chunk, and the weight's gradient is summed
-    over the chunks in one fp32 tensor; each tensor of the weight's size is made once per pass,
-    not once per chunk. Only the hidden states, labels and log-normalizers are kept for backward,
-    which recomputes each chunk's logits once and uses
-    d log p(y) / d z = onehot(y) - softmax(z) (divided by the temperature). The entropy, when
-    asked, comes out of the same forward as a metric, without a gradient."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, temperature: float, with_entropy: bool,
-                chunk_size: int):
-        weight_low = weight.to(_matmul_dtype(hidden))  # no copy when the dtypes agree
-        logprobs, entropy, logsumexp = _forward_chunks(hidden, weight_low, labels, temperature,
-                                                       with_entropy, chunk_size)
-        ctx.save_for_backward(hidden, weight, weight_low, labels, logsumexp)
-        ctx.temperature, ctx.chunk_size = temperature, chunk_size
-        ctx.mark_non_differentiable(entropy)
-        return logprobs, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logprobs, _grad_entropy):
-        hidden, weight, weight_low, labels, logsumexp = ctx.saved_tensors
-        dtype, temperature = weight_low.dtype, ctx.temperature
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight, buffer = None, None
-        for part in _chunks(hidden.shape[0], ctx.chunk_size):
-            h = hidden[part].to(dtype)
-            out = None if buffer is None else buffer[: part.stop - part.start]
-            grad = _projected(h, weight_low, out)  # the chunk's logits (C, V), fp32
-            buffer = grad if buffer is None else buffer
-            if temperature != 1.0:
-                grad.div_(temperature)
-            g = grad_logprobs[part]
-            grad.sub_(logsumexp[part, None]).exp_().mul_(-g[:, None])  # -softmax · upstream
-            grad.scatter_add_(-1, labels[part].unsqueeze(-1), g.unsqueeze(-1))
-            if temperature != 1.0:
-                grad.div_(temperature)
-            grad = grad.to(dtype)
-            if grad_hidden is not None:
-                grad_hidden[part] = grad @ weight_low
-            if ctx.needs_input_grad[1]:
-                if grad_weight is None:
-                    grad_weight = (grad.T @ h).to(weight.dtype)
-                elif dtype == grad_weight.dtype:
-                    grad_weight.addmm_(grad.T, h)
-                else:  # bf16 products, summed in fp32
-                    grad_weight.add_(grad.T @ h)
-        return grad_hidden, grad_weight, None, None, None, None
-
-
-def selective_logprobs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    chunk_size: int = 1024,
-    with_entropy: bool = False,
-    entropy_grad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropies) of `labels` from final hidden states, `chunk_size` rows at a time.
-
-    hidden (M, H) holds only the positions that predict completion tokens, so the vocabulary
-    projection never runs for prompt or padding positions, and the (M, V) logits exist one chunk at
-    a time: under autograd each chunk's logits are recomputed in backward instead of being
-    stored. The entropies carry a gradient only with `entropy_grad` (an entropy bonus in the
-    loss); otherwise they are a metric and cost no backward.
-    """
-    temperature = float(temperature)
-    if hidden.shape[0] == 0:
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, (empty if with_entropy else None)
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    if grad and with_entropy and entropy_grad:
-        out = torch.cat([checkpoint(_chunk_logprobs, hidden[part], weight, labels[part],
-                                    temperature, True, use_reentrant=False)
-                         for part in _chunks(hidden.shape[0], chunk_size)])  # (M, 2)
-        return out[:, 0], out[:, 1]
-    if grad:
-        lp, ent = _SelectiveLogprobs.apply(hidden, weight, labels, temperature, with_entropy,
-                                           chunk_size)
-    else:
-        lp, ent, _ = _forward_chunks(hidden, weight.to(_matmul_dtype(hidden)), labels,
-                                     temperature, with_entropy, chunk_size)
-    return lp, (ent if with_entropy else None)
-
-
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor,
-                         temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs of labels from full logits (..., V) -> (...); for small inputs and tests."""
-    logits = logits.float() / temperature
-    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from grpokit.algo.support import Truncation, kept_threshold, restrict_
 from grpokit.rollout.base import SamplingParams
 
 
@@ -22,18 +23,12 @@ def check_params(params: SamplingParams) -> None:
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k / top-p nucleus to -inf (the most likely token always stays)."""
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (N, V)
-        probs = sorted_logits.softmax(-1)
-        # Drop a token when the mass strictly before it already reaches top_p.
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    """Set logits outside the top-k / top-p nucleus to -inf (the most likely token always stays):
+    the kept set of `algo.support`, the one the trainer replays (algo.sampling_support)."""
+    truncation = Truncation(top_k, top_p)
+    if not truncation.active(logits.shape[-1]):
+        return logits
+    return restrict_(logits.clone(), kept_threshold(logits, truncation), float("-inf"))
 
 
 def prompt_uniforms(seeds: Sequence[int], group_size: int, steps: int,
