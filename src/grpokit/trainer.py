@@ -154,13 +154,15 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
                     parts += [part] if part else []
             optim.append(optimizer_step(session.model, state.optimizer, state.scheduler,
                                         t.max_grad_norm))
+    # Every rank's micro-batches: the step's metrics, as one process would log them (each
+    # micro-batch's loss is already normalized by the step's global counts, so they sum).
+    parts = [p for rank_parts in dist.all_gather_object(parts) for p in rank_parts]
     metrics = {f"loss/{k}": v for k, v in reduce_metrics(parts).items()
                if k not in ("tokens", "loss")}
     metrics["loss/policy"] = sum(p["loss"] for p in parts) / max(len(optim), 1)
     metrics.update({k: sum(o[k] for o in optim) / len(optim) for k in optim[0]})
     metrics["optim/lr"] = optim[-1]["optim/lr"]
-    tokens = torch.tensor(float(sum(p.get("tokens", 0.0) for p in parts)), dtype=torch.float64)
-    metrics["train/tokens"] = dist.all_reduce_sum(tokens).item()  # the step's, over every rank
+    metrics["train/tokens"] = float(sum(p.get("tokens", 0.0) for p in parts))
     return metrics
 
 

@@ -78,6 +78,8 @@ def _one_update(model_dir, groups: list[int], parallel: str = "ddp", *extra: str
     metrics = trainer.update_policy(session, state, _scored_batch(cfg, groups))
     params = {k: v.detach().clone() for k, v in full_state_dict(model).items()}
     params["__tokens"] = torch.tensor(metrics["train/tokens"])
+    for key in ("loss/policy", "loss/kl", "loss/clip_frac", "loss/advantage_mean"):
+        params[f"__{key}"] = torch.tensor(metrics[key], dtype=torch.float64)
     params["__optimizer_steps"] = torch.tensor(scheduler.last_epoch)
     return params
 
@@ -122,6 +124,9 @@ def test_two_ranks_update_equals_the_single_process_update(tiny_model_dir, tmp_p
             torch.testing.assert_close(r[key], value, rtol=0, atol=1e-6, msg=key)
     assert ranks[0]["__tokens"] == ranks[1]["__tokens"] == single["__tokens"] == sum(
         k for i, k in enumerate(COMPLETION_LENGTHS) if i // G != 1)
+    for key in ("__loss/policy", "__loss/kl", "__loss/clip_frac", "__loss/advantage_mean"):
+        for r in ranks:  # the step's metrics, not one rank's share of them
+            torch.testing.assert_close(r[key], single[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
 @pytest.mark.parametrize("minibatches", [2, 4, 8])
