@@ -33,6 +33,7 @@ from grpokit.algo.losses import AGGREGATIONS, KL_ESTIMATORS, RATIO_LEVELS
 from grpokit.algo.selective import logprobs_from_logits
 from grpokit.algo.support import SAMPLING_SUPPORTS, Truncation
 from grpokit.rewards.base import StepRewards
+from grpokit.typed_tree import UserError, read_json
 
 EXPECTED_FIELDS = ("advantages", "per_token_loss", "loss", "grad_logprobs")
 RTOL, ATOL = 1e-5, 1e-7
@@ -50,7 +51,7 @@ LOGITS_FIELDS = ("logprobs", "grad_logits")
 """What a vector that gives `inputs.logits` also pins."""
 
 
-class VectorError(ValueError):
+class VectorError(UserError):
     """A vector file that does not follow the format; the message names the file and field."""
 
 
@@ -196,10 +197,7 @@ def validate_case(case: Any) -> None:
 def load_case(path: str | Path) -> dict[str, Any]:
     """Read and validate one vector file; VectorError names the file and the bad field."""
     path = Path(path)
-    try:
-        case = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise VectorError(f"{path}: cannot read a JSON vector: {err}") from err
+    case = read_json(path, VectorError)
     try:
         validate_case(case)
     except ValueError as err:

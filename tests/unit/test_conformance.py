@@ -212,7 +212,7 @@ def test_malformed_vector_names_file_and_field(tmp_path, corrupt, field):
 
 def test_not_json_and_missing_paths(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(VectorError, match=r"bad\.json: cannot read"):
+    with pytest.raises(VectorError, match=r"bad\.json:1: not valid JSON"):
         run_paths([tmp_path])
     with pytest.raises(VectorError, match="no such file"):
         run_paths([tmp_path / "absent.json"])
