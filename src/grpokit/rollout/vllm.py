@@ -3,8 +3,9 @@
 The trainer owns the weights. The engine starts from a copy of the policy's current weights, and
 `sync_weights()` pushes them again after every optimizer step through vLLM's in-place reload, then
 resets the prefix cache (cached KV blocks would otherwise keep serving the old weights) and runs
-the sync probe: the engine's and the policy's log-probs of a fixed short text must agree within a
-tolerance, so a push that silently did nothing stops the run instead of training off-policy.
+the sync probe: the engine continues a fixed prompt through its prefix cache, and its log-probs of
+that continuation must agree with the policy's within a tolerance, so a push that silently did
+nothing, or a cache that still serves old blocks, stops the run instead of training off-policy.
 Settings, pitfalls and installation: docs/vllm.md.
 """
 
@@ -36,7 +37,10 @@ from grpokit.rollout.batching import (  # noqa: E402
 from grpokit.rollout.sampling import check_params  # noqa: E402
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 12 + 30 = 42."
-"""The sync probe's fixed text: every token after the first is scored by engine and policy."""
+"""The sync probe's fixed text, repeated to fill its prompt (`probe_prompt`)."""
+PROBE_NEW_TOKENS = 4
+"""Tokens the probe has the engine generate (greedily) after its prompt; engine and policy compare
+their log-probs of these tokens. Each costs a decoding step: a few keep the probe cheap."""
 PROBE_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5}
 """Default largest |Δ log-prob| of the probe, by the engine's dtype. fp32 engines agree with the
 policy to ~1e-5; a bf16 engine scored against the fp32 policy differs by up to a few tenths."""
@@ -158,6 +162,10 @@ class VLLMEngine(EngineBase):
                 logprobs_mode="processed_logprobs", generation_config="vllm",
                 worker_extension_cls=f"{__name__}.WorkerSync",
             )
+        config = self.llm.llm_engine.vllm_config
+        self.probe_ids = probe_prompt(self.tokenizer, config.cache_config.block_size,
+                                      config.model_config.max_model_len)
+        """The probe's prompt: PROBE_TEXT's tokens repeated over one KV block and one token."""
         if self.probe_every:
             self.check_probe()
 
@@ -180,9 +188,10 @@ class VLLMEngine(EngineBase):
         self.last_probe_shift = 0.0
         """How far the policy's probe log-probs moved since the check before (max |Δ|): a
         push that did nothing is caught only when this exceeds the tolerance."""
+        self.last_probe_cached_tokens = 0
+        """Prompt tokens of the last probe that vLLM served from its prefix cache; 0 right after
+        a reset, else the cache kept blocks computed with earlier weights."""
         self._policy_probe: torch.Tensor | None = None
-        self.probe_ids = [int(t) for t in
-                          self.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]]
 
     def _write_checkpoint(self, base: torch.nn.Module) -> None:
         """The folder vLLM starts from: the policy's config, tokenizer (vLLM's start-up renders a
@@ -248,17 +257,30 @@ class VLLMEngine(EngineBase):
         )
 
     def sync_weights(self) -> None:
-        """Push the policy's current weights into the engine, then, after every probe_every-th
-        sync, check them with the probe."""
+        """Push the policy's current weights into the engine and drop its prefix cache, then,
+        after every probe_every-th sync, check both with the probe."""
         start = time.perf_counter()
         self._push(policy_weights(self.model))
-        self.llm.reset_prefix_cache()
+        self._reset_prefix_cache()
         self.last_sync_s = time.perf_counter() - start
         self.syncs += 1
         if self.probe_every and self.syncs % self.probe_every == 0:
-            self.check_probe()
+            self.check_probe(after_reset=True)
         else:
             self.last_probe_max_abs = None
+
+    def _reset_prefix_cache(self) -> None:
+        """Drop every cached KV block: they were computed with the weights before the push.
+
+        vLLM refuses (returns False) while a request still holds blocks; between two `generate`
+        calls none should, so a refusal means the engine would keep serving stale blocks.
+        """
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError(
+                "vLLM refused to reset its prefix cache after a weight push (some KV blocks are "
+                "still held by a request): its cached blocks were computed with the old weights, "
+                "so the engine would sample from a mix of old and new weights. See docs/vllm.md."
+            )
 
     def _push(self, weights: dict[str, torch.Tensor]) -> None:
         """Write the weights to shared memory and have the worker reload them in place."""
@@ -269,27 +291,56 @@ class VLLMEngine(EngineBase):
         finally:
             path.unlink(missing_ok=True)
 
-    def check_probe(self) -> float:
-        """Compare engine and policy log-probs of the probe text; raise beyond the tolerance."""
+    def check_probe(self, after_reset: bool = False) -> float:
+        """Have the engine continue the probe prompt and the policy score that continuation;
+        raise when their log-probs differ beyond the tolerance or, `after_reset`, when the
+        prompt was still served from the prefix cache. Returns the largest deviation."""
         start = time.perf_counter()
-        engine = self.engine_logprobs(self.probe_ids)
-        policy = self.policy_logprobs(self.probe_ids)
+        new_ids, engine, self.last_probe_cached_tokens = self.engine_continuation(self.probe_ids)
+        policy = self.policy_logprobs(self.probe_ids + new_ids)  # (L+n-1,)
+        prompt_part = policy[: len(self.probe_ids) - 1]  # fixed tokens: comparable across checks
         if self._policy_probe is not None:
-            self.last_probe_shift = float((policy - self._policy_probe).abs().max())
-        self._policy_probe = policy
-        self.last_probe_max_abs = float((engine - policy).abs().max())
+            self.last_probe_shift = float((prompt_part - self._policy_probe).abs().max())
+        self._policy_probe = prompt_part
+        self.last_probe_max_abs = float((engine - policy[len(prompt_part):]).abs().max())
         self.last_probe_s = time.perf_counter() - start
-        if not self.last_probe_max_abs <= self.probe_tolerance:
-            raise RuntimeError(
-                f"vLLM sync probe failed: engine and policy log-probs of the probe text differ by "
-                f"up to {self.last_probe_max_abs:.3g} (tolerance {self.probe_tolerance:g}); the "
-                "engine is not sampling from the policy's weights (a weight push that did not "
-                "land, or a stale prefix cache). See docs/vllm.md."
-            )
+        stale = after_reset and self.last_probe_cached_tokens > 0
+        if stale or not self.last_probe_max_abs <= self.probe_tolerance:
+            raise RuntimeError(self._probe_failure(stale))
         return self.last_probe_max_abs
 
+    def _probe_failure(self, stale: bool) -> str:
+        """The sync probe's error: what it measured, and what that means."""
+        deviation = (f"engine and policy log-probs of the probe's continuation differ by up to "
+                     f"{self.last_probe_max_abs:.3g} (tolerance {self.probe_tolerance:g})")
+        if stale:
+            return (f"vLLM sync probe failed: right after the prefix-cache reset, "
+                    f"{self.last_probe_cached_tokens} of the probe's prompt tokens were served "
+                    f"from the prefix cache, i.e. from KV blocks computed with earlier weights "
+                    f"(a stale prefix cache; {deviation}). See docs/vllm.md.")
+        return (f"vLLM sync probe failed: {deviation}; the engine is not sampling from the "
+                "policy's weights (a weight push that did not land, or a stale prefix cache). "
+                "See docs/vllm.md.")
+
+    def engine_continuation(self, ids: list[int]) -> tuple[list[int], torch.Tensor, int]:
+        """The engine's greedy continuation of `ids` (PROBE_NEW_TOKENS tokens), its log-prob of
+        each continuation token, and how many tokens of `ids` it took from its prefix cache.
+
+        Generated tokens, not prompt log-probs: vLLM never reads the prefix cache for a request
+        that asks for prompt log-probs (it recomputes the whole prompt), so only a generation
+        sees what the cache holds. Greedy log-probs are the unscaled ones.
+        """
+        request = vllm.SamplingParams(max_tokens=PROBE_NEW_TOKENS, temperature=0.0, logprobs=0,
+                                      ignore_eos=True, detokenize=False)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], request, use_tqdm=False)[0]
+        sample = out.outputs[0]
+        new_ids = [int(t) for t in sample.token_ids]
+        logprobs = torch.tensor([step[t].logprob for step, t in zip(sample.logprobs, new_ids)])
+        return new_ids, logprobs, int(out.num_cached_tokens or 0)
+
     def engine_logprobs(self, ids: list[int]) -> torch.Tensor:
-        """(L-1,) the engine's log-prob of each token of `ids` after the first."""
+        """(L-1,) the engine's log-prob of each token of `ids` after the first, from prompt
+        log-probs: always recomputed, never read from the prefix cache (so blind to it)."""
         request = vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         out = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], request, use_tqdm=False)[0]
         return torch.tensor([step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])])
@@ -313,6 +364,19 @@ class VLLMEngine(EngineBase):
         if engine is not None:
             engine.engine_core.shutdown()
         self._cleanup()
+
+
+def probe_prompt(tokenizer: Any, block_size: int, max_model_len: int) -> list[int]:
+    """The probe's prompt: PROBE_TEXT's tokens, repeated to block_size + 1 tokens.
+
+    vLLM caches only full KV blocks and always recomputes a prompt's last token, so this is the
+    shortest prompt of which a stale cache can serve a block. Shortened to fit `max_model_len`
+    with the continuation (a model length under block_size + 1 + PROBE_NEW_TOKENS leaves the
+    probe no cacheable block, and its prefix-cache check then sees nothing).
+    """
+    text = [int(t) for t in tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]]
+    length = max(2, min(block_size + 1, max_model_len - PROBE_NEW_TOKENS))
+    return (text * (length // len(text) + 1))[:length]
 
 
 def _check_block_size(block_size: int, cpu: bool) -> None:
