@@ -29,8 +29,11 @@ STAMP_VLLM := $(VENV_VLLM)/.installed
 
 setup-vllm: $(STAMP_VLLM)
 
+# GRPOKIT_REQUIRE_VLLM=1: in this environment a vLLM test that would skip (vllm missing) is an
+# error instead, so this target never passes without having run them.
 test-vllm: $(STAMP_VLLM)
-	$(VENV_VLLM)/bin/python -m pytest tests/unit/test_rollout_vllm.py $(ARGS)
+	GRPOKIT_REQUIRE_VLLM=1 $(VENV_VLLM)/bin/python -m pytest -rs \
+		tests/unit/test_rollout_vllm.py $(ARGS)
 
 $(STAMP_VLLM): pyproject.toml scripts/setup_vllm.sh
 	PY=$(PY) VENV=$(VENV_VLLM) bash scripts/setup_vllm.sh
