@@ -10,7 +10,9 @@ the completion tokens of an optimizer step (token_mean); prompt and padding toke
 Config mapping: `train.steps` optimizer steps of `rollout.prompts_per_step` rows each, drawn by
 the seeded PromptSampler; `train.micro_batch_size`, `train.lr`, the schedule, warm-up and
 clipping as in `grpokit train`. `data.max_prompt_length` caps the prompt and
-`rollout.max_new_tokens` caps the target (EOS included): a longer row is an error, never cut.
+`rollout.max_new_tokens` caps the target (EOS included): a longer row is an error (DataError, exit
+2) naming the row by its file and line, or a built-in task's 1-based row; never cut. A prompt
+whose characters alone prove it too long is refused before it is tokenized.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from grpokit import models, precision
 from grpokit.config import Config, ConfigError
+from grpokit.typed_tree import DataError
 from grpokit.data.base import Task, load_task
-from grpokit.data.datasets import load_rows, row_name, split_rows
-from grpokit.data.render import has_chat_template, render_prompt
+from grpokit.data import render
+from grpokit.data.datasets import load_rows, split_rows
 from grpokit.logprobs import completion_logprobs, length_sorted_chunks
 from grpokit.sinks import check_trackers, make_sinks
 from grpokit.training import (
@@ -65,61 +68,57 @@ def split_row(row: dict[str, Any], where: str,
     ends_with_assistant = isinstance(last, dict) and last.get("role") == "assistant"
     if "completion" in row:
         if ends_with_assistant:
-            raise ValueError(f"{where}: has both 'completion' and messages ending with an "
+            raise DataError(f"{where}: has both 'completion' and messages ending with an "
                              "assistant turn; keep one target")
         prompt_row, target, field = row, row["completion"], "'completion'"
     elif ends_with_assistant:
         if len(messages) < 2:
-            raise ValueError(f"{where}: messages hold only the assistant turn; a prompt message "
+            raise DataError(f"{where}: messages hold only the assistant turn; a prompt message "
                              "must come before it")
         prompt_row = {**row, "messages": messages[:-1]}
         target, field = last.get("content"), "the last (assistant) message's 'content'"
     elif rule is not None:
         prompt_row, target, field = row, rule(row), "the reference solution"
     else:
-        raise ValueError(f"{where}: no SFT target; expected a 'completion' column (rename "
+        raise DataError(f"{where}: no SFT target; expected a 'completion' column (rename "
                          "yours with data.columns={your_column: completion}) or 'messages' ending "
                          f"with an assistant turn (keys: {sorted(row)})")
     if not isinstance(target, str) or not target.strip():
-        raise ValueError(f"{where}: {field} must be a non-empty string, got {_short(target)}")
+        raise DataError(f"{where}: {field} must be a non-empty string, got {_short(target)}")
     return prompt_row, target
 
 
 def encode_prompt(prompt_row: dict[str, Any], tokenizer: Any, *, where: str,
                   system_prompt: str | None, max_prompt_length: int) -> list[int]:
-    """Token ids of a row's prompt, rendered as `grpokit train` renders it; over the cap is an
-    error naming the row."""
-    text = render_prompt(prompt_row, tokenizer, system_prompt)
-    # A chat template writes its own special tokens (BOS); adding them again would double them.
-    special = not has_chat_template(tokenizer)
-    prompt_ids = list(tokenizer(text, add_special_tokens=special)["input_ids"])
-    if len(prompt_ids) > max_prompt_length:
-        raise ValueError(f"{where}: the prompt is {len(prompt_ids)} tokens, longer than "
-                         f"data.max_prompt_length={max_prompt_length}; raise it or shorten the "
-                         "prompt")
-    return prompt_ids
+    """Token ids of a row's prompt, rendered and checked as `grpokit train` does it
+    (`render.encode_prompt`): over the cap is a DataError naming the row."""
+    return render.encode_prompt(prompt_row, tokenizer, system_prompt, max_prompt_length, where)
 
 
 def encode_target(target: str, tokenizer: Any, *, where: str, max_completion_length: int,
                   what: str = "the target") -> list[int]:
-    """Token ids of a completion followed by EOS; over the cap is an error (never cut)."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token: targets must end with one")
+    """Token ids of a completion followed by EOS; over the cap is a DataError (never cut)."""
+    _require_eos(tokenizer)
     completion_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
     completion_ids.append(tokenizer.eos_token_id)
     if len(completion_ids) > max_completion_length:
-        raise ValueError(f"{where}: {what} is {len(completion_ids)} tokens with EOS, longer "
-                         f"than rollout.max_new_tokens={max_completion_length} (never cut); "
-                         "raise it or shorten it")
+        raise DataError(f"{where}: {what} is {len(completion_ids)} tokens with EOS, longer "
+                        f"than rollout.max_new_tokens={max_completion_length} (never cut); "
+                        "raise it or shorten it")
     return completion_ids
+
+
+def _require_eos(tokenizer: Any) -> None:
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("model.path: the tokenizer has no EOS token; SFT and DPO targets must "
+                          "end with one")
 
 
 def encode_example(row: dict[str, Any], tokenizer: Any, *, where: str, system_prompt: str | None,
                    max_prompt_length: int, max_completion_length: int,
                    rule: Callable[[dict], str] | None = None) -> SFTExample:
     """Token ids of a row's prompt and target + EOS; a row over either cap is an error."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token: SFT targets must end with one")
+    _require_eos(tokenizer)
     prompt_row, target = split_row(row, where, rule)
     prompt_ids = encode_prompt(prompt_row, tokenizer, where=where, system_prompt=system_prompt,
                                max_prompt_length=max_prompt_length)
@@ -202,11 +201,11 @@ Encode = Callable[[dict[str, Any], str], Any]
 """encode(row, where) -> one example; `where` names the row in errors."""
 
 
-def encode_rows(rows: list[dict[str, Any]], where: str | Path, encode: Encode) -> list[Any]:
-    """Rows named `{where} {i}`, or by their line in the file when `where` is the file's path."""
-    name = (lambda i: f"{where}: {row_name(where, i)}") if isinstance(where, Path) else \
-        (lambda i: f"{where} {i}")
-    return [encode(row, name(i)) for i, row in enumerate(rows)]
+def encode_rows(rows: list[dict[str, Any]], encode: Encode) -> list[Any]:
+    """Each row encoded, named in errors as the row knows itself (datasets.Row: a file and its
+    1-based line, a built-in task's 1-based row), else by its 1-based position."""
+    return [encode(row, getattr(row, "where", None) or f"row {n}")
+            for n, row in enumerate(rows, start=1)]
 
 
 def load_split(cfg: Config, encode: Encode, task_rows: Task | None = None
@@ -216,14 +215,13 @@ def load_split(cfg: Config, encode: Encode, task_rows: Task | None = None
     never trained on; errors name the file row. SFT and DPO share it."""
     d, limit = cfg.data, cfg.eval.num_prompts
     if task_rows is not None:
-        where = f"task {task_rows.name!r}:"
-        return (encode_rows(task_rows.train_rows, f"{where} train row", encode),
-                encode_rows(task_rows.eval_rows[:limit], f"{where} eval row", encode))
+        return (encode_rows(task_rows.train_rows, encode),
+                encode_rows(task_rows.eval_rows[:limit], encode))
     columns = {"prompt_column": d.prompt_column, "messages_column": d.messages_column,
                "columns": d.columns}
-    examples = encode_rows(load_rows(d.path, **columns), Path(d.path), encode)
+    examples = encode_rows(load_rows(d.path, **columns), encode)
     if d.eval_path is not None:
-        held_out = encode_rows(load_rows(d.eval_path, **columns), Path(d.eval_path), encode)
+        held_out = encode_rows(load_rows(d.eval_path, **columns), encode)
         return examples, held_out[:limit]
     train, held_out = split_rows(examples, eval_fraction=d.eval_fraction, seed=d.seed)
     return train, held_out[:limit]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from grpokit.config import ConfigError, load_config
+from grpokit.typed_tree import DataError
 from grpokit.testing import tiny_llama
 from grpokit.sft import (
     SFTExample,
@@ -244,6 +245,43 @@ def test_task_without_a_target_rule_is_a_config_error(tiny):
     cfg = load_config(overrides=["data.task=humaneval"])
     with pytest.raises(ConfigError, match="data.task: task 'humaneval' has no rule"):
         load_examples(cfg, tiny[1])
+
+
+@pytest.mark.parametrize("command, row", [
+    ("sft", {"prompt": "q", "completion": "a much longer target than four tokens"}),
+    ("dpo", {"prompt": "q", "chosen": "a", "rejected": "a much longer answer than four tokens"}),
+])
+def test_an_over_long_target_exits_2_naming_file_and_line(command, row, tiny_model_dir, tmp_path,
+                                                          capsys):
+    from grpokit.cli import main
+
+    short = {"prompt": "p", "completion": "c"} if command == "sft" else \
+        {"prompt": "p", "chosen": "c", "rejected": "d"}
+    path = _jsonl(tmp_path / "d.jsonl", [short, short, row, short])
+    code = main([command, f"model.path={tiny_model_dir}", f"data.path={path}",
+                 f"log.output_dir={tmp_path / 'run'}", "rollout.max_new_tokens=4",
+                 "log.report_to=[]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{path}: line 3: " in err and "tokens with EOS, longer than rollout.max_new_tokens=4" \
+        in err, err
+
+
+def test_built_in_task_rows_are_named_1_based_as_grpo_names_them(tiny):
+    cfg = load_config(overrides=["data.task=arithmetic", "rollout.max_new_tokens=1"])
+    with pytest.raises(DataError, match=r"^task 'arithmetic': training row 1: the target is"):
+        load_examples(cfg, tiny[1])
+
+
+def test_a_megabyte_prompt_is_refused_by_its_length_before_tokenizing(monkeypatch):
+    from grpokit.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    monkeypatch.setattr(type(tokenizer), "__call__", lambda *a, **k: pytest.fail("tokenized"))
+    with pytest.raises(DataError, match=r"^row 9: the prompt is \d+ characters, so at least "
+                                        r"\d+ tokens .*longer than max_prompt_length=512"):
+        encode_example({"prompt": "x" * 5_000_000, "completion": "y"}, tokenizer, where="row 9",
+                       system_prompt=None, max_prompt_length=512, max_completion_length=8)
 
 
 # ---------------------------------------------------------------- end to end

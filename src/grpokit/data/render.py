@@ -92,23 +92,28 @@ def encode_prompts(
 ) -> list[list[int]]:
     """Token ids of each row's rendered prompt; a row longer than max_prompt_length is an error
     naming the row: its `where` (a dataset's file and line, see datasets.Row), else its index."""
+    return [encode_prompt(row, tokenizer, system_prompt, max_prompt_length,
+                          getattr(row, "where", None) or f"row {i}")
+            for i, row in enumerate(rows)]
+
+
+def encode_prompt(row: dict[str, Any], tokenizer: Any, system_prompt: str | None,
+                  max_prompt_length: int | None, where: str) -> list[int]:
+    """Token ids of one row's rendered prompt. One longer than max_prompt_length is a DataError
+    naming the row by `where`, found by its characters alone, before tokenizing, where they
+    prove it (`min_tokens`)."""
+    text = _render(row, tokenizer, system_prompt, where)
+    if max_prompt_length is not None:
+        _refuse_by_characters(text, tokenizer, max_prompt_length, where)
     # A chat template writes its own special tokens (BOS); adding them again would double them.
-    add_special_tokens = not has_chat_template(tokenizer)
-    encoded = []
-    for i, row in enumerate(rows):
-        where = getattr(row, "where", None) or f"row {i}"
-        text = _render(row, tokenizer, system_prompt, where)
-        if max_prompt_length is not None:
-            _refuse_by_characters(text, tokenizer, max_prompt_length, where)
-        ids = list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-        if max_prompt_length is not None and len(ids) > max_prompt_length:
-            raise DataError(
-                f"{where}: the prompt is {len(ids)} tokens, longer than max_prompt_length="
-                f"{max_prompt_length} (prompts are never truncated); raise max_prompt_length or "
-                f"shorten the prompt: {_short(text)}"
-            )
-        encoded.append(ids)
-    return encoded
+    ids = list(tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"])
+    if max_prompt_length is not None and len(ids) > max_prompt_length:
+        raise DataError(
+            f"{where}: the prompt is {len(ids)} tokens, longer than max_prompt_length="
+            f"{max_prompt_length} (prompts are never truncated); raise max_prompt_length or "
+            f"shorten the prompt: {_short(text)}"
+        )
+    return ids
 
 
 def _refuse_by_characters(text: str, tokenizer: Any, max_prompt_length: int, where: str) -> None:
