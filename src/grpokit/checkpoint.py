@@ -2,6 +2,12 @@
 checksums written last, fsynced, and renamed into place. Loading verifies the manifest; resuming a
 run folder takes the newest checkpoint that verifies and says which ones it skipped and why.
 
+A save killed at any point leaves every checkpoint it touched under a name `recover` knows:
+`step-N.tmp` (the new one, complete once its manifest verifies), `step-N.old` (the one a re-save
+of step N replaces, kept until the new one has its name) and `NAME.del` (a deletion cut short,
+always junk). `recover` puts the newest complete one back in place with renames only; `clean`
+deletes the leftovers once a newer checkpoint is in place.
+
 A checkpoint folder holds the model in Hugging Face format (plus the tokenizer), `sharded/` with
 the weights and optimizer state (torch.distributed.checkpoint, written by every rank),
 `trainer.pt` with the scheduler, RNG streams, sampler position and step, the resolved
@@ -26,6 +32,7 @@ import torch
 STATE_FILE = "trainer.pt"
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_LEFTOVER = re.compile(r"^step-(\d+)\.(tmp|old|(?:tmp\.|old\.)?del)$")
 logger = logging.getLogger(__name__)
 
 
@@ -96,22 +103,42 @@ def verify(folder: Path) -> None:
 
 def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
     """Call write(tmp) on a fresh temporary folder beside `final`, add the manifest, fsync, and
-    rename it into place."""
+    rename it into place (a checkpoint already there stays as `.old` until `clean`)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = _beside(final, "tmp")
     if tmp.exists():
-        shutil.rmtree(tmp)  # left by a run that died mid-write
+        _discard(tmp)  # left by a run that died mid-write
     write(tmp)
     write_manifest(tmp)
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
-    _fsync(final.parent)
+    _publish(tmp, final)
     return final
+
+
+def _beside(final: Path, suffix: str) -> Path:
+    return final.with_name(f"{final.name}.{suffix}")
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the complete `tmp` to `final`. A checkpoint already there (a re-save of its step)
+    is renamed to `.old` first and deleted only by `clean`, after the new one has its name: a
+    kill between the two renames leaves both, and `recover` finishes or rolls back."""
+    if final.exists():
+        old = _beside(final, "old")
+        if old.exists():
+            _discard(old)  # an older copy of this step, superseded by `final` already
+        final.rename(old)
+    tmp.rename(final)
+    _fsync(final.parent)
+
+
+def _discard(path: Path) -> None:
+    """Delete a folder, renaming it to NAME.del first: a deletion cut short leaves a name that is
+    always junk, never a half-deleted folder under a checkpoint's name."""
+    trash = path.with_name(path.name + ".del")
+    if trash.exists():
+        shutil.rmtree(trash)
+    path.rename(trash)
+    shutil.rmtree(trash)
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
@@ -123,16 +150,79 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """Whether `name` is a checkpoint folder's name (step-NNNNNN)."""
+    return bool(_STEP_DIR.match(name))
+
+
+def _leftovers(root: Path) -> list[tuple[Path, int, str]]:
+    """(folder, step, "tmp" | "old" | "del") of what interrupted saves left under root, by step."""
+    if not root.is_dir():
+        return []
+    found = [(p, int(m.group(1)), m.group(2).rpartition(".")[2]) for p in root.iterdir()
+             if (m := _LEFTOVER.match(p.name))]
+    return sorted(found, key=lambda f: (f[1], f[0].name))
+
+
+def _verifies(folder: Path) -> bool:
+    try:
+        verify(folder)
+    except CheckpointError:
+        return False
+    return True
+
+
 def prune(root: Path, keep_last: int) -> None:
     """Delete all but the newest keep_last checkpoints (0 keeps all)."""
     if keep_last > 0:
         for path in checkpoint_dirs(root)[:-keep_last]:
+            _discard(path)
+
+
+def recover(root: Path) -> list[str]:
+    """Finish or roll back the saves a killed run left half done, so that no complete checkpoint
+    is lost. For a step whose folder is missing, a `.tmp` that verifies (the save was complete)
+    is renamed into place, else the `.old` a re-save was replacing is renamed back. Renames only:
+    this is safe to repeat, and the leftovers go in `clean` once a newer checkpoint is saved.
+    Call only while holding the run folder's lock. Returns one line per folder restored."""
+    done = []
+    # The `.tmp` of a step first: when it verifies it is newer than the `.old` it was replacing.
+    for path, step, kind in sorted(_leftovers(root), key=lambda f: (f[1], f[2] != "tmp")):
+        final = root / f"step-{step:06d}"
+        if final.exists() or kind == "del" or (kind == "tmp" and not _verifies(path)):
+            continue
+        path.rename(final)
+        done.append(f"{final.name}: " + ("finished the interrupted save" if kind == "tmp" else
+                                         "rolled back the interrupted re-save"))
+        logger.warning("checkpoint %s", done[-1])
+    if done:
+        _fsync(root)
+    return done
+
+
+def holds_checkpoint(root: Path) -> bool:
+    """Whether root holds a checkpoint, counting those a killed save left as `.old`, or as a
+    `.tmp` that verifies (both of which `recover` puts back)."""
+    return bool(checkpoint_dirs(root)) or any(
+        (kind == "old" and (path / STATE_FILE).is_file()) or (kind == "tmp" and _verifies(path))
+        for path, _, kind in _leftovers(root))
+
+
+def clean(root: Path, step: int) -> None:
+    """Delete the leftovers of killed saves once the checkpoint of `step` is in place: every
+    `.del`, and the `.old` and `.tmp` folders of `step` and earlier steps (superseded). A later
+    step's `.old`, or `.tmp` that verifies, is a checkpoint `recover` restores, and stays."""
+    for path, n, kind in _leftovers(root):
+        if kind == "del":
             shutil.rmtree(path)
+        elif n <= step or (kind == "tmp" and not _verifies(path)):
+            _discard(path)
 
 
 def save_checkpoint(root: Path, step: int, save_model: Callable[[Path], None],
                     state: dict[str, Any], config_yaml: str, keep_last: int) -> Path:
-    """Write step-NNNNNN under root atomically and prune old ones."""
+    """Write step-NNNNNN under root atomically, delete the leftovers of killed saves and prune
+    old checkpoints."""
 
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
@@ -141,6 +231,7 @@ def save_checkpoint(root: Path, step: int, save_model: Callable[[Path], None],
         (tmp / "config.yaml").write_text(config_yaml)
 
     path = write_atomically(root / f"step-{step:06d}", write)
+    clean(root, step)
     prune(root, keep_last)
     return path
 

@@ -162,7 +162,9 @@ RESUME_MAY_CHANGE = ("train.steps", "train.lr", "train.micro_batch_size",
 def run_folder_of(resume: str | Path) -> Path:
     """The run folder of `--resume`: the folder itself, or the run a checkpoint folder is in."""
     path = Path(resume)
-    if (path / ckpt.STATE_FILE).is_file() and path.parent.name == "checkpoints":
+    # By name too: a killed re-save may have left this checkpoint as `.old` for `recover`.
+    if path.parent.name == "checkpoints" and ((path / ckpt.STATE_FILE).is_file()
+                                              or ckpt.is_checkpoint_name(path.name)):
         return path.parent.parent
     return path
 
@@ -177,12 +179,26 @@ def load_resume(resume: str | Path | None, cfg: Config, kind: str) -> dict[str, 
     if Path(cfg.log.output_dir).resolve() != run.resolve():
         raise ConfigError(f"log.output_dir={cfg.log.output_dir} differs from --resume {resume}: "
                           f"a resumed run continues in its own folder ({run})")
+    recover_checkpoints(run)
     try:
         saved = ckpt.load_state(Path(resume))
     except (FileNotFoundError, ckpt.CheckpointError) as exc:
         raise ConfigError(f"--resume: {exc}") from None
     check_kind(saved, kind)
     return saved
+
+
+def recover_checkpoints(run: Path) -> None:
+    """Finish or roll back a checkpoint save that a killed run left half done (checkpoint.recover)
+    before the resume looks for its checkpoint: on rank 0, under the run folder's lock, so that a
+    live run's save is never touched (that run's pid is named instead); the other ranks wait."""
+    if dist.is_main() and (run / "checkpoints").is_dir():
+        folder = RunFolder(run)
+        try:
+            ckpt.recover(run / "checkpoints")
+        finally:
+            folder.abandon()  # released again (and no new .lock left) until the run claims it
+    dist.barrier()
 
 
 def resume_changes(saved: dict[str, Any], cfg: Config) -> dict[str, tuple[Any, Any]]:
@@ -263,7 +279,7 @@ def claimed(out: Path, resume: str | Path | None) -> Iterator[RunFolder | None]:
     folder, the folder is left as it was. A new run refuses a folder that holds checkpoints."""
     folder = RunFolder(out) if dist.is_main() else None
     try:
-        if resume is None and ckpt.checkpoint_dirs(out / "checkpoints"):
+        if resume is None and ckpt.holds_checkpoint(out / "checkpoints"):
             raise ConfigError(f"log.output_dir: {out} already holds a run; resume it with "
                               f"--resume {out}, or choose another log.output_dir")
         yield folder
@@ -323,6 +339,9 @@ def save_run(out: Path, cfg: Config, model: torch.nn.Module, tokenizer: Any,
         save_model(model, tokenizer, tmp / "model", merge_lora=merge, state_dict=weights)
         staging.rename(tmp / SHARDED)
 
-    return ckpt.save_checkpoint(
+    path = ckpt.save_checkpoint(
         out / "checkpoints", state.step, write_model, state.state_dict(),
         yaml.safe_dump(to_dict(cfg), sort_keys=False), cfg.checkpoint.keep_last)
+    for stale in (out / "checkpoints").glob(".sharded-*"):
+        shutil.rmtree(stale)  # staged by a save that was killed; this save's is in `path`
+    return path
