@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from grpokit import distributed as dist
 from grpokit.config import to_dict
-from grpokit.typed_tree import UserError, flatten
+from grpokit.typed_tree import UserError, flatten, read_json_lines, read_text
 
 # Metrics shown on the compact console line, in order, with their short labels.
 CONSOLE_KEYS = (
@@ -283,15 +283,28 @@ class MultiSink:
 
 def drop_after(path: Path, step: int) -> None:
     """Drop the lines of a JSONL log whose "step" is past `step` (left by a run that died after
-    its last checkpoint), so a resumed or restarted run never logs a step twice."""
+    its last checkpoint), so a resumed or restarted run never logs a step twice. A torn last line
+    (no newline, not JSON: the run was killed while writing it) is dropped too, so the next line
+    is not appended onto it; a damaged line before it is a UserError naming the file and line."""
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(lines):
+    text = read_text(path, UserError)
+    lines = text.split("\n")  # as read_json_lines numbers them
+    kept = [lines[number - 1] + "\n" for number, record in read_json_lines(path, UserError,
+                                                                           partial_tail=True)
+            if _step_of(record, path, number) <= step]
+    if "".join(kept) != text:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
         tmp.replace(path)
+
+
+def _step_of(record: Any, path: Path, number: int) -> int:
+    step = record.get("step", 0) if isinstance(record, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise UserError(f"{path}:{number}: expected a JSON object with a whole 'step', got "
+                        f"{str(record)[:60]}; remove or repair the line to resume")
+    return step
 
 
 # One constructor per name of `log.report_to`: (cfg, run folder, start step) -> sink.

@@ -4,6 +4,7 @@ import io
 import json
 import math
 
+import pytest
 from rich.console import Console
 
 from grpokit.config import load_config
@@ -70,3 +71,13 @@ def test_make_sinks_follows_the_log_config(tmp_path):
     sinks = make_sinks(cfg, tmp_path, Console(file=io.StringIO()))
     assert [type(s).__name__ for s in sinks.sinks] == ["JsonlSink", "TensorBoardSink", "ConsoleSink"]
     sinks.close()
+
+
+@pytest.mark.parametrize("tail, steps", [('{"step": 2}', [1, 2, 3]), ('{"step": 2, "x', [1, 3])])
+def test_a_last_line_without_newline_is_never_glued_to_the_next(tmp_path, tail, steps):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n' + tail)  # complete, or torn by a kill mid-write
+    sink = JsonlSink(path, start_step=2)
+    sink.log(3, {})
+    sink.close()
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == steps

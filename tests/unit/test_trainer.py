@@ -150,3 +150,33 @@ def test_sequence_ratios_see_every_sampled_token_under_top_entropy_selection(
         assert not (mask & ~sampled).any()  # the loss tokens are sampled tokens
         narrowed += int((sampled & ~mask).sum())
     assert narrowed > 0  # selection left sampled tokens out of the loss, not out of the ratio
+
+
+def _torn_run(tiny_model_dir, tmp_path):
+    """A run that checkpointed step 1, then was killed while writing its logs' next lines."""
+    out = tmp_path / "run"
+    args = [*_overrides(tiny_model_dir, out, "eval.before_and_after=false", "log.report_to=[]")]
+    assert main(["train", *args, "train.steps=1"]) == 0
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        with open(out / name, "a", encoding="utf-8") as file:
+            file.write('{"step": 2, "reward/me')  # no newline: killed mid-write
+    return out, args
+
+
+def test_resume_after_a_torn_last_log_line_drops_it(tiny_model_dir, tmp_path, capsys):
+    out, args = _torn_run(tiny_model_dir, tmp_path)
+    assert main(["train", *args, "train.steps=2", "--resume", str(out)]) == 0, \
+        capsys.readouterr().err
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        steps = [json.loads(x)["step"] for x in (out / name).read_text().splitlines()]
+        assert steps[0] == 1 and steps[-1] == 2 and steps == sorted(steps), name
+
+
+def test_resume_with_a_damaged_log_line_exits_2_naming_the_line(tiny_model_dir, tmp_path,
+                                                                capsys):
+    out, args = _torn_run(tiny_model_dir, tmp_path)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("garbage\n" + metrics.read_text())
+    assert main(["train", *args, "train.steps=2", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{metrics}:1: not valid JSON" in err and "Traceback" not in err, err
