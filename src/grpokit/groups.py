@@ -15,6 +15,7 @@ from grpokit.algo.advantages import combine_rewards
 from grpokit.algo.masks import is_tied
 from grpokit.batch import ScoredBatch, concat, select_groups
 from grpokit.config import AlgoConfig, Config, ConfigError
+from grpokit.data.datasets import Row
 from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.data.sampler import PromptSampler
 from grpokit.rewards.base import Sample, StepRewards
@@ -74,7 +75,7 @@ class PromptGroups:
         self.session, self.rows, self.max_turns = session, rows, cfg.tools.max_turns
         system = session.task.system_prompt_for(cfg.data.system_prompt)
         if env is not None:  # an episode starts from the environment's messages
-            rows, system = [{"messages": env.first_messages(row)} for row in rows], None
+            rows, system = [_like(row, {"messages": env.first_messages(row)}) for row in rows], None
         self.prompts = [render_prompt(row, tok, system) for row in rows]
         self.prompt_ids = encode_prompts(rows, tok, system, cfg.data.max_prompt_length)
         self.params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens,
@@ -106,6 +107,12 @@ class PromptGroups:
         result = self.runner.score(samples)
         reward = combine_rewards(result.rewards, self.weights).to(torch.float32)  # (N,)
         return ScoredBatch(rollout, result.rewards, reward, step_rewards_of(result), result.error_mask)
+
+
+def _like(row: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` rebuilt from `row`, keeping where the row came from (datasets.Row) for messages."""
+    where = getattr(row, "where", None)
+    return data if where is None else Row(data, where)
 
 
 @dataclass

@@ -180,3 +180,22 @@ def test_resume_with_a_damaged_log_line_exits_2_naming_the_line(tiny_model_dir, 
     assert main(["train", *args, "train.steps=2", "--resume", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{metrics}:1: not valid JSON" in err and "Traceback" not in err, err
+
+
+def test_an_environments_rows_keep_their_file_and_line(tmp_path):
+    from types import SimpleNamespace
+
+    from grpokit.data.datasets import load_rows
+    from grpokit.groups import PromptGroups
+    from grpokit.testing import tiny_tokenizer
+    from grpokit.typed_tree import DataError
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["a", "b" * 40, "c"]))
+    env = SimpleNamespace(first_messages=lambda row: [{"role": "user", "content": row["prompt"]}])
+    session = SimpleNamespace(
+        cfg=load_config(overrides=["data.max_prompt_length=40"]), tokenizer=tiny_tokenizer(),
+        env=env, task=SimpleNamespace(system_prompt_for=lambda system: None), rewards=[])
+    rows = load_rows(path, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=f"^{path}: line 2: the prompt is"):
+        PromptGroups(session, rows, runner=object())
