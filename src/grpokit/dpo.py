@@ -32,7 +32,7 @@ from grpokit.data.preference import split_pair
 from grpokit.logprobs import CompletionScorer, length_sorted_chunks
 from grpokit.session import shared_prefix
 from grpokit.sft import (
-    SFTExample, collate, encode_prompt, encode_target, load_split, task_rule,
+    SFTExample, collate, encode_prompt, encode_target, load_split, sized, task_rule,
 )
 from grpokit.sinks import check_trackers, make_sinks
 from grpokit.training import (
@@ -130,6 +130,11 @@ class Policy:
             return pair_logps(self.scorer, batch, chunk_size)
 
 
+def _tokens(pair: PreferencePair) -> int:
+    """Tokens of a pair's two sequences (the prompt is in each)."""
+    return 2 * len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
+
+
 def _chunks(pairs: list[PreferencePair], pairs_per_pass: int):
     lengths = torch.tensor([len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids))
                             for p in pairs])
@@ -158,12 +163,15 @@ def train_step(policy: Policy, pairs: list[PreferencePair], state: RunState, cfg
     start = time.perf_counter()
     policy.model.train()
     total, chosen, rejected = 0.0, [], []
-    for part in _chunks(pairs, pairs_per_pass(cfg)):
-        with autocast():
-            loss, c, r = pairs_loss(policy, part, cfg, len(pairs), pad_id)
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"non-finite DPO loss {loss.item()} at step {state.step + 1}")
-        loss.backward()
+    parts = list(_chunks(pairs, pairs_per_pass(cfg)))
+    for k, part in enumerate(parts):
+        with models.memory_named(state.step + 1, k, len(parts), phase="the DPO update",
+                                 size=lambda: sized(2 * len(part), sum(map(_tokens, part)))):
+            with autocast():
+                loss, c, r = pairs_loss(policy, part, cfg, len(pairs), pad_id)
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"non-finite DPO loss {loss.item()} at step {state.step + 1}")
+            loss.backward()
         total += loss.item()
         chosen.append(c)
         rejected.append(r)

@@ -18,11 +18,15 @@ from grpokit.config import AlgoConfig, Config, ConfigError
 from grpokit.data.datasets import Row
 from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.data.sampler import PromptSampler
+from grpokit.models import memory_named
 from grpokit.rewards.base import Sample, StepRewards
 from grpokit.rewards.runner import RewardError, RewardRunner
 from grpokit.rollout.base import Episodes, RolloutBatch, SamplingParams, sampling_seed
 from grpokit.sandbox import SandboxUnavailable
 from grpokit.session import Session
+
+GENERATION_REMEDY = ("lower rollout.prompts_per_step, rollout.group_size or rollout.max_new_tokens "
+                     "(with rollout.engine=vllm: rollout.vllm_kv_cache_gib)")
 
 
 def make_samples(rollout: RolloutBatch, prompts: list[str], max_tokens: int) -> list[Sample]:
@@ -94,14 +98,17 @@ class PromptGroups:
         self.names = [s.name for s in session.rewards]
 
     def score(self, indices: list[int], group_size: int, seeds: Sequence[int],
-              params: SamplingParams | None = None) -> ScoredBatch:
+              params: SamplingParams | None = None, step: int | None = None) -> ScoredBatch:
         """Generate and score G completions (or multi-turn episodes, with an environment) of
-        each prompt; prompt k's from seeds[k]."""
+        each prompt; prompt k's from seeds[k]. Running out of memory names `step` (1-based)."""
         params, env = params or self.params, self.session.env
         ids = [self.prompt_ids[i] for i in indices]
         extra = {} if env is None else \
             {"episodes": Episodes(env, [self.rows[i] for i in indices], self.max_turns)}
-        rollout = self.session.engine.generate(ids, group_size, params, seeds, **extra)
+        size = lambda: (f"{len(ids)} prompts of {sum(map(len, ids))} tokens in all, {group_size} "
+                        f"completions each of up to {params.max_new_tokens} tokens")
+        with memory_named(step, 0, 1, phase="generation", size=size, remedy=GENERATION_REMEDY):
+            rollout = self.session.engine.generate(ids, group_size, params, seeds, **extra)
         rollout.rows = [self.rows[i] for i in indices]
         samples = make_samples(rollout, [self.prompts[i] for i in indices], params.max_new_tokens)
         result = self.runner.score(samples)
@@ -190,7 +197,8 @@ class _Draw:
         self.span = (start, stop)
         if start == stop:
             return None
-        scored = self.source.score(indices[start:stop], self.group_size, seeds)
+        scored = self.source.score(indices[start:stop], self.group_size, seeds,
+                                   step=self.step + 1)
         self.completions += len(scored.reward)
         self.scorable += scorable_count(scored)
         return scored

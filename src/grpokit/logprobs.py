@@ -20,7 +20,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from grpokit import distributed as dist
 from grpokit.algo.selective import selective_logprobs
 from grpokit.algo.support import Truncation
-from grpokit.models import cache_kwarg
+from grpokit.models import cache_kwarg, memory_named
 from grpokit.precision import fp32_attention
 
 
@@ -257,15 +257,20 @@ def padded_chunks(chunks: list[torch.Tensor]) -> list[torch.Tensor]:
     return chunks + [torch.tensor([-1])] * (most - len(chunks))
 
 
+NO_GRAD_REMEDY = "lower train.max_tokens_per_micro_batch or train.micro_batch_size"
+"""What lowers the peak of a no-grad pass (no activations are kept: checkpointing cannot help)."""
+
+
 @torch.no_grad()
 def batched_logprobs(model, batch, *, micro_batch_size: int, temperature: float,
                      max_tokens: int = 2**62,
                      chunk_size: int, autocast=contextlib.nullcontext,
                      with_entropy: bool = False, truncation: Truncation | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     step: int | None = None, phase: str = "a no-grad log-prob pass: the old "
+                     "or reference log-probs") -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad log-probs (and entropies) for a whole batch, micro-batch by micro-batch: the old or
     reference log-probs, or the entropies of top-entropy token selection; over the sampler's kept
-    sets with a `truncation`."""
+    sets with a `truncation`. Running out of memory names `phase`, `step` and the micro-batch."""
     logprobs = torch.zeros(batch.completion_ids.shape, dtype=torch.float32,
                            device=batch.completion_ids.device)  # (N, T)
     entropy = torch.zeros_like(logprobs) if with_entropy else None  # (N, T)
@@ -274,12 +279,14 @@ def batched_logprobs(model, batch, *, micro_batch_size: int, temperature: float,
     plan = plan_micro_batches(batch.prompt_ids, batch.prompt_mask, batch.completion_mask, rows,
                               max_seqs=micro_batch_size, max_tokens=max_tokens,
                               share_prefix=shares_prefix(scorer))
+    chunks = padded_chunks(plan)
     with autocast():
-        for idx in padded_chunks(plan):
-            lp, ent = scorer(batch.prompt_ids[idx], batch.prompt_mask[idx],
-                             batch.completion_ids[idx], batch.completion_mask[idx],
-                             temperature=temperature, chunk_size=chunk_size,
-                             with_entropy=with_entropy, truncation=truncation)
+        for k, idx in enumerate(chunks):
+            with memory_named(step, k, len(chunks), batch, idx, phase=phase, remedy=NO_GRAD_REMEDY):
+                lp, ent = scorer(batch.prompt_ids[idx], batch.prompt_mask[idx],
+                                 batch.completion_ids[idx], batch.completion_mask[idx],
+                                 temperature=temperature, chunk_size=chunk_size,
+                                 with_entropy=with_entropy, truncation=truncation)
             if bool(idx[0] < 0):
                 continue  # a rank's padding pass (see padded_chunks)
             logprobs[idx] = lp

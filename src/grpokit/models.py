@@ -301,12 +301,18 @@ class OutOfMemory(UserError):
     sequences and tokens, and the settings that lower the peak."""
 
 
+TRAINING_REMEDY = ("lower train.max_tokens_per_micro_batch or train.micro_batch_size, or set "
+                   "model.gradient_checkpointing=true")
+
+
 @contextlib.contextmanager
-def memory_named(step: int, micro_batch: int, micro_batches: int, rollout: Any,
-                 idx: torch.Tensor) -> Iterator[None]:
-    """Turn running out of memory (torch's, or the host's MemoryError) in the forward and backward
-    of micro-batch `micro_batch` (0-based) of `step` (1-based, as metrics.jsonl counts) into an
-    OutOfMemory naming where it happened; `rollout` holds the step's masks, `idx` the rows."""
+def memory_named(step: int | None, micro_batch: int, micro_batches: int, rollout: Any = None,
+                 idx: torch.Tensor | None = None, *, phase: str = "the policy update",
+                 size: Any = None, remedy: str = TRAINING_REMEDY) -> Iterator[None]:
+    """Turn running out of memory (torch's, or the host's MemoryError) in micro-batch
+    `micro_batch` (0-based) of `phase` at `step` (1-based, as metrics.jsonl counts; None: not
+    known there) into an OutOfMemory naming where it happened and the `remedy`. The micro-batch's
+    size: `size()` (a string), else the sequences and tokens of rows `idx` of `rollout`'s masks."""
     reason = None
     try:
         yield
@@ -315,12 +321,11 @@ def memory_named(step: int, micro_batch: int, micro_batches: int, rollout: Any,
     if reason is None:
         return
     # Counted here, after the except block let go of the failed pass and its activations.
-    tokens = int(rollout.prompt_mask[idx].sum() + rollout.completion_mask[idx].sum())
-    raise OutOfMemory(
-        f"out of memory at step {step}, micro-batch {micro_batch + 1} of {micro_batches} "
-        f"({len(idx)} sequences, {tokens} tokens): {reason}; lower "
-        "train.max_tokens_per_micro_batch or train.micro_batch_size, or set "
-        "model.gradient_checkpointing=true")
+    described = size() if size is not None else f"{len(idx)} sequences, " + str(int(
+        rollout.prompt_mask[idx].sum() + rollout.completion_mask[idx].sum())) + " tokens"
+    at = "" if step is None else f"step {step}, "
+    raise OutOfMemory(f"out of memory at {at}micro-batch {micro_batch + 1} of {micro_batches} "
+                      f"({described}): {reason}; {remedy} (in {phase})")
 
 
 # ---------------------------------------------------------------- LoRA and saving

@@ -152,8 +152,18 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_tokens:
     return -(logprobs * batch["completion_mask"]).sum() / max(num_tokens, 1)
 
 
+def len_of(example: SFTExample) -> int:
+    """Tokens of an example, prompt and completion."""
+    return len(example.prompt_ids) + len(example.completion_ids)
+
+
+def sized(sequences: int, tokens: int) -> str:
+    """A micro-batch's size, as an out-of-memory error names it (`models.memory_named`)."""
+    return f"{sequences} sequences, {tokens} tokens"
+
+
 def _chunks(examples: list[SFTExample], size: int):
-    lengths = torch.tensor([len(e.prompt_ids) + len(e.completion_ids) for e in examples])
+    lengths = torch.tensor([len_of(e) for e in examples])
     for idx in length_sorted_chunks(lengths, size):
         yield [examples[i] for i in idx.tolist()]
 
@@ -165,12 +175,16 @@ def train_step(model: torch.nn.Module, examples: list[SFTExample], state: RunSta
     model.train()
     num_tokens = sum(len(e.completion_ids) for e in examples)
     total = 0.0
-    for part in _chunks(examples, cfg.train.micro_batch_size):
-        with autocast():
-            loss = sft_loss(model, collate(part, pad_id), num_tokens, cfg.train.logprob_chunk_size)
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"non-finite SFT loss {loss.item()} at step {state.step + 1}")
-        loss.backward()
+    parts = list(_chunks(examples, cfg.train.micro_batch_size))
+    for k, part in enumerate(parts):
+        with models.memory_named(state.step + 1, k, len(parts), phase="the SFT update",
+                                 size=lambda: sized(len(part), sum(map(len_of, part)))):
+            with autocast():
+                loss = sft_loss(model, collate(part, pad_id), num_tokens,
+                                cfg.train.logprob_chunk_size)
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"non-finite SFT loss {loss.item()} at step {state.step + 1}")
+            loss.backward()
         total += loss.item()
     metrics = {"loss/sft": total, **optimizer_step(model, state.optimizer, state.scheduler,
                                                    cfg.train.max_grad_norm)}
