@@ -79,7 +79,8 @@ def _one_update(model_dir, groups: list[int], parallel: str = "ddp", *extra: str
     params = {k: v.detach().clone() for k, v in full_state_dict(model).items()}
     params["__tokens"] = torch.tensor(metrics["train/tokens"])
     for key in ("loss/policy", "loss/kl", "loss/clip_frac", "loss/advantage_mean"):
-        params[f"__{key}"] = torch.tensor(metrics[key], dtype=torch.float64)
+        if key in metrics:  # loss/kl only with β > 0
+            params[f"__{key}"] = torch.tensor(metrics[key], dtype=torch.float64)
     params["__optimizer_steps"] = torch.tensor(scheduler.last_epoch)
     return params
 

@@ -286,7 +286,7 @@ def test_the_engine_leaves_ld_preload_and_the_thread_count_to_the_trainer(engine
 
 @needs_vllm
 def test_lora_policy_pushes_its_merged_weights():
-    from grpokit.rollout.vllm import policy_weights
+    from grpokit.rollout.vllm_weights import policy_weights
 
     model, _ = tiny_llama(hidden=128, seed=3)
     lora = apply_lora(copy.deepcopy(model), rank=4, target_modules=["q_proj", "v_proj"])

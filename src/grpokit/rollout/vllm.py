@@ -12,7 +12,6 @@ Settings, pitfalls and installation: docs/vllm.md.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import tempfile
@@ -23,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown the run's own log
@@ -35,6 +33,9 @@ from grpokit.rollout.batching import (  # noqa: E402
     EngineBase, assemble, check_prompts, left_pad, single_turn_only,
 )
 from grpokit.rollout.sampling import check_params  # noqa: E402
+from grpokit.rollout.vllm_weights import (  # noqa: E402
+    contiguous, policy_weights, shared_memory_dir,
+)
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 12 + 30 = 42."
 """The sync probe's fixed text, repeated to fill its prompt (`probe_prompt`)."""
@@ -44,54 +45,6 @@ their log-probs of these tokens. Each costs a decoding step: a few keep the prob
 PROBE_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 0.5}
 """Default largest |Δ log-prob| of the probe, by the engine's dtype. fp32 engines agree with the
 policy to ~1e-5; a bf16 engine scored against the fp32 policy differs by up to a few tenths."""
-
-
-def policy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The policy's full weights under the base model's checkpoint names.
-
-    A LoRA-wrapped policy gives its merged weights (W + ΔW of the active adapters), computed
-    without merging into the module, so the trainer's weights are never touched. A tensor that
-    aliases an earlier one (a tied output matrix) is left out: the engine ties it itself.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    weights: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name or tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        weights[name.replace(".base_layer.", ".")] = tensor.detach()
-    for name, module in base.named_modules():
-        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
-            adapters = [a for a in module.active_adapters if a in module.lora_A]
-            if adapters and not getattr(module, "merged", False):
-                key = f"{name}.weight"
-                weights[key] = weights[key] + sum(module.get_delta_weight(a) for a in adapters)
-    return weights
-
-
-class WorkerSync:
-    """Methods added to vLLM's worker (its `worker_extension_cls`), run there by `collective_rpc`.
-
-    Weights travel as a safetensors file in shared memory: the RPC carries only the path, which
-    is what vLLM advises for its control channel.
-    """
-
-    def grpokit_load_weights(self, path: str) -> int:
-        """Reload the weights at `path` in place; return how many tensors were read."""
-        # The reload warns, every push, that the rotary embedding and a tied head loaded
-        # nothing; both are expected (the head is refreshed below).
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-        with safe_open(path, framework="pt") as f:
-            weights = [(name, f.get_tensor(name)) for name in f.keys()]
-        self.model_runner.reload_weights(weights_iterator=weights)
-        # The output head's matmul is prepared from its weight when loaded (a packed copy on
-        # CPU). A tied head is never loaded itself, so after a push it would keep the old copy.
-        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
-        for module in self.model_runner.get_model().modules():
-            if isinstance(module, ParallelLMHead):
-                module.quant_method.process_weights_after_loading(module)
-        return len(weights)
 
 
 def _cpu_bind() -> str:
@@ -148,7 +101,7 @@ class VLLMEngine(EngineBase):
         self._init_probe(probe_tolerance, probe_every)
         self.last_sync_s = 0.0
         """Seconds the last weight push took (write, in-place reload, prefix-cache reset)."""
-        self._dir = Path(tempfile.mkdtemp(prefix="grpokit-vllm-", dir=_shared_memory_dir()))
+        self._dir = Path(tempfile.mkdtemp(prefix="grpokit-vllm-", dir=shared_memory_dir()))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, True)
         self._write_checkpoint(base)
         cpu = not torch.cuda.is_available()
@@ -160,7 +113,7 @@ class VLLMEngine(EngineBase):
                 kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),
                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
                 logprobs_mode="processed_logprobs", generation_config="vllm",
-                worker_extension_cls=f"{__name__}.WorkerSync",
+                worker_extension_cls="grpokit.rollout.vllm_weights.WorkerSync",
             )
         config = self.llm.llm_engine.vllm_config
         self.probe_ids = probe_prompt(self.tokenizer, config.cache_config.block_size,
@@ -198,7 +151,7 @@ class VLLMEngine(EngineBase):
         chat with it) and current weights, in the engine's dtype (it warns on every cast)."""
         base.config.save_pretrained(self._dir)
         self.tokenizer.save_pretrained(self._dir)
-        save_file(_contiguous(policy_weights(self.model), self.dtype),
+        save_file(contiguous(policy_weights(self.model), self.dtype),
                   str(self._dir / "model.safetensors"))
 
     def generate(
@@ -285,7 +238,7 @@ class VLLMEngine(EngineBase):
     def _push(self, weights: dict[str, torch.Tensor]) -> None:
         """Write the weights to shared memory and have the worker reload them in place."""
         path = self._dir / "push.safetensors"
-        save_file(_contiguous(weights, self.dtype), str(path))
+        save_file(contiguous(weights, self.dtype), str(path))
         try:
             self.llm.collective_rpc("grpokit_load_weights", args=(str(path),))
         finally:
@@ -389,20 +342,5 @@ def _check_block_size(block_size: int, cpu: bool) -> None:
                          f"attention needs a positive multiple of {unit}")
 
 
-def _contiguous(weights: dict[str, torch.Tensor],
-                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Tensors safetensors can write: contiguous, on the CPU, optionally cast (floats only)."""
-    def prepare(t: torch.Tensor) -> torch.Tensor:
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        return t.cpu().contiguous()
-    return {name: prepare(t) for name, t in weights.items()}
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
-
-
-def _shared_memory_dir() -> str | None:
-    """A RAM-backed folder for the weight pushes when the machine has one, else the default."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
