@@ -131,8 +131,8 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
     cfg, t = session.cfg, session.cfg.train
     knobs = loss_knobs(cfg)
     session.model.train()
-    batch, old = _old_logprobs(session, batch)
-    ref = _reference_logprobs(session, batch)
+    batch, old = _old_logprobs(session, batch, state.step + 1)
+    ref = _reference_logprobs(session, batch, state.step + 1)
     r, parts, optim = batch.rollout, [], []
     rows = 0 if batch.scored.ghost else len(r.completion_ids)  # a stand-in holds no row of the step
     for epoch in range(t.epochs_per_batch):
@@ -166,14 +166,16 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
     return metrics
 
 
-def _logprob_args(session: Session) -> dict[str, Any]:
+def _logprob_args(session: Session, step: int, phase: str) -> dict[str, Any]:
+    """batched_logprobs' settings; `step` and `phase` name an out-of-memory error."""
     t = session.cfg.train
     return dict(micro_batch_size=t.micro_batch_size, max_tokens=t.max_tokens_per_micro_batch,
                 temperature=session.cfg.rollout.temperature,
-                chunk_size=t.logprob_chunk_size, autocast=session.autocast)
+                chunk_size=t.logprob_chunk_size, autocast=session.autocast, step=step,
+                phase=phase)
 
 
-def _old_logprobs(session: Session, batch: TrainingBatch
+def _old_logprobs(session: Session, batch: TrainingBatch, step: int
                   ) -> tuple[TrainingBatch, torch.Tensor | None]:
     """The sampling policy's log-probs: None on-policy (μ = 1, one minibatch), where the loss uses
     logp.detach() and no extra forward pass runs (DESIGN.md §3); unless top-entropy selection
@@ -185,21 +187,22 @@ def _old_logprobs(session: Session, batch: TrainingBatch
         return batch, None
     old, entropy = batched_logprobs(session.layout.scorer, batch.rollout, with_entropy=select,
                                     truncation=sampling_truncation(session.cfg),
-                                    **_logprob_args(session))
+                                    **_logprob_args(session, step, "the old log-probs"))
     if select:
         batch = dataclasses.replace(batch, loss_mask=top_entropy_mask(
             entropy, batch.loss_mask, a.top_entropy_fraction))
     return batch, None if on_policy else old
 
 
-def _reference_logprobs(session: Session, batch: TrainingBatch) -> torch.Tensor | None:
+def _reference_logprobs(session: Session, batch: TrainingBatch, step: int
+                        ) -> torch.Tensor | None:
     if not session.cfg.algo.beta:
         return None  # β = 0: no reference forward at all
-    layout = session.layout
+    layout, args = session.layout, _logprob_args(session, step, "the reference log-probs")
     if layout.reference is not None:
-        return batched_logprobs(layout.reference, batch.rollout, **_logprob_args(session))[0]
+        return batched_logprobs(layout.reference, batch.rollout, **args)[0]
     with disabled_adapter(session.model):  # LoRA: the reference is the base model
-        return batched_logprobs(layout.scorer, batch.rollout, **_logprob_args(session))[0]
+        return batched_logprobs(layout.scorer, batch.rollout, **args)[0]
 
 
 def _minibatches(n: int, count: int, keys: tuple[int, ...]) -> list[torch.Tensor]:

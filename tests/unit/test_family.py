@@ -206,7 +206,7 @@ def test_lora_reference_is_the_base_model_and_no_second_model_is_loaded(tiny_mod
     batch, _ = _collect(session, rollouts, state)
     base = models.load_policy(tiny_model_dir, dtype="float32")
     kw = dict(micro_batch_size=3, temperature=1.0, chunk_size=1024)
-    ref = trainer._reference_logprobs(session, batch)
+    ref = trainer._reference_logprobs(session, batch, 1)
     torch.testing.assert_close(ref, batched_logprobs(base, batch.rollout, **kw)[0], rtol=0, atol=1e-5)
     policy = batched_logprobs(session.model, batch.rollout, **kw)[0]
     assert not torch.allclose(policy, ref, atol=1e-4)

@@ -94,3 +94,27 @@ def test_the_sft_and_dpo_updates_name_step_micro_batch_and_tokens(
                      rf"allocate 2.00 GiB; lower train.max_tokens_per_micro_batch .*"
                      rf"\(in the {command.upper()} update\)", err), err
     assert "Traceback" not in err
+
+
+def test_the_trainers_reference_pass_names_step_and_phase(tiny_model_dir, tmp_path, monkeypatch):
+    """grpokit train with β > 0: an out-of-memory error in the reference forward names the
+    training step it belongs to and that it was the reference pass."""
+    from grpokit import logprobs
+    from grpokit.trainer import train
+
+    real = logprobs.batched_logprobs
+
+    def spy(model, batch, **kwargs):
+        if kwargs.get("phase") == "the reference log-probs":
+            model = lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError(CUDA_OOM))  # noqa: E731
+        return real(model, batch, **kwargs)
+
+    monkeypatch.setattr("grpokit.trainer.batched_logprobs", spy)
+    cfg = load_config(overrides=[
+        f"model.path={tiny_model_dir}", f"log.output_dir={tmp_path / 'run'}", "train.steps=1",
+        "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4",
+        "eval.before_and_after=false", "log.report_to=[]", "algo.beta=0.04",
+        "data.task_args={digits: 1, ops: '+', train_size: 8, eval_size: 2, style: short}"])
+    with pytest.raises(OutOfMemory, match=r"at step 1, micro-batch 1 of .*\(in the reference "
+                                          r"log-probs\)"):
+        train(cfg)
