@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
+# Start-up stays light: `grpokit --help`, `sandbox`, `score` and `report` load no torch or
+# transformers. Each command imports what it needs inside its handler; the modules whose parsers
+# are declared at start-up (sandbox, score, report) import nothing heavy at module level.
 import argparse
 import json
 import sys
 from pathlib import Path
 
-import transformers
-from rich.console import Console
-
-from grpokit import conformance, report
-from grpokit.config import ConfigError, load_config
-from grpokit.training import run_folder_of
-from grpokit.typed_tree import UserError, parse_overrides
-from grpokit.evaluation import run_eval
-from grpokit.rewards import cli as rewards_cli
-from grpokit.sandbox import cli as sandbox_cli
-from grpokit.dpo import run_dpo
-from grpokit.ppo import train_ppo
-from grpokit.sft import run_sft
-from grpokit.trainer import train
+from grpokit.report import add_commands as add_report
+from grpokit.rewards.cli import add_commands as add_score
+from grpokit.sandbox.cli import add_commands as add_sandbox
+from grpokit.typed_tree import ConfigError, UserError, parse_overrides
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -29,18 +22,25 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                         help="dotted overrides, e.g. algo.preset=dapo rollout.group_size=8")
 
 
+def _console():
+    from rich.console import Console
+    return Console()
+
+
 def _load(args):
+    from grpokit.config import load_config
     return load_config(args.config, args.overrides)
 
 
 def cmd_train(args) -> int:
-    train(_load_or_resume(args), resume=args.resume, console=Console())
+    from grpokit.trainer import train
+    train(_load_or_resume(args), resume=args.resume, console=_console())
     return 0
 
 
 def cmd_eval(args) -> int:
-    cfg = _load(args)
-    results = run_eval(cfg, Console(), jsonl=args.jsonl)
+    from grpokit.evaluation import run_eval
+    results = run_eval(_load(args), _console(), jsonl=args.jsonl)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
     return 0
@@ -51,6 +51,8 @@ def _load_or_resume(args):
     A resumed run continues in DIR: an explicit other `log.output_dir` is an error."""
     if not args.resume:
         return _load(args)
+    from grpokit.config import load_config
+    from grpokit.training import run_folder_of
     run = run_folder_of(args.resume)
     if not (run / "config.yaml").is_file() and args.config is None:
         raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run folder?")
@@ -63,21 +65,37 @@ def _load_or_resume(args):
 
 
 def cmd_sft(args) -> int:
-    run_sft(_load_or_resume(args), Console(), resume=args.resume)
+    from grpokit.sft import run_sft
+    run_sft(_load_or_resume(args), _console(), resume=args.resume)
     return 0
 
 
 def cmd_dpo(args) -> int:
-    run_dpo(_load_or_resume(args), Console(), resume=args.resume)
+    from grpokit.dpo import run_dpo
+    run_dpo(_load_or_resume(args), _console(), resume=args.resume)
     return 0
 
 
 def cmd_ppo(args) -> int:
-    train_ppo(_load_or_resume(args), resume=args.resume, console=Console())
+    from grpokit.ppo import train_ppo
+    train_ppo(_load_or_resume(args), resume=args.resume, console=_console())
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_conformance(subparsers, full: bool) -> None:
+    """`grpokit conformance PATH...`. Its module needs torch even to declare its arguments, so
+    `grpokit --help` lists it from here and the module is imported only when the command is named."""
+    if full:
+        from grpokit.conformance import add_commands
+        add_commands(subparsers)
+    else:
+        subparsers.add_parser("conformance",
+                              help="check grpokit's GRPO math against conformance vectors")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; `command`, the one about to run, gets its full declaration
+    even where that costs an import (conformance)."""
     parser = argparse.ArgumentParser(prog="grpokit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train with GRPO (defaults: the embedded model on arithmetic)")
@@ -105,21 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume", metavar="DIR", help="continue the PPO run in DIR")
     p.set_defaults(func=cmd_ppo)
-    conformance.add_commands(sub)
-    sandbox_cli.add_commands(sub)
-    rewards_cli.add_commands(sub)
-    report.add_commands(sub)
+    add_conformance(sub, full=command == "conformance")
+    add_sandbox(sub)
+    add_score(sub)
+    add_report(sub)
     return parser
 
 
 def _quiet_libraries() -> None:
     """grpokit prints its own progress; silence per-file loading bars of the model libraries."""
+    import transformers
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     if args.command in ("train", "eval", "sft", "dpo", "ppo"):
         _quiet_libraries()
     try:

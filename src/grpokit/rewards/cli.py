@@ -16,12 +16,14 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec, Sample
-from grpokit.rewards.audit import ScoreReport
-from grpokit.rewards.runner import RewardError, RewardResult, RewardRunner
 from grpokit.typed_tree import UserError, read_json_lines, read_yaml
+
+if TYPE_CHECKING:  # the runner needs torch: imported when `grpokit score` runs, not to declare it
+    from grpokit.rewards.audit import ScoreReport
+    from grpokit.rewards.runner import RewardResult, RewardRunner
 
 
 class ScoreInputError(UserError):
@@ -109,6 +111,8 @@ def _score_all(args: argparse.Namespace, runner: RewardRunner, report: ScoreRepo
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Handler of `grpokit score`."""
+    from grpokit.rewards.audit import ScoreReport
+    from grpokit.rewards.runner import RewardError, RewardRunner
     report, runner, status = None, None, 0
     try:
         specs = load_specs(args.config)
