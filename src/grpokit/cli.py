@@ -84,7 +84,7 @@ def cmd_ppo(args) -> int:
 
 def add_conformance(subparsers, full: bool) -> None:
     """`grpokit conformance PATH...`. Its module needs torch even to declare its arguments, so
-    `grpokit --help` lists it from here and the module is imported only when the command is named."""
+    `grpokit --help` lists it from here, and the module declares them when the command is named."""
     if full:
         from grpokit.conformance import add_commands
         add_commands(subparsers)
