@@ -64,11 +64,17 @@ class DataConfig:
     task_args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the built-in task (e.g. digits, style, train_size)."""
     path: str | None = None
-    """A user dataset: JSONL, JSON, CSV, parquet file or a datasets.save_to_disk folder."""
+    """A user dataset: JSONL, JSON, CSV, parquet file, a folder, or a hub name (openai/gsm8k)."""
+    config: str | None = None
+    """The configuration of a dataset repository (`main` of openai/gsm8k); null for none."""
+    split: str = "train"
+    """The split of `path` to train on (a repository's or DatasetDict's; `train[:1000]` slices)."""
     eval_path: str | None = None
-    """A separate held-out dataset; else `eval_fraction` of `path` is held out."""
+    """A separate held-out dataset; else `eval_split`, else `eval_fraction` of `path`."""
+    eval_split: str | None = None
+    """A split of `path` held out for evaluation (`test`); null: `eval_fraction` is held out."""
     eval_fraction: float = 0.05
-    """Share of a user dataset held out for evaluation when no eval_path is given."""
+    """Share of a user dataset held out for evaluation when no eval_path or eval_split is given."""
     prompt_column: str = "prompt"
     """Column holding a plain prompt string."""
     messages_column: str | None = None

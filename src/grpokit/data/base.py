@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from grpokit.data.datasets import load_rows, named_rows, split_rows
+from grpokit.data.datasets import dataset_rows, named_rows, split_rows
 from grpokit.rewards.base import RewardSpec
 from grpokit.typed_tree import DataError
 
@@ -83,14 +83,14 @@ def load_task(name: str, **args: Any) -> Task:
 
 def load_data(data: Any) -> Task:
     """The task that the config's `data` section names: a built-in task, or the user's dataset
-    (`data.path`) with its held-out rows (`data.eval_path`, or a seeded `eval_fraction` split)."""
+    (`data.path`: a file, a folder, or a dataset repository by name with `data.config` and
+    `data.split`) with its held-out rows (`data.eval_path`, `data.eval_split` of the same
+    dataset, or a seeded `eval_fraction` split)."""
     if data.path is None:
         return load_task(data.task, **data.task_args)
-    columns = dict(prompt_column=data.prompt_column, messages_column=data.messages_column,
-                   columns=data.columns)
-    rows = load_rows(data.path, **columns)
-    if data.eval_path is not None:
-        train, held_out = rows, load_rows(data.eval_path, **columns)
+    rows, held_out = dataset_rows(data)
+    if held_out is not None:
+        train = rows
     else:
         train, held_out = split_rows(rows, eval_fraction=data.eval_fraction, seed=data.seed)
     return Task(name=Path(data.path).stem, train_rows=train, eval_rows=held_out)

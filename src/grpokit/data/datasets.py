@@ -1,9 +1,14 @@
-"""User datasets: rows from JSONL, JSON, CSV, parquet or a `datasets.save_to_disk` folder.
+"""User datasets: rows from JSONL, JSON, CSV, parquet, a `datasets.save_to_disk` folder, a folder
+laid out as a dataset repository, or a dataset repository by name (`openai/gsm8k`).
 
-Files are read with the `datasets` library (`load_dataset("json" | "csv" | "parquet")`), folders
-with `load_from_disk`; nothing is ever downloaded. CSV cells are read as strings so that answers
-such as "007" or "1.50" arrive exactly as written. Every row is checked: a missing, empty or
-non-string prompt, or a malformed chat list, is an error naming the file, row and column.
+Files are read with the `datasets` library (`load_dataset("json" | "csv" | "parquet")`),
+save_to_disk folders with `load_from_disk`; a repository (a local folder, or a name that is no
+local path) with `load_dataset(path, name=config, split=split)` and the library's cache, so a name
+is downloaded once online and read from the cache offline. CSV cells are read as strings so that
+answers such as "007" or "1.50" arrive exactly as written. Every row is checked: a missing, empty
+or non-string prompt, or a malformed chat list, is an error naming the file, row and column.
+Without an `answer` column, a `solution` column's last `\\boxed{...}` becomes the row's `answer`
+(MATH-style data; see docs/data.md, "Datasets by name").
 """
 
 from __future__ import annotations
@@ -12,29 +17,82 @@ import contextlib
 import csv
 import logging
 import random
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from grpokit.data.memory import is_memory, memory_dataset
 from grpokit.data.render import prompt_messages
+from grpokit.rewards.extract import boxed_contents
 from grpokit.typed_tree import DataError, read_json, read_json_lines, read_text
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# A dataset repository's name: `owner/name` or `name`.
+_REPOSITORY = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?")
+_LOCAL_COPY = (
+    "pass a local copy instead: data.path=/path/to/train.jsonl (or .parquet, .csv, a "
+    "datasets.save_to_disk folder, or a folder laid out as the repository), or load it once "
+    "online (or copy a populated datasets cache) and set HF_DATASETS_OFFLINE=1"
+)
 
 
-def _load_folder(path: Path, split: str | None) -> Any:
+def is_repository_name(path: str | Path) -> bool:
+    """Whether data.path names a dataset repository (`openai/gsm8k`, `gsm8k`): it is no local
+    path, has the shape of a name and does not end in a file suffix (a missing `data.jsonl` is
+    a missing file)."""
+    text = str(path)
+    return (not Path(text).exists() and _REPOSITORY.fullmatch(text) is not None
+            and Path(text).suffix.lower() not in _BUILDERS)
+
+
+def _load_repository(source: str, config: str | None, split: str | None,
+                     cache_dir: str | None) -> Any:
+    """A dataset repository, a local folder or a name, through `load_dataset` and its cache."""
+    import datasets
+
+    try:
+        with _library_log_quiet():
+            return datasets.load_dataset(source, name=config, split=split or "train",
+                                         cache_dir=cache_dir)
+    except Exception as exc:  # the library raises many types; all mean "cannot be loaded"
+        raise _repository_error(source, config, split or "train", exc) from None
+
+
+def _repository_error(source: str, config: str | None, split: str, exc: Exception) -> DataError:
+    """What went wrong, in one line: an unreachable name says how to pass a local copy; a
+    configuration or split the dataset lacks lists those it has (the library's words)."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    what = f"dataset {source!r} (config {config!r}, split {split!r})"
+    if isinstance(exc, ValueError):
+        return DataError(f"{what}: {reason}; set data.config and data.split to a configuration "
+                         "and split it has")
+    if Path(source).exists():
+        return DataError(
+            f"{what}: cannot be loaded ({reason}); a folder must be written by datasets' "
+            "save_to_disk (dataset_dict.json or state.json in it) or hold data files laid out "
+            "as a dataset repository (data/train.jsonl, or a README.md with a configs: header)"
+        )
+    return DataError(
+        f"{what}: no local file or folder has this name, and the dataset could not be loaded "
+        f"from the Hugging Face Hub or the datasets cache ({reason}); {_LOCAL_COPY}"
+    )
+
+
+def _load_folder(path: Path, split: str | None, config: str | None,
+                 cache_dir: str | None) -> Any:
     import datasets  # here, not at the top: its import takes seconds and built-in tasks skip it
 
     if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-        raise DataError(
-            f"{path}: a folder must be written by datasets' save_to_disk "
-            "(no dataset_dict.json or state.json in it)"
-        )
+        return _load_repository(str(path), config, split, cache_dir)
+    if config is not None:
+        raise DataError(f"{path}: a datasets.save_to_disk folder has no configurations; "
+                        f"config={config!r} is not used")
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:  # JSON, Arrow and OS errors all mean "damaged"
         _damaged_folder(path, exc)
     if isinstance(loaded, datasets.Dataset):
-        if split is not None:
+        if split not in (None, "train"):  # a single dataset is the training split
             raise DataError(
                 f"{path}: holds a single dataset without splits; split={split!r} is not used"
             )
@@ -214,6 +272,38 @@ def row_name(path: Path, index: int) -> str:
     return f"row {index + 1}"
 
 
+def _open(path: str | Path, split: str | None, config: str | None, cache_dir: str | None
+          ) -> tuple[Any, Path]:
+    """The dataset at `path`: a file, a folder, a repository by name, or rows handed over from
+    Python (`memory:`, grpokit/data/memory.py)."""
+    if is_memory(path):
+        return memory_dataset(str(path)), Path(str(path))
+    if is_repository_name(path):
+        return _load_repository(str(path), config, split, cache_dir), Path(str(path))
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"dataset not found: {path}")
+    if path.is_dir():
+        return _load_folder(path, split, config, cache_dir), path
+    if config is not None:
+        raise DataError(f"{path}: a file has no configurations; config={config!r} is not used "
+                        "(it names a configuration of a dataset repository)")
+    return _load_file(path, split, cache_dir), path
+
+
+def gold_from_solutions(rows: list[dict[str, Any]]) -> None:
+    """MATH-style rows, in place: when no row has an `answer`, each row whose `solution` holds a
+    `\\boxed{...}` gets its last box's contents as `answer`, the gold the `math` reward reads
+    (GSM8K's `... #### 42` answers need nothing: the reward reads what follows the last ####)."""
+    if any("answer" in row for row in rows):
+        return
+    for row in rows:
+        solution = row.get("solution")
+        boxes = boxed_contents(solution) if isinstance(solution, str) else []
+        if boxes:
+            row["answer"] = boxes[-1].strip()
+
+
 def load_rows(
     path: str | Path,
     *,
@@ -223,6 +313,7 @@ def load_rows(
     columns: dict[str, str] | None = None,
     limit: int | None = None,
     cache_dir: str | None = None,
+    config: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of a user dataset, each with `prompt` (str) or `messages` plus the other columns.
 
@@ -231,15 +322,14 @@ def load_rows(
     is given and there is no `prompt` column, a `messages` column is used. columns renames other
     columns, {name in the file: key in the row}, e.g. {"solution": "answer"}. limit keeps the
     first rows. split picks a split of a save_to_disk DatasetDict (default "train", or its only
-    split) or a slice of a file ("train[:100]"). cache_dir is where `datasets` keeps its Arrow
-    cache (default: the library's own).
+    split), of a dataset repository (default "train") or a slice ("train[:100]"). path may name a
+    dataset repository (`openai/gsm8k`) or be a folder laid out as one; config picks its
+    configuration (`main`). cache_dir is where `datasets` keeps its cache (default: its own).
+    Without an `answer` column, a `solution` column's last box becomes `answer`.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"dataset not found: {path}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive integer or None, got {limit!r}")
-    dataset = _load_folder(path, split) if path.is_dir() else _load_file(path, split, cache_dir)
+    dataset, path = _open(path, split, config, cache_dir)
     source, keys = _destinations(
         dataset.column_names, path, prompt_column, messages_column, columns or {}
     )
@@ -254,7 +344,25 @@ def load_rows(
         rows.append(Row(row, f"{path}: {row_name(path, i)}"))
     if not rows:
         raise DataError(f"{path}: has no rows")
+    gold_from_solutions(rows)
     return rows
+
+
+def dataset_rows(data: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The rows of a config's `data.path` (its `data.config` and `data.split`, column mapping
+    applied) and the held-out rows that `data.eval_path` or `data.eval_split` name; None when
+    neither is set (the caller holds out `data.eval_fraction`, as split_rows does)."""
+    columns = dict(prompt_column=data.prompt_column, messages_column=data.messages_column,
+                   columns=data.columns)
+    if data.eval_path is not None and data.eval_split is not None:
+        raise DataError(f"data.eval_path={data.eval_path!r} and data.eval_split="
+                        f"{data.eval_split!r} both name the held-out rows; set one of them")
+    rows = load_rows(data.path, config=data.config, split=data.split, **columns)
+    if data.eval_path is not None:
+        return rows, load_rows(data.eval_path, **columns)
+    if data.eval_split is not None:
+        return rows, load_rows(data.path, config=data.config, split=data.eval_split, **columns)
+    return rows, None
 
 
 def split_rows(
