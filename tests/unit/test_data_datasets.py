@@ -69,6 +69,17 @@ def test_save_to_disk_splits(tmp_path, load):
         load(path, prompt_column="question", split="dev")
 
 
+def test_a_single_saved_dataset_is_the_train_split(tmp_path, load):
+    import datasets
+
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "one"))
+    assert len(load(tmp_path / "one", prompt_column="question", split="train")) == 3
+    with pytest.raises(DataError, match="single dataset without splits; split='test'"):
+        load(tmp_path / "one", prompt_column="question", split="test")
+    with pytest.raises(DataError, match="save_to_disk folder has no configurations"):
+        load(tmp_path / "one", prompt_column="question", config="main")
+
+
 def test_file_split_slice_and_limit(tmp_path, load):
     path = write(tmp_path / "data.jsonl", ROWS)
     assert len(load(path, prompt_column="question", split="train[:2]")) == 2
