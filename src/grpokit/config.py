@@ -15,6 +15,7 @@ import yaml
 
 from grpokit.algo.presets import PRESETS, preset_values
 from grpokit.rewards.base import RewardSpec
+from grpokit.rewards.user import note_config_dir
 from grpokit.run_config import CheckpointConfig, EvalConfig, LogConfig, RewardRunnerConfig
 from grpokit.stage_config import DPOConfig, PPOConfig, stage_checks
 from grpokit.tool_config import ToolsConfig, tool_checks
@@ -373,6 +374,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        note_config_dir(path.parent)  # reward import paths are searched from here first
     data = merge(data, parse_overrides(overrides or []))
     cfg = build(Config, data, replaced=_REPLACED)
     validate(cfg)

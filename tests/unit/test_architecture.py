@@ -33,7 +33,7 @@ LAYERS = [
     ["grpokit.models", "grpokit.checkpoint", "grpokit.distributed", "grpokit.testing"],
     ["grpokit.config"],
     ["grpokit.run_config", "grpokit.stage_config", "grpokit.tool_config"],
-    ["grpokit.typed_tree", "grpokit.rewards.base", "grpokit.rollout.base"],
+    ["grpokit.typed_tree", "grpokit.rewards.base", "grpokit.rewards.user", "grpokit.rollout.base"],
     ["grpokit.algo", "grpokit.lean", "grpokit.allocator"],
 ]
 

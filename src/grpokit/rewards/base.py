@@ -76,8 +76,12 @@ class RewardSpec:
     """One entry of the `rewards` config list."""
 
     name: str
-    """Registered reward function name (see `grpokit.rewards.registry`)."""
+    """Registered reward function name (see `grpokit.rewards.registry`), or the import path of
+    one's own function (`module:function`, `path/file.py:function`)."""
     weight: float = 1.0
     """Weight w_k in r_i = sum_k w_k r_ik."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to the reward function's factory."""
+    isolate: bool = False
+    """Run it in a worker process killed at its deadline (reward_runner.timeout); the worker
+    imports it by its import path (docs/rewards.md, "Your own reward function")."""

@@ -45,13 +45,16 @@ class IsolatedReward:
 
     isolated = True
 
-    def __init__(self, spec: RewardSpec, module: str, timeout: float):
+    def __init__(self, spec: RewardSpec, preload: tuple[str, ...], timeout: float,
+                 target: str | None = None):
         self.name = spec.name
         self.timeout = float(timeout)
         self._args = dict(spec.args)
-        self._pool = WorkerPool(size=1, preload=(module,))
+        # What the worker builds: the entry's name, or an import path that finds it from there.
+        self._target = target or spec.name
+        self._pool = WorkerPool(size=1, preload=preload)
         try:
-            result = self._pool.run(build_in_worker, (self.name, self._args), _BUILD_TIMEOUT)
+            result = self._pool.run(build_in_worker, (self._target, self._args), _BUILD_TIMEOUT)
         except RuntimeError as exc:
             raise ValueError(f"reward function {self.name!r} (isolated): {exc}") from exc
         if result.status != "ok":
@@ -66,7 +69,8 @@ class IsolatedReward:
             return []
         deadline = time.monotonic() + self.timeout if deadline is None else deadline
         left = max(deadline - time.monotonic(), 0.0)
-        result = self._pool.run(score_in_worker, (self.name, self._args, samples), left, deadline)
+        result = self._pool.run(score_in_worker, (self._target, self._args, samples), left,
+                                deadline)
         if result.status == "ok":
             return result.value
         if result.status == "timeout":

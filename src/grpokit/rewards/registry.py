@@ -1,5 +1,8 @@
 """Reward functions by name, so that a config entry `{name, weight, args}` builds one; for each,
-the module that registered it, the row fields it reads, and the check of its rows (if any)."""
+the module that registered it, the row fields it reads, and the check of its rows (if any).
+
+A name not registered may be an import path to a user's function (grpokit.rewards.user), and a
+Python callable is registered under a name of its own with `register_callable`."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import importlib
 import inspect
 from typing import Any, Callable, Optional, Union
 
+from grpokit.rewards import user
 from grpokit.rewards.base import RewardFunction, RewardSpec, RewardValue, Sample
 
 _FACTORIES: dict[str, Callable[..., RewardFunction]] = {}
@@ -22,6 +26,8 @@ _FIELDS: dict[str, Fields] = {}
 # Checks of the rows a function cannot score: check(fn, rows) -> a problem (or None) per row.
 RowCheck = Callable[[RewardFunction, list[dict[str, Any]]], list[Optional[str]]]
 _ROW_CHECKS: dict[str, RowCheck] = {}
+# The user's callables registered with register_callable, by the name given to each.
+_CALLABLES: dict[str, Callable[..., Any]] = {}
 
 # Modules whose import registers the built-in reward functions.
 _BUILTIN_MODULES = (
@@ -161,14 +167,75 @@ def available() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def build(spec: RewardSpec) -> RewardFunction:
-    """Build the reward function a config entry names."""
+def register_callable(fn: Callable[..., Any], name: str | None = None) -> str:
+    """Register a user's reward function (TRL's batch form or grpokit's per-sample form, sync or
+    async: see grpokit.rewards.user) and return the name to put in a config's `rewards` list.
+
+    The default name is the function's `__name__`, with `_2`, `_3`, ... added when a different
+    function has it; registering the same function object again returns its name. An explicit
+    `name` taken by another function is a ValueError, and so is a signature that cannot take
+    the batch. With `isolate: true` in its config entry, the worker process imports it by its
+    module and qualified name: a function of the script being run, or one defined inside a
+    function, cannot be isolated (an error naming it when the rewards are built)."""
     _load_builtins()
+    if not callable(fn):
+        raise TypeError(f"register_callable needs a callable, got {type(fn).__name__}")
+    for known, registered in _CALLABLES.items():
+        if registered is fn:
+            return known
+    base = name or getattr(fn, "__name__", None) or type(fn).__name__
+    if name is not None and name in _FACTORIES:
+        raise ValueError(f"reward function {name!r} is already registered (another function)")
+    user.form_of(fn, base)  # a signature that cannot take the batch fails here, not at step 1
+    chosen, k = base, 2
+    while chosen in _FACTORIES:
+        chosen, k = f"{base}_{k}", k + 1
+    _FACTORIES[chosen] = lambda **args: user.adapt(chosen, fn, args)
+    _HOMES[chosen] = getattr(fn, "__module__", None) or "__main__"
+    _CALLABLES[chosen] = fn
+    return chosen
+
+
+def isolation(spec: RewardSpec) -> tuple[tuple[str, ...], str, bool] | None:
+    """(modules a worker imports first, the name it builds, whether it is a user's function by
+    import path or callable) for a function that runs in a worker process: registered with
+    isolate=True, or `isolate: true` in its entry. None otherwise. ValueError naming the entry
+    when a fresh process cannot import it."""
+    _load_builtins()
+    if spec.name in _ISOLATED:
+        return (_ISOLATED[spec.name],), spec.name, False
+    if not spec.isolate:
+        return None
+    if spec.name in _CALLABLES:
+        ref = user.importable_ref(_CALLABLES[spec.name])
+        if ref is None:
+            raise ValueError(_not_importable(spec.name, _HOMES[spec.name]))
+        return (), ref, True
+    if spec.name in _FACTORIES:
+        if _HOMES[spec.name] == "__main__":
+            raise ValueError(_not_importable(spec.name, "__main__"))
+        return (_HOMES[spec.name],), spec.name, False
+    return ((), user.locate(spec.name), True) if user.is_import_path(spec.name) else None
+
+
+def _not_importable(name: str, module: str) -> str:
+    return (f"reward {name!r}: isolate: true runs it in a fresh worker process, which cannot "
+            f"import it (defined in {module}, the script being run, or inside a function); move "
+            "it to a module or file and name it by its import path (module:function or "
+            "file.py:function)")
+
+
+def build(spec: RewardSpec) -> RewardFunction:
+    """Build the reward function a config entry names: registered, or by import path."""
+    _load_builtins()
+    if spec.name not in _FACTORIES and user.is_import_path(spec.name):
+        return user.build(spec.name, spec.args)
     if spec.name not in _FACTORIES:
         close = difflib.get_close_matches(spec.name, _FACTORIES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"unknown reward function {spec.name!r}{hint}; available: {', '.join(available())}"
+            f"unknown reward function {spec.name!r}{hint}; available: {', '.join(available())}; "
+            "or your own function by its import path (module:function or path/file.py:function)"
         )
     try:
         fn = _FACTORIES[spec.name](**spec.args)

@@ -24,9 +24,9 @@ where no deadline can stop it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-import numbers
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,18 +39,13 @@ from grpokit.rewards.base import (
 )
 from grpokit.rewards.isolated import IsolatedReward
 from grpokit.rewards.item import describe_row
-from grpokit.rewards.registry import build, fields_of, home, isolated_module, row_check_of
-from grpokit.typed_tree import UserError
+from grpokit.rewards.outputs import RewardError, as_list, check_value, columns_of
+from grpokit.rewards.registry import build, fields_of, home, isolation, row_check_of
+from grpokit.rewards.user import probe_samples
 
 logger = logging.getLogger(__name__)
 
 _MAX_EXAMPLES = 3
-
-
-class RewardError(UserError, RuntimeError):
-    """A reward function misbehaved: too many errors, or a malformed output. A UserError, so the
-    command line prints its message (naming the function and its last error) and exits with
-    status 2 instead of a traceback."""
 
 
 @dataclass
@@ -84,14 +79,16 @@ class _Outcome:
     asked: int | None = None
     """How many samples the function was given, when not the whole batch (rows it cannot score
     were left out)."""
+    fatal: str | None = None
+    """A malformed output (not a list of values): the run stops, naming the function."""
 
 
 def _spread(outcome: _Outcome, keep: list[int], n: int) -> _Outcome:
     """The outcome of the samples `keep` of a batch of n, spread over the whole batch: None (and
     no time) for the samples left out."""
     values = outcome.values or []
-    if len(values) != len(keep):  # a wrong count is reported by `score`
-        return _Outcome(values, outcome.errors, outcome.seconds, asked=len(keep))
+    if len(values) != len(keep) or outcome.fatal:  # reported by `score`
+        return _Outcome(values, outcome.errors, outcome.seconds, len(keep), outcome.fatal)
     spread = _Outcome(values=[None] * n, seconds=None if outcome.seconds is None else [0.0] * n)
     for j, i in enumerate(keep):
         spread.values[i] = values[j]
@@ -109,8 +106,8 @@ def _failed(sample: Sample, i: int, what: str) -> str:
 
 def _caller(fn: RewardFunction, deadline: float | None) -> Callable[[list[Sample]], list[RewardValue]]:
     if isinstance(fn, IsolatedReward):
-        return lambda batch: fn.run(batch, deadline)
-    return lambda batch: list(fn(batch))
+        return lambda batch: as_list(fn.name, fn.run(batch, deadline))
+    return lambda batch: as_list(fn.name, fn(batch))
 
 
 def _one_by_one(fn: RewardFunction, samples: list[Sample], call, timed: bool) -> _Outcome:
@@ -137,26 +134,11 @@ def _call_safely(fn: RewardFunction, samples: list[Sample], deadline: float | No
         return _one_by_one(fn, samples, call, timed=True)
     try:
         return _Outcome(values=call(samples))
+    except RewardError as exc:  # a malformed output: retrying sample by sample cannot fix it
+        return _Outcome(values=[], fatal=str(exc))
     except Exception as batch_exc:  # noqa: BLE001 - retried per sample to find the culprit
         logger.warning("reward %s failed on the batch (%r); scoring one sample at a time", fn.name, batch_exc)
     return _one_by_one(fn, samples, call, timed=False)
-
-
-def _check_value(name: str, i: int, value: Any) -> float | StepRewards | RewardFailure | None:
-    if value is None or isinstance(value, RewardFailure):
-        return value
-    if isinstance(value, StepRewards):
-        if not all(isinstance(r, numbers.Real) and math.isfinite(r) for r in value.rewards):
-            raise RewardError(f"reward {name!r}: sample {i}: non-finite step rewards {value.rewards!r}")
-        return value
-    if not isinstance(value, numbers.Real):
-        raise RewardError(
-            f"reward {name!r}: sample {i}: expected a float, None, StepRewards or RewardFailure, "
-            f"got {type(value).__name__} {value!r:.100}"
-        )
-    if not math.isfinite(value):
-        raise RewardError(f"reward {name!r}: sample {i}: non-finite value {value!r}")
-    return float(value)
 
 
 def user_module(spec: RewardSpec, fn: RewardFunction) -> str | None:
@@ -168,18 +150,18 @@ def user_module(spec: RewardSpec, fn: RewardFunction) -> str | None:
     return None if module.split(".")[0] == "grpokit" else module
 
 
-def columns_of(rows: list[dict[str, Any]], limit: int = 30) -> str:
-    """The columns the rows have, in the order they first appear (for messages)."""
-    names = list(dict.fromkeys(key for row in rows for key in row))
-    return ", ".join(map(str, names[:limit])) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
 def build_function(spec: RewardSpec, timeout: float | None) -> RewardFunction:
-    """The function of a config entry: in its own worker process when registered isolate=True."""
-    module = isolated_module(spec.name)
-    if module is None:
+    """The function of a config entry: in its own worker process when registered isolate=True
+    or its entry says `isolate: true`."""
+    where = isolation(spec)
+    if where is None:
         return build(spec)
-    return IsolatedReward(spec, module, timeout if timeout is not None else REWARD_TIMEOUT_S)
+    preload, target, users = where
+    if users:  # a user's function: checked here, naming the entry, before the worker starts
+        build(spec)
+    fn = IsolatedReward(spec, preload, timeout if timeout is not None else REWARD_TIMEOUT_S, target)
+    fn.user_function = users  # type: ignore[attr-defined] - probed before training
+    return fn
 
 
 class RewardRunner:
@@ -226,15 +208,26 @@ class RewardRunner:
         logger.warning(
             "reward functions %s run in this process: reward_runner.timeout=%ss counts a late batch "
             "as errors but cannot stop a call stuck while holding the interpreter lock (C code, a "
-            "long regex). To bound them, register them with isolate=True (@register(name, "
-            "isolate=True) or @per_item(name, isolate=True))%s: each then runs in a worker process "
+            "long regex). To bound them, set `isolate: true` in their config entry (or register them "
+            "with isolate=True)%s: each then runs in a worker process "
             "that is killed at the deadline (docs/rewards.md, Deadlines)",
             where, self.timeout, ", from an importable module, not the script being run" if script else "",
         )
 
     def check_fields(self, rows: list[dict[str, Any]], source: str) -> None:
         """Refuse rows none of which has a field a function reads (`source` names the data): every
-        completion would be unscorable, every step."""
+        completion would be unscorable, every step. Then try the user's functions given by
+        import path or as callables on a probe batch (`probe`)."""
+        for spec, fn in zip(self.specs, self.functions):
+            for column in getattr(fn, "required_columns", ()):
+                if rows and not any(column in row for row in rows):
+                    raise RewardError(
+                        f"reward {spec.name!r} takes the argument {column!r} (no default), which is "
+                        f"not a column of the {len(rows)} rows of {source}: {columns_of(rows)}")
+        self._check_declared_fields(rows, source)
+        self.probe(rows)
+
+    def _check_declared_fields(self, rows: list[dict[str, Any]], source: str) -> None:
         for spec in self.specs:
             fields = fields_of(spec)
             if not fields or not rows or any(row.get(f) is not None for row in rows for f in fields):
@@ -246,6 +239,28 @@ class RewardRunner:
                 "column in the data, or configure reward functions that read the columns it has"
             )
 
+    def probe(self, rows: list[dict[str, Any]]) -> None:
+        """Before training: score made-up completions of the first rows with each user function
+        (by import path or callable), so that a wrong number of outputs, a value of the wrong
+        type, an exception on every item or a hang stops the run before anything is written."""
+        cols = [k for k, fn in enumerate(self.functions) if getattr(fn, "user_function", False)]
+        if not cols or not rows:
+            return
+        probe = copy.copy(self)
+        for attr in ("specs", "names", "weights", "functions", "_row_checks"):
+            setattr(probe, attr, [getattr(self, attr)[k] for k in cols])
+        probe._stuck = {}
+        samples = probe_samples(rows)
+        try:
+            probe.score(samples)
+        except RewardError as exc:
+            texts = [s.completion for s in samples]
+            raise RewardError(f"{exc}\n  (before training, on a probe batch: the completions "
+                              f"{texts!r} of the first {len(samples)} rows)") from None
+        for k in cols:
+            if k in probe._stuck:
+                self._stuck[k] = probe._stuck[k]
+
     def score(self, samples: list[Sample], timed: bool = False) -> RewardResult:
         """Score every sample with every function (see the module docstring). With `timed`, each
         function scores one sample at a time and the seconds of each are returned."""
@@ -256,10 +271,12 @@ class RewardRunner:
         step_rewards: dict[str, list[StepRewards | None]] = {}
         for col, (name, outcome) in enumerate(zip(self.names, outcomes)):
             values, asked = outcome.values or [], n if outcome.asked is None else outcome.asked
+            if outcome.fatal:
+                raise RewardError(outcome.fatal)
             if len(values) != asked:
                 raise RewardError(f"reward {name!r} returned {len(values)} values for {asked} samples")
             for i, raw in enumerate(values):
-                value = _check_value(name, i, raw)
+                value = check_value(name, i, raw)
                 if isinstance(value, RewardFailure):
                     outcome.errors.setdefault(i, _failed(samples[i], i, value.message))
                 elif isinstance(value, StepRewards):

@@ -49,7 +49,10 @@ def serve(fd: int, preload: tuple[str, ...]) -> None:
     conn = Connection(fd)
     for module in preload:
         importlib.import_module(module)
-    conn.send("ready")
+    try:
+        conn.send("ready")
+    except OSError:  # the parent closed the pool while this spare was starting: nothing to do
+        return
     while True:
         try:
             task = conn.recv()
