@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 import subprocess
 import sys
@@ -167,3 +168,44 @@ def test_from_trl_config_loads(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "len.yaml")
     assert (cfg.rollout.prompts_per_step, cfg.rollout.group_size) == (8, 8)
     assert cfg.algo.aggregation == "seq_mean_token_mean" and cfg.algo.beta == 0.04
+
+
+def test_from_trl_grpokit_side_runs(tiny_model_dir, tmp_path, monkeypatch):
+    """The grpokit side of docs/from-trl.md, as printed, on a tiny model for one step: the
+    function passed from Python scores every completion."""
+    import yaml
+
+    import grpokit
+
+    if not hasattr(grpokit, "train"):
+        pytest.skip("grpokit.train is not in this checkout")
+    text = _text(ROOT / "docs" / "from-trl.md")
+    config = yaml.safe_load(re.search(r"```yaml\n# len\.yaml\n(.*?)```", text, re.S).group(1))
+    script = re.search(r"```python\n(import grpokit\n.*?)```", text, re.S).group(1)
+    small = {"model": {"path": str(tiny_model_dir), "autocast": "off"},
+             "rollout": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 8},
+             "train": {"steps": 1, "micro_batch_size": 4}, "eval": {"before_and_after": False},
+             "log": {"report_to": [], "report": False}, "checkpoint": {"keep_last": 0}}
+    for section, values in small.items():
+        config.setdefault(section, {}).update(values)
+    monkeypatch.chdir(tmp_path)
+    Path("len.yaml").write_text(yaml.safe_dump(config))
+    Path("problems.jsonl").write_text("".join(f'{{"prompt": "What is {a} + {a}?"}}\n'
+                                              for a in range(1, 21)))
+    namespace: dict = {}
+    exec(compile(script, "from-trl.md", "exec"), namespace)  # noqa: S102 - the doc's own code
+    result = namespace["result"]
+    rows = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").open()]
+    assert len(rows) == 1 and rows[0]["reward/mean"] <= 0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_the_docs_point_at_loads(path: Path) -> None:
+    """configs/*.yaml, named throughout the docs, load with their task's arguments and rewards."""
+    from grpokit.config import load_config
+    from grpokit.data.base import load_task
+
+    cfg = load_config(path)
+    assert path.read_text().startswith("#"), f"{path.name} does not say at its top what it is"
+    task = load_task(cfg.data.task, **cfg.data.task_args)
+    assert task.train_rows and cfg.log.output_dir.startswith("runs/")
