@@ -227,3 +227,20 @@ def test_unknown_names_hint_at_import_paths():
         registry.build(RewardSpec("nothing_like_this"))
     with pytest.raises(ValueError, match="an import path is module:function"):
         registry.build(RewardSpec("module_only:"))
+
+
+def test_grpokit_score_takes_import_paths_from_the_config_folder(tmp_path, monkeypatch):
+    from grpokit.rewards.cli import load_specs
+
+    (tmp_path / "cfg").mkdir()
+    _write(tmp_path / "cfg", "r.py", "def f(completions, answer, **kw):\n"
+                                      "    return [float(c == a) for c, a in zip(completions, answer)]\n")
+    config = _write(tmp_path / "cfg", "rewards.yaml", "rewards: [{name: './r.py:f'}]\n")
+    lines = [{"completion": "4", "answer": "4"}, {"completion": "5", "answer": "4"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", "-c", str(config), "--input", "in.jsonl", "--output", "out.jsonl"]) == 0
+    scored = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [s["rewards"]["./r.py:f"] for s in scored] == [1.0, 0.0]
+    _write(tmp_path / "cfg", "rewards.yaml", "rewards: [{name: './r.py:f', isolate: true}]\n")
+    assert load_specs(str(config))[0].isolate is True

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec, Sample
+from grpokit.rewards.user import note_config_dir
 from grpokit.typed_tree import UserError, read_json_lines, read_yaml
 
 if TYPE_CHECKING:  # the runner needs torch: imported when `grpokit score` runs, not to declare it
@@ -41,16 +42,19 @@ def load_specs(path: str) -> list[RewardSpec]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ScoreInputError(f"{path}: rewards[{i}] must be a mapping with a `name`, got {entry!r}")
-        unknown = set(entry) - {"name", "weight", "args"}
+        unknown = set(entry) - {"name", "weight", "args", "isolate"}
         if unknown:
-            raise ScoreInputError(f"{path}: rewards[{i}]: unknown keys {sorted(unknown)}; valid: name, weight, args")
+            raise ScoreInputError(f"{path}: rewards[{i}]: unknown keys {sorted(unknown)}; valid: name, weight, args, isolate")
+        if not isinstance(entry.get("isolate", False), bool):
+            raise ScoreInputError(f"{path}: rewards[{i}].isolate must be true or false, got {entry['isolate']!r}")
         weight = entry.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise ScoreInputError(f"{path}: rewards[{i}].weight must be a finite number, got {weight!r}")
         args = entry.get("args") or {}
         if not isinstance(args, dict):
             raise ScoreInputError(f"{path}: rewards[{i}].args must be a mapping, got {args!r}")
-        specs.append(RewardSpec(entry["name"], float(weight), dict(args)))
+        specs.append(RewardSpec(entry["name"], float(weight), dict(args), entry.get("isolate", False)))
+    note_config_dir(Path(path).parent)  # import paths are searched from the config's folder first
     return specs
 
 

@@ -17,15 +17,13 @@ Everything here raises ValueError naming the entry; the caller turns it into a C
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import difflib
-import hashlib
 import importlib
 import importlib.util
 import inspect
 import re
 import sys
+import zlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -115,7 +113,7 @@ def _load_file(path: Path, entry: str) -> ModuleType:
         return _FILES[key]
     # A name of its own per path: two rewards.py files never replace each other in sys.modules.
     stem = re.sub(r"\W", "_", path.stem)
-    name = f"grpokit_user_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    name = f"grpokit_user_{stem}_{zlib.crc32(key.encode()):08x}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     if str(path.parent) not in sys.path:  # the file's own imports of its neighbours
@@ -216,6 +214,8 @@ def is_async(fn: Any) -> bool:
 def run_awaitable(awaitable: Any) -> Any:
     """Await in this thread (a fresh event loop); under a running loop (a notebook calling the
     runner directly), in a thread of its own."""
+    import asyncio  # here: the config imports this module, and the CLI starts without asyncio
+    import concurrent.futures
 
     async def wait() -> Any:
         return await awaitable
@@ -256,6 +256,8 @@ class SampleReward:
     def __call__(self, samples: list[Sample]) -> list[RewardValue]:
         if not is_async(self._fn):
             return [self.score_one(sample) for sample in samples]
+
+        import asyncio
 
         async def every() -> list[RewardValue]:  # the batch's samples concurrently
             return list(await asyncio.gather(*(self._fn(s, **self._args) for s in samples)))
