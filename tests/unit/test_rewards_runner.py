@@ -62,6 +62,30 @@ def test_malformed_outputs_are_errors(values, message):
         runner(Batch("bad", values)).score(SAMPLES)
 
 
+class Returns:
+    """A batch reward function returning one object as it is (not a list)."""
+
+    def __init__(self, name, value):
+        self.name, self.value, self.calls = name, value, 0
+
+    def __call__(self, samples):
+        self.calls += 1
+        return self.value
+
+
+@pytest.mark.parametrize("value", ["1.0", b"1", {"a": 1.0}, 1.0, None])
+def test_an_output_that_is_no_list_stops_the_run_without_a_retry(value):
+    fn = Returns("bad", value)
+    with pytest.raises(RewardError, match="'bad' returned .* expected a list of one value per"):
+        runner(fn).score(SAMPLES)
+    assert fn.calls == 1  # a malformed output is not retried sample by sample
+
+
+def test_an_array_output_is_a_list():
+    result = runner(Returns("arr", torch.tensor([1.0, 0.0, 0.5, 2.0]))).score(SAMPLES)
+    assert result.rewards[:, 0].tolist() == [1.0, 0.0, 0.5, 2.0]
+
+
 def _flaky(sample):
     if sample.row["id"] == 2:
         raise KeyError("answer")
