@@ -203,8 +203,11 @@ def test_register_callable_names():
     second = registry.register_callable(other)
     assert second != first and second.startswith("reward_len")
     assert registry.register_callable(lambda sample: 1.0, name="my_fixed") == "my_fixed"
+    again = lambda sample: 2.0  # noqa: E731 - an explicit name moves to the latest definition
+    assert registry.register_callable(again, name="my_fixed") == "my_fixed"
+    assert registry.build(RewardSpec("my_fixed"))([Sample("a", {})]) == [2.0]
     with pytest.raises(ValueError, match="already registered"):
-        registry.register_callable(lambda sample: 2.0, name="my_fixed")
+        registry.register_callable(lambda sample: 2.0, name="math")
     format_like = lambda completions: [0.0] * len(completions)  # noqa: E731
     format_like.__name__ = "format"
     assert registry.register_callable(format_like) == "format_2"  # a built-in keeps its name

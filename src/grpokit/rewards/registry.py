@@ -173,22 +173,23 @@ def register_callable(fn: Callable[..., Any], name: str | None = None) -> str:
 
     The default name is the function's `__name__`, with `_2`, `_3`, ... added when a different
     function has it; registering the same function object again returns its name. An explicit
-    `name` taken by another function is a ValueError, and so is a signature that cannot take
-    the batch. With `isolate: true` in its config entry, the worker process imports it by its
+    `name` of an earlier register_callable moves to `fn` (a notebook cell run again); one taken
+    by a function registered otherwise (a built-in) is a ValueError, and so is a signature that
+    cannot take the batch. With `isolate: true` in its config entry, the worker process imports it by its
     module and qualified name: a function of the script being run, or one defined inside a
     function, cannot be isolated (an error naming it when the rewards are built)."""
     _load_builtins()
     if not callable(fn):
         raise TypeError(f"register_callable needs a callable, got {type(fn).__name__}")
     for known, registered in _CALLABLES.items():
-        if registered is fn:
+        if registered is fn and name in (None, known):
             return known
     base = name or getattr(fn, "__name__", None) or type(fn).__name__
-    if name is not None and name in _FACTORIES:
+    if name is not None and name in _FACTORIES and name not in _CALLABLES:
         raise ValueError(f"reward function {name!r} is already registered (another function)")
     user.form_of(fn, base)  # a signature that cannot take the batch fails here, not at step 1
     chosen, k = base, 2
-    while chosen in _FACTORIES:
+    while chosen in _FACTORIES and chosen != name:
         chosen, k = f"{base}_{k}", k + 1
     _FACTORIES[chosen] = lambda **args: user.adapt(chosen, fn, args)
     _HOMES[chosen] = getattr(fn, "__module__", None) or "__main__"
