@@ -37,11 +37,11 @@ def run_side(side: str, spec: Spec, workdir: Path) -> dict:
     out = workdir / "run"
     cfg = load_config(None, grpokit_overrides(spec, data_path, out) + SIDES[side])
     if side == "grpo":
-        from grpokit.trainer import train
+        from grpokit.stages.grpo import train
 
         train(cfg)
     else:
-        from grpokit.ppo import train_ppo
+        from grpokit.stages.ppo import train_ppo
 
         train_ppo(cfg)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -152,7 +152,7 @@ def grpokit_overrides(spec: Spec, data_path: Path, out: Path) -> list[str]:
 
 def run_grpokit(spec: Spec, workdir: Path) -> dict[str, Any]:
     from grpokit.config import load_config
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     data_path = workdir / "rows.jsonl"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in rows(spec)))

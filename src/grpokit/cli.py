@@ -33,7 +33,7 @@ def _load(args):
 
 
 def cmd_train(args) -> int:
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
     train(_load_or_resume(args), resume=args.resume, console=_console())
     return 0
 
@@ -65,19 +65,19 @@ def _load_or_resume(args):
 
 
 def cmd_sft(args) -> int:
-    from grpokit.sft import run_sft
+    from grpokit.stages.sft import run_sft
     run_sft(_load_or_resume(args), _console(), resume=args.resume)
     return 0
 
 
 def cmd_dpo(args) -> int:
-    from grpokit.dpo import run_dpo
+    from grpokit.stages.dpo import run_dpo
     run_dpo(_load_or_resume(args), _console(), resume=args.resume)
     return 0
 
 
 def cmd_ppo(args) -> int:
-    from grpokit.ppo import train_ppo
+    from grpokit.stages.ppo import train_ppo
     train_ppo(_load_or_resume(args), resume=args.resume, console=_console())
     return 0
 

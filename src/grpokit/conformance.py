@@ -14,7 +14,6 @@ relative bound keeps small numbers (KL-only gradients of about 3e-5) from passin
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path

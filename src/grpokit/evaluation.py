@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from rich.table import Table
 
 from grpokit.config import Config
 from grpokit.groups import PromptGroups
 from grpokit.rewards.extract import extract_answers, normalize
 from grpokit.rollout.base import SamplingParams, sampling_seed
 from grpokit.session import Session, build_session
+from grpokit.sinks import print_eval
 from grpokit.typed_tree import UserError
 
 
@@ -130,18 +130,6 @@ def write_eval_jsonl(path: Path, summary: dict[str, float], records: list[dict[s
         for record in records:
             f.write(json.dumps(record, default=str) + "\n")
         f.write(json.dumps({"kind": "summary", "summary": summary}) + "\n")
-
-
-def print_eval(console, title: str, results: dict[str, dict[str, float]]) -> None:
-    """One table: a row per metric, a column per result set (e.g. before / after)."""
-    table = Table(title=title)
-    table.add_column("metric")
-    for name in results:
-        table.add_column(name, justify="right")
-    keys = sorted({k for r in results.values() for k in r})
-    for key in keys:
-        table.add_row(key, *[f"{r.get(key, float('nan')):.4f}" for r in results.values()])
-    console.print(table)
 
 
 def run_eval(cfg: Config, console=None, jsonl: str | Path | None = None) -> dict[str, Any]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -126,25 +124,21 @@ def tool_metrics(r: RolloutBatch) -> dict[str, float]:
             "tools/max_turns_frac": cut / per_episode}
 
 
-def write_samples(path: Path, step: int, batch: TrainingBatch, names: list[str],
-                  n: int) -> list[dict[str, Any]]:
-    """A few completions with their prompt row, rewards and advantage, one JSON object each;
-    returns the records written (for the trackers' sample tables)."""
+def sample_records(batch: TrainingBatch, names: list[str], n: int) -> list[dict[str, Any]]:
+    """A few completions of a step with their prompt row, rewards and advantage (one per group
+    first): the lines of samples.jsonl and the trackers' sample tables."""
     r = batch.rollout
     g = r.group_size
     records = []
-    with open(path, "a", encoding="utf-8") as f:
-        for i in range(min(n, len(r.completions))):
-            i_seq = i * g if i * g < len(r.completions) else i  # one per group first
-            adv = batch.advantages[i_seq]
-            record = {
-                "step": step, "index": i_seq, "row": r.rows[i_seq // g],
-                "completion": r.completions[i_seq], "finish_reason": r.finish_reason[i_seq],
-                "rewards": {nm: (None if math.isnan(v) else v)
-                            for nm, v in zip(names, batch.rewards[i_seq].tolist())},
-                "reward": None if math.isnan(batch.reward[i_seq]) else batch.reward[i_seq].item(),
-                "advantage": adv.mean().item() if adv.ndim else adv.item(),
-            }
-            f.write(json.dumps(record, default=str) + "\n")
-            records.append(record)
+    for i in range(min(n, len(r.completions))):
+        i_seq = i * g if i * g < len(r.completions) else i  # one per group first
+        adv = batch.advantages[i_seq]
+        records.append({
+            "index": i_seq, "row": r.rows[i_seq // g],
+            "completion": r.completions[i_seq], "finish_reason": r.finish_reason[i_seq],
+            "rewards": {nm: (None if math.isnan(v) else v)
+                        for nm, v in zip(names, batch.rewards[i_seq].tolist())},
+            "reward": None if math.isnan(batch.reward[i_seq]) else batch.reward[i_seq].item(),
+            "advantage": adv.mean().item() if adv.ndim else adv.item(),
+        })
     return records

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import Console
+from rich.table import Table
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.tensorboard import SummaryWriter
 
@@ -34,7 +35,7 @@ class MetricSink(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
 
     def log_samples(self, step: int, records: list[dict[str, Any]]) -> None:
-        """The sample completions of a step, the records `metrics.write_samples` wrote."""
+        """The sample completions of a step, the records `metrics.sample_records` made (samples.jsonl holds them)."""
 
     def close(self) -> None: ...
 
@@ -329,3 +330,15 @@ def make_sinks(cfg: Any, out: Path, console: Console | None, start_step: int = 0
     if console is not None:
         sinks.append(ConsoleSink(cfg.train.steps, console))
     return MultiSink(sinks)
+
+
+def print_eval(console: Console, title: str, results: dict[str, dict[str, float]]) -> None:
+    """Held-out results on the console, one table: a row per metric, a column per result set (e.g. before / after)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    keys = sorted({k for r in results.values() for k in r})
+    for key in keys:
+        table.add_row(key, *[f"{r.get(key, float('nan')):.4f}" for r in results.values()])
+    console.print(table)

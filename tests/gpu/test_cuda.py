@@ -80,7 +80,7 @@ def test_one_step_train_with_bf16_autocast_on_a_cuda_machine_has_a_finite_loss(t
 
 
 def test_a_grpo_step_with_the_policy_on_cuda(tmp_path):
-    import grpokit.trainer as trainer
+    import grpokit.stages.grpo as trainer
     from grpokit.config import load_config
     from grpokit.groups import PromptGroups
     from grpokit.session import build_session

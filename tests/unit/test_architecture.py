@@ -16,11 +16,12 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "grpokit"
 # or from its own package. The most specific prefix decides a module's layer.
 LAYERS = [
     ["grpokit.__main__"],
-    ["grpokit.cli"],
-    ["grpokit.dpo", "grpokit.ppo"],
-    ["grpokit.trainer", "grpokit.sft", "grpokit.conformance", "grpokit.rewards.cli",
+    ["grpokit.cli", "grpokit.api"],
+    ["grpokit.stages.dpo", "grpokit.stages.ppo"],
+    ["grpokit.stages.grpo", "grpokit.stages.sft", "grpokit.conformance", "grpokit.rewards.cli",
      "grpokit.sandbox.cli"],
-    ["grpokit.training", "grpokit.dpo_eval"],
+    ["grpokit.loop"],
+    ["grpokit.training", "grpokit.stages.dpo_eval"],
     ["grpokit.evaluation", "grpokit.report"],
     ["grpokit.groups"],
     ["grpokit.session", "grpokit.metrics", "grpokit.sinks"],
@@ -115,8 +116,8 @@ def test_the_math_loads_neither_transformers_nor_peft():
 
 
 def test_sft_loads_neither_the_trainer_nor_the_rollout_and_reward_stack():
-    loaded = _loaded_after("import grpokit.sft")
-    stack = ("grpokit.trainer", "grpokit.groups", "grpokit.evaluation", "grpokit.rollout",
+    loaded = _loaded_after("import grpokit.stages.sft")
+    stack = ("grpokit.stages.grpo", "grpokit.groups", "grpokit.evaluation", "grpokit.rollout",
              "grpokit.rewards.runner", "grpokit.rewards.registry", "grpokit.sandbox")
     assert not {m for m in loaded if m.startswith(stack)}
 
@@ -139,7 +140,7 @@ def test_functions_and_modules_stay_within_the_size_limits():
 
 
 def test_train_step_names_every_stage_on_one_screen():
-    source = (ROOT / "trainer.py").read_text()
+    source = (ROOT / "stages" / "grpo.py").read_text()
     (node,) = [n for n in ast.parse(source).body
                if isinstance(n, ast.FunctionDef) and n.name == "train_step"]
     assert node.end_lineno - node.lineno + 1 <= 40

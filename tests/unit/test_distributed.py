@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from grpokit import distributed as dist
-from grpokit import trainer
+from grpokit.stages import grpo as trainer
 from grpokit.config import load_config
 from grpokit.batch import ScoredBatch, TrainingBatch, select_groups
 from grpokit.groups import check_world

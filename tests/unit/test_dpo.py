@@ -13,8 +13,8 @@ from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.config import ConfigError, load_config
 from grpokit.data.arithmetic import arithmetic_task, wrong_answer
 from grpokit.data.preference import split_pair
-from grpokit import dpo
-from grpokit.dpo import (
+from grpokit.stages import dpo
+from grpokit.stages.dpo import (
     Policy, PreferencePair, encode_pair, load_pairs, pair_batch, pair_logps, run_dpo, train_step,
 )
 from grpokit.logprobs import CompletionScorer, completion_logprobs
@@ -190,7 +190,7 @@ DPO = ["rollout.prompts_per_step=4", "train.micro_batch_size=4", "train.lr=1e-3"
 
 def test_dpo_run_logs_metrics_evaluates_before_and_after_and_refuses_other_kinds(
         tiny_model_dir, tmp_path):
-    from grpokit.sft import run_sft
+    from grpokit.stages.sft import run_sft
 
     out = tmp_path / "dpo"
     base = [f"model.path={tiny_model_dir}", *DPO, "train.steps=3", "dpo.reference=precomputed"]
@@ -248,7 +248,7 @@ def test_reference_stays_frozen_while_the_policy_moves(tiny_model_dir, tmp_path,
     if lora:
         overrides += ["model.lora.enabled=true", "model.lora.rank=4"]
     cfg = load_config(overrides=overrides)
-    run = dpo._start(cfg, None, None)
+    run = dpo._start(cfg, None)
     policy, pad, chunk = run.policy, run.tokenizer.pad_token_id, cfg.train.logprob_chunk_size
     if reference == "precomputed":
         dpo.precompute_reference(policy, {"train": run.train_pairs, "eval": run.eval_pairs}, cfg,

@@ -37,7 +37,7 @@ def _first_token(sample, **_):
 
 
 def _train(model_dir, out, steps: int, resume: bool, extra: list[str]) -> None:
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     cfg = load_config(overrides=[f"model.path={model_dir}", f"log.output_dir={out}", *RUN,
                                  f"train.steps={steps}", *extra])

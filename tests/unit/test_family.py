@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from grpokit import trainer
+from grpokit.stages import grpo as trainer
 from grpokit.algo.advantages import process_advantages
 from grpokit.algo.losses import aggregate
 from grpokit.batch import ScoredBatch, TrainingBatch

@@ -19,7 +19,7 @@ from grpokit.rollout import HFEngine, SamplingParams
 from grpokit.rollout.base import EnvReply, EpisodeCounts, Episodes
 from grpokit.testing import tiny_llama
 from grpokit.tools import register_environment
-from grpokit.trainer import loss_mask_of
+from grpokit.stages.grpo import loss_mask_of
 
 PROMPTS = ["hello", "a longer prompt", "q"]
 ROWS = [{"prompt": p, "answer": "1"} for p in PROMPTS]
@@ -258,7 +258,7 @@ register_environment("scripted_test", _scripted_factory)
 
 
 def test_train_runs_a_scripted_environment(tiny_model_dir, tmp_path):
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     out = tmp_path / "run"
     cfg = load_config(overrides=[
@@ -281,7 +281,7 @@ def test_train_runs_a_scripted_environment(tiny_model_dir, tmp_path):
 
 
 def test_ppo_refuses_tool_episodes():
-    from grpokit.ppo import train_ppo
+    from grpokit.stages.ppo import train_ppo
 
     with pytest.raises(ConfigError, match="grpokit ppo samples single-turn"):
         train_ppo(load_config(overrides=["tools.environment=tags"]))

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from grpokit import ppo
+from grpokit.stages import ppo
 from grpokit.config import ConfigError, load_config
-from grpokit.ppo import Critic, advantages_and_returns, train_ppo
+from grpokit.stages.ppo import Critic, advantages_and_returns, train_ppo
 from grpokit.rewards.registry import per_item
 
 
@@ -185,7 +185,8 @@ def test_an_all_tied_dynamic_sampling_step_skips_both_updates(tiny_model_dir, tm
     cfg = load_config(overrides=[f"model.path={tiny_model_dir}", *PPO,
                                  "rewards=[{name: ppo_const}]", "algo.dynamic_sampling=true",
                                  "algo.max_refill_rounds=1", f"log.output_dir={tmp_path}"])
-    session, groups, state, _ = ppo._start(cfg, None, None)
+    stage = ppo._start(cfg, None)
+    session, groups, state = stage.session, stage.groups, stage.state
     policy = [p.detach().clone() for p in session.model.parameters()]
     critic = [p.detach().clone() for p in state.critic.parameters()]
     _, metrics = ppo.ppo_step(session, groups, state)

@@ -10,7 +10,7 @@ import torch
 from grpokit.config import ConfigError, load_config
 from grpokit.typed_tree import DataError
 from grpokit.testing import tiny_llama
-from grpokit.sft import (
+from grpokit.stages.sft import (
     SFTExample,
     collate,
     encode_example,
@@ -293,7 +293,7 @@ SFT = ["train.steps=6", "rollout.prompts_per_step=4", "train.micro_batch_size=2"
 def test_sft_reduces_the_loss_and_hands_off_to_grpo_training(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     rows = [{"messages": [{"role": "user", "content": f"{a}+{b}?"},
                           {"role": "assistant", "content": f"<answer>{a + b}</answer>"}]}
@@ -338,7 +338,7 @@ def test_lora_sft_writes_a_merged_final_model(tiny_model_dir, tmp_path):
 def test_resume_two_plus_two_equals_four_steps(tiny_model_dir, tmp_path, lora):
     from safetensors.torch import load_file
 
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     base = [f"model.path={tiny_model_dir}", "eval.before_and_after=false", "checkpoint.keep_last=0",
             *SFT, "data.task_args={digits: 1, ops: '+', train_size: 8, eval_size: 2, style: short}"]

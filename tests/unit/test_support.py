@@ -131,7 +131,7 @@ def test_sampler_and_trainer_agree_under_truncation_only_when_replayed(
     import json
 
     from grpokit.config import load_config
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     out = tmp_path / support
     train(load_config(overrides=[f"model.path={tiny_model_dir}", f"log.output_dir={out}", *TINY,

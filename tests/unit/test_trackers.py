@@ -271,7 +271,7 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path, mlflow_local):
 
 def test_a_tiny_training_run_reports_to_tensorboard_and_mlflow(tiny_model_dir, tmp_path,
                                                                mlflow_local):
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     out = tmp_path / "run"
     mlflow_local(out)

@@ -52,7 +52,7 @@ def _state(out):
 
 
 def test_exact_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     extra = ["train.steps=4", "eval.before_and_after=false", "checkpoint.keep_last=0",
              "rollout.temperature=1.0"]
@@ -74,7 +74,7 @@ def test_exact_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
 
 
 def test_output_dir_holding_a_run_is_refused(tiny_model_dir, tmp_path):
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     out = tmp_path / "run"
     cfg = load_config(overrides=_overrides(tiny_model_dir, out, "train.steps=1",
@@ -85,7 +85,7 @@ def test_output_dir_holding_a_run_is_refused(tiny_model_dir, tmp_path):
 
 
 def test_missing_model_path_names_the_field(tmp_path):
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     cfg = load_config(overrides=[f"model.path={tmp_path / 'nope'}", f"log.output_dir={tmp_path / 'o'}"])
     with pytest.raises(ConfigError, match="model.path"):
@@ -93,7 +93,7 @@ def test_missing_model_path_names_the_field(tmp_path):
 
 
 def test_prompt_longer_than_max_prompt_length_is_an_error(tiny_model_dir, tmp_path):
-    from grpokit.trainer import train
+    from grpokit.stages.grpo import train
 
     cfg = load_config(overrides=_overrides(tiny_model_dir, tmp_path / "o", "data.max_prompt_length=5",
                                            "eval.before_and_after=false"))
@@ -102,7 +102,7 @@ def test_prompt_longer_than_max_prompt_length_is_an_error(tiny_model_dir, tmp_pa
 
 
 def test_non_finite_loss_stops_the_step_before_any_update(tiny_model_dir, tmp_path, monkeypatch):
-    import grpokit.trainer as trainer
+    import grpokit.stages.grpo as trainer
     from grpokit.groups import PromptGroups
     from grpokit.session import build_session
     from grpokit.training import NonFiniteError, new_run_state
@@ -130,7 +130,7 @@ def test_sequence_ratios_see_every_sampled_token_under_top_entropy_selection(
         tiny_model_dir, tmp_path, monkeypatch):
     """GSPO with top-entropy selection: the loss gets the narrowed loss mask, and the
     sequence-level ratio the sampled tokens (generated_mask) of the very same rows."""
-    from grpokit import trainer
+    from grpokit.stages import grpo as trainer
 
     seen = []
 

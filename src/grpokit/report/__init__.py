@@ -44,7 +44,7 @@ def write_report(paths: list[str | Path], output: str | Path | None = None) -> P
         body += ["<h2>Runs</h2>", runs_table(runs),
                  "<h2>Settings</h2>" if len(runs) == 1 else "<h2>Settings that differ</h2>",
                  knobs_table(runs), "<h2>Final numbers</h2>",
-                 f"<p class=\"muted\">means over the last 5 logged steps</p>", final_table(runs),
+                 "<p class=\"muted\">means over the last 5 logged steps</p>", final_table(runs),
                  "<h2>Curves</h2>", plots_section(figures)]
     for run in runs:
         if run.evals:

@@ -18,10 +18,9 @@ whose characters alone prove it too long is refused before it is tokenized.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,8 @@ from grpokit.data.base import Task, load_task
 from grpokit.data import render
 from grpokit.data.datasets import load_rows, split_rows
 from grpokit.logprobs import completion_logprobs, length_sorted_chunks
-from grpokit.sinks import check_trackers, make_sinks
-from grpokit.training import (
-    NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
-    optimizer_step, resume_changes, save_run, seed_everything, write_config,
-)
+from grpokit.loop import run
+from grpokit.training import NonFiniteError, RunState, new_run_state, optimizer_step
 
 
 @dataclass
@@ -269,92 +265,71 @@ def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> RunState:
     return new_run_state("sft", cfg, model, num_rows, cfg.train.steps)
 
 
-def _train_loop(cfg, model, tokenizer, state, train_examples, evaluate, out, console) -> float:
-    """Steps until train.steps; logs each and checkpoints every checkpoint.every; the last loss."""
-    sinks = make_sinks(cfg, out, console, start_step=state.step)
-    loss = float("nan")
-    try:
-        while state.step < cfg.train.steps:
-            rows = [train_examples[i] for i in state.sampler.next_batch()]
-            metrics = train_step(model, rows, state, cfg, tokenizer.pad_token_id, evaluate.autocast)
-            state.step += 1
-            loss = metrics["loss/sft"]
-            if cfg.eval.every and evaluate.examples and state.step % cfg.eval.every == 0:
-                metrics["eval/loss"] = evaluate()
-            sinks.log(state.step, metrics)
-            if cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0 \
-                    and state.step < cfg.train.steps:
-                save_run(out, cfg, model, tokenizer, state)
-    finally:
-        sinks.close()
-    return loss
-
-
 @dataclass
-class _HeldOut:
-    """The held-out loss, bound to its model, examples and settings."""
+class SFTStage:
+    """Supervised fine-tuning on the run loop (grpokit/loop.py)."""
 
-    model: torch.nn.Module
-    examples: list[SFTExample]
-    pad_id: int
     cfg: Config
+    model: torch.nn.Module
+    tokenizer: Any
+    state: RunState
+    notes: list[str]
+    train_examples: list[SFTExample]
+    eval_examples: list[SFTExample]
     autocast: Callable
+    last: list[SFTExample] = field(default_factory=list)
+    """The rows of the step just run (its samples)."""
+    loss: float = float("nan")
+    """The last step's loss."""
 
-    def __call__(self) -> float:
+    def begin(self, out: Path) -> None:
+        pass
+
+    def step(self) -> dict[str, float]:
+        self.last = [self.train_examples[i] for i in self.state.sampler.next_batch()]
+        metrics = train_step(self.model, self.last, self.state, self.cfg,
+                             self.tokenizer.pad_token_id, self.autocast)
+        self.loss = metrics["loss/sft"]
+        return metrics
+
+    def samples(self, step: int, count: int) -> list[dict[str, Any]]:
+        """The step's first rows as trained on: the rendered prompt and the target tokens."""
+        decode = self.tokenizer.decode
+        return [{"index": i, "prompt": decode(e.prompt_ids), "target": decode(e.completion_ids)}
+                for i, e in enumerate(self.last[:count])]
+
+    def evaluate(self, jsonl: Path | None) -> dict[str, float]:
+        """The held-out loss (token_mean over the held-out targets); {} without held-out rows."""
+        if not self.eval_examples:
+            return {}
         t = self.cfg.train
-        return evaluate_loss(self.model, self.examples, self.pad_id, autocast=self.autocast,
-                             micro_batch_size=t.micro_batch_size, chunk_size=t.logprob_chunk_size)
+        return {"loss": evaluate_loss(self.model, self.eval_examples, self.tokenizer.pad_token_id,
+                                      autocast=self.autocast, micro_batch_size=t.micro_batch_size,
+                                      chunk_size=t.logprob_chunk_size)}
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        """`<output_dir>/final` (merged when LoRA), for `grpokit train model.path=...`."""
+        final = models.save_model(self.model, self.tokenizer, out / "final", merge_lora=True)
+        return {"train_loss": self.loss, "final": str(final)}
 
 
 def run_sft(cfg: Config, console: Any = None, resume: str | Path | None = None) -> dict[str, Any]:
-    """Supervised fine-tuning as the config says; writes checkpoints and `<output_dir>/final`
-    (merged when LoRA) for `grpokit train model.path=<output_dir>/final`. Returns the results."""
-    out = Path(cfg.log.output_dir)
-    check_trackers(cfg)  # a missing tracker library stops the start, before anything is written
-    saved = load_resume(resume, cfg, "sft")
-    with claimed(out, resume) as folder:
-        model, tokenizer, state, train_examples, evaluate = _start(cfg, saved, console)
-        write_config(out, cfg, folder)
-        before_after = bool(evaluate.examples) and cfg.eval.before_and_after and state.step == 0
-        results: dict[str, Any] = {"before": {"loss": evaluate()}} if before_after else {}
-        if console is not None:
-            console.print(f"[bold]grpokit sft[/]: {len(train_examples)} training rows, "
-                          f"{cfg.train.steps} steps of {cfg.rollout.prompts_per_step} rows, "
-                          f"{len(evaluate.examples)} held out")
-        results["train_loss"] = _train_loop(cfg, model, tokenizer, state, train_examples,
-                                            evaluate, out, console)
-        results["checkpoint"] = str(save_run(out, cfg, model, tokenizer, state))
-        results["final"] = str(models.save_model(model, tokenizer, out / "final", merge_lora=True))
-        if before_after:
-            results["after"] = {"loss": evaluate()}
-        (out / "eval.json").write_text(json.dumps(results, indent=2))
-    if console is not None:
-        for k in ("before", "after"):
-            if k in results:
-                console.print(f"held-out loss {k} training: {results[k]['loss']:.4g}")
-        console.print(f"final model: {results['final']}")
-    return results
+    """Supervised fine-tuning as the config says, on the run loop of every stage; writes
+    checkpoints and `<output_dir>/final` (merged when LoRA) for `grpokit train
+    model.path=<output_dir>/final`. Returns the results."""
+    return run(cfg, "sft", _start, resume=resume, console=console)
 
 
-def _start(cfg: Config, saved: dict[str, Any] | None, console: Any):
+def _start(cfg: Config, saved: dict[str, Any] | None) -> SFTStage:
     """Tokenizer, every example (checked before the weights load: a bad row fails in seconds),
-    the model, and the run state restored when resuming."""
-    seed_everything(cfg.train.seed)
-    changes = resume_changes(saved, cfg) if saved is not None else {}
+    the model, and a fresh run state (the loop restores a resumed one)."""
     path = models.resolve_model_path(cfg.model.path)
     tokenizer = models.load_tokenizer(path)
     train_examples, eval_examples = load_examples(cfg, tokenizer)
     model = models.load_trainable(cfg.model, path,
                                   resume_from=None if saved is None else saved["path"] / "model")
     bf16 = precision.use_bf16(cfg.model.autocast)
-    evaluate = _HeldOut(model, eval_examples, tokenizer.pad_token_id, cfg,
-                        lambda: precision.autocast(bf16))
-    state = make_state(cfg, model, len(train_examples))
-    if saved is not None:
-        state.load_state_dict(saved)
-        if "train.lr" in changes:
-            apply_learning_rate(state, cfg.train.lr)
-    for key, (old, new) in changes.items():
-        if console is not None:
-            console.print(f"resume: {key} {old!r} -> {new!r}")
-    return model, tokenizer, state, train_examples, evaluate
+    note = (f"[bold]grpokit sft[/]: {len(train_examples)} training rows, {cfg.train.steps} steps "
+            f"of {cfg.rollout.prompts_per_step} rows, {len(eval_examples)} held out")
+    return SFTStage(cfg, model, tokenizer, make_state(cfg, model, len(train_examples)), [note],
+                    train_examples, eval_examples, lambda: precision.autocast(bf16))

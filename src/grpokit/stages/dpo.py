@@ -18,27 +18,25 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from grpokit import dpo_eval, models, precision
+from grpokit import models, precision
+from grpokit.stages import dpo_eval
 from grpokit.algo.dpo import dpo_loss, preference_metrics, sequence_logprobs
 from grpokit.config import Config, ConfigError
 from grpokit.data.base import Task
 from grpokit.data.preference import split_pair
 from grpokit.logprobs import CompletionScorer, length_sorted_chunks
 from grpokit.session import shared_prefix
-from grpokit.sft import (
+from grpokit.stages.sft import (
     SFTExample, collate, encode_prompt, encode_target, load_split, sized, task_rule,
 )
-from grpokit.sinks import check_trackers, make_sinks
-from grpokit.training import (
-    NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
-    optimizer_step, resume_changes, save_run, seed_everything, write_config,
-)
+from grpokit.loop import run
+from grpokit.training import NonFiniteError, RunState, new_run_state, optimizer_step
 
 REF_CACHE = "ref_logprobs.pt"
 """The precomputed reference log-probs in the run folder (dpo.reference=precomputed)."""
@@ -244,100 +242,78 @@ def precompute_reference(policy: Policy, parts: dict[str, list[PreferencePair]],
             pair.ref_logps = (c, r)
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- the stage
 
 
 @dataclass
-class _Run:
-    """What the run loop needs, built by `_start`."""
+class DPOStage:
+    """DPO on the run loop (grpokit/loop.py)."""
 
     cfg: Config
     policy: Policy
     tokenizer: Any
     state: RunState
+    notes: list[str]
     train_pairs: list[PreferencePair]
     eval_pairs: list[PreferencePair]
     greedy: dpo_eval.Greedy | None
     autocast: Callable
+    resumed: bool
+    last: list[PreferencePair] = field(default_factory=list)
+    """The pairs of the step just run (its samples)."""
+    loss: float = float("nan")
+    """The last step's loss."""
 
-    def held_out(self) -> dict[str, float]:
-        if not self.eval_pairs:
-            return {}
-        return evaluate_pairs(self.policy, self.eval_pairs, self.cfg,
-                              self.tokenizer.pad_token_id, self.autocast)
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.policy.model
+
+    def begin(self, out: Path) -> None:
+        """dpo.reference=precomputed: the reference log-probs, computed by the start model and
+        cached in the run folder, or read back from it on a resume."""
+        if self.cfg.dpo.reference == "precomputed":
+            precompute_reference(self.policy, {"train": self.train_pairs, "eval": self.eval_pairs},
+                                 self.cfg, self.tokenizer.pad_token_id, out, self.resumed,
+                                 self.autocast)
+
+    def step(self) -> dict[str, float]:
+        self.last = [self.train_pairs[i] for i in self.state.sampler.next_batch()]
+        metrics = train_step(self.policy, self.last, self.state, self.cfg,
+                             self.tokenizer.pad_token_id, self.autocast)
+        self.loss = metrics["loss/dpo"]
+        return metrics
+
+    def samples(self, step: int, count: int) -> list[dict[str, Any]]:
+        """The step's first pairs as trained on: the rendered prompt, chosen and rejected."""
+        decode = self.tokenizer.decode
+        return [{"index": i, "prompt": decode(p.prompt_ids), "chosen": decode(p.chosen_ids),
+                 "rejected": decode(p.rejected_ids)} for i, p in enumerate(self.last[:count])]
+
+    def evaluate(self, jsonl: Path | None) -> dict[str, float]:
+        """Held-out pair metrics, and greedy accuracy where there are rewards to score it."""
+        results = evaluate_pairs(self.policy, self.eval_pairs, self.cfg,
+                                 self.tokenizer.pad_token_id, self.autocast) \
+            if self.eval_pairs else {}
+        if self.greedy is not None:
+            results.update(self.greedy(jsonl))
+        return results
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        """`<output_dir>/final` (merged when LoRA) and the last step's loss."""
+        final = models.save_model(self.model, self.tokenizer, out / "final", merge_lora=True)
+        return {"train_loss": self.loss, "final": str(final)}
 
 
 def run_dpo(cfg: Config, console: Any = None, resume: str | Path | None = None) -> dict[str, Any]:
-    """DPO as the config says; writes checkpoints and `<output_dir>/final` (merged when LoRA).
-    Returns held-out results before and after, the last loss and the paths."""
-    out = Path(cfg.log.output_dir)
-    check_trackers(cfg)  # a missing tracker library stops the start, before anything is written
-    saved = load_resume(resume, cfg, "dpo")
-    with claimed(out, resume) as folder:
-        run = _start(cfg, saved, console)
-        write_config(out, cfg, folder)
-        if cfg.dpo.reference == "precomputed":
-            precompute_reference(run.policy, {"train": run.train_pairs, "eval": run.eval_pairs},
-                                 cfg, run.tokenizer.pad_token_id, out, saved is not None,
-                                 run.autocast)
-        before_after = cfg.eval.before_and_after and run.state.step == 0
-        results: dict[str, Any] = {"before": _evaluate(run, out / "eval_before.jsonl")} \
-            if before_after else {}
-        if console is not None and "before" in results:
-            dpo_eval.print_eval(console, "held-out evaluation before training",
-                                {"before": results["before"]})
-        if console is not None:
-            console.print(f"[bold]grpokit dpo[/]: {len(run.train_pairs)} training pairs, "
-                          f"{cfg.train.steps} steps of {cfg.rollout.prompts_per_step} pairs, "
-                          f"{len(run.eval_pairs)} held out, reference {cfg.dpo.reference}")
-        results["train_loss"] = _train_loop(run, out, console)
-        results["checkpoint"] = str(save_run(out, cfg, run.policy.model, run.tokenizer, run.state))
-        results["final"] = str(models.save_model(run.policy.model, run.tokenizer, out / "final",
-                                                 merge_lora=True))
-        if before_after:
-            results["after"] = _evaluate(run, out / "eval_after.jsonl")
-        (out / "eval.json").write_text(json.dumps(results, indent=2))
-    if console is not None and "after" in results:
-        dpo_eval.print_before_after(console, results)
-    return results
+    """DPO as the config says, on the run loop of every stage; writes checkpoints and
+    `<output_dir>/final` (merged when LoRA). Returns held-out results before and after, the
+    last loss and the paths."""
+    return run(cfg, "dpo", _start, resume=resume, console=console)
 
 
-def _evaluate(run: _Run, jsonl: Path) -> dict[str, float]:
-    """Held-out pair metrics, and greedy accuracy where there are rewards to score it."""
-    results = run.held_out()
-    if run.greedy is not None:
-        results.update(run.greedy(jsonl))
-    return results
-
-
-def _train_loop(run: _Run, out: Path, console: Any) -> float:
-    """Steps until train.steps; logs each and checkpoints every checkpoint.every; the last loss."""
-    cfg, state = run.cfg, run.state
-    sinks = make_sinks(cfg, out, console, start_step=state.step)
-    loss = float("nan")
-    try:
-        while state.step < cfg.train.steps:
-            pairs = [run.train_pairs[i] for i in state.sampler.next_batch()]
-            metrics = train_step(run.policy, pairs, state, cfg, run.tokenizer.pad_token_id,
-                                 run.autocast)
-            state.step += 1
-            loss = metrics["loss/dpo"]
-            if cfg.eval.every and state.step % cfg.eval.every == 0:
-                metrics.update({f"eval/{k}": v for k, v in _evaluate(run, None).items()})
-            sinks.log(state.step, metrics)
-            if cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0 \
-                    and state.step < cfg.train.steps:
-                save_run(out, cfg, run.policy.model, run.tokenizer, state)
-    finally:
-        sinks.close()
-    return loss
-
-
-def _start(cfg: Config, saved: dict[str, Any] | None, console: Any) -> _Run:
+def _start(cfg: Config, saved: dict[str, Any] | None) -> DPOStage:
     """Tokenizer, every pair (checked before the weights load: a bad row fails in seconds), the
-    policy and its reference, and the run state restored when resuming."""
-    seed_everything(cfg.train.seed)
-    changes = resume_changes(saved, cfg) if saved is not None else {}
+    policy and its reference, and a fresh run state (the loop restores a resumed one)."""
     path = models.resolve_model_path(cfg.model.path)
     tokenizer = models.load_tokenizer(path)
     train_pairs, eval_pairs, task = load_pairs(cfg, tokenizer)
@@ -349,15 +325,10 @@ def _start(cfg: Config, saved: dict[str, Any] | None, console: Any) -> _Run:
         ref_scorer = CompletionScorer(models.load_reference(path, dtype=cfg.model.dtype), share)
     policy = Policy(model, CompletionScorer(model, share), cfg.dpo.reference, ref_scorer)
     bf16 = precision.use_bf16(cfg.model.autocast)
-    autocast = lambda: precision.autocast(bf16)
     greedy = dpo_eval.greedy_evaluation(cfg, model, tokenizer, task, bf16)
     state = new_run_state("dpo", cfg, model, len(train_pairs), cfg.train.steps)
-    if saved is not None:
-        state.load_state_dict(saved)
-        if "train.lr" in changes:
-            apply_learning_rate(state, cfg.train.lr)
-    if console is not None:
-        for line in [note] + [f"resume: {k} {o!r} -> {n!r}" for k, (o, n) in changes.items()]:
-            if line:
-                console.print(line)
-    return _Run(cfg, policy, tokenizer, state, train_pairs, eval_pairs, greedy, autocast)
+    notes = [f"[bold]grpokit dpo[/]: {len(train_pairs)} training pairs, {cfg.train.steps} steps "
+             f"of {cfg.rollout.prompts_per_step} pairs, {len(eval_pairs)} held out, reference "
+             f"{cfg.dpo.reference}", note]
+    return DPOStage(cfg, policy, tokenizer, state, [n for n in notes if n], train_pairs,
+                    eval_pairs, greedy, lambda: precision.autocast(bf16), saved is not None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +20,18 @@ from grpokit import distributed as dist
 from grpokit.algo.advantages import batch_advantages
 from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.algo.masks import is_tied, loss_mask, top_entropy_mask
-from grpokit.allocator import keep_freed_memory
 from grpokit.batch import ScoredBatch, TrainingBatch
 from grpokit.config import Config, to_dict
-from grpokit.evaluation import evaluate, print_eval, write_eval_jsonl
+from grpokit.evaluation import evaluate, write_eval_jsonl
 from grpokit.groups import PromptGroups, check_world, sample_groups
 from grpokit.logprobs import batched_logprobs, padded_chunks, plan_micro_batches, shares_prefix
-from grpokit.metrics import reduce_metrics, rollout_metrics, write_samples
+from grpokit.loop import run
+from grpokit.metrics import reduce_metrics, rollout_metrics, sample_records
 from grpokit.models import disabled_adapter, memory_named
 from grpokit.precision import autocast_paused
-from grpokit.report import write_report
 from grpokit.rollout.base import is_truncated, sampling_seed
 from grpokit.session import Session, build_session, sampling_truncation
-from grpokit.sinks import check_trackers, make_sinks
-from grpokit.training import (
-    NonFiniteError, RunState, apply_learning_rate, claimed, load_resume, new_run_state,
-    optimizer_step, resume_changes, save_run, seed_everything, write_config,
-)
+from grpokit.training import NonFiniteError, RunState, new_run_state, optimizer_step
 
 
 def train_step(session: Session, groups: PromptGroups, state: RunState
@@ -256,7 +253,58 @@ def _micro_step(session, batch, idx, old, ref, knobs, counts, padding=False
     return metrics
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class RLStage:
+    """GRPO (and PPO, with its own step) on the run loop (grpokit/loop.py): a session, the
+    training and held-out prompts, the run state, and the last step's batch for its samples."""
+
+    session: Session
+    groups: PromptGroups
+    held_out: PromptGroups | None
+    state: RunState
+    notes: list[str]
+    step_fn: Callable[[Session, PromptGroups, RunState], tuple[TrainingBatch, dict[str, float]]]
+    batch: TrainingBatch | None = None
+
+    @property
+    def cfg(self) -> Config:
+        return self.session.cfg
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.session.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.session.tokenizer
+
+    def begin(self, out: Path) -> None:
+        pass
+
+    def step(self) -> dict[str, float]:
+        self.batch, metrics = self.step_fn(self.session, self.groups, self.state)
+        return metrics
+
+    def samples(self, step: int, count: int) -> list[dict[str, Any]]:
+        return sample_records(self.batch, self.groups.names, count)
+
+    def evaluate(self, jsonl: Path | None) -> dict[str, float]:
+        """Held-out evaluation, always from the run's seed: before and after differ only by
+        weights. With `jsonl`, rank 0 writes each prompt's completions and scores there (the
+        report's before/after samples)."""
+        if self.held_out is None:
+            return {}
+        records: list[dict[str, Any]] = []
+        results = evaluate(self.session, self.held_out, self.cfg.train.seed, records)
+        if jsonl is not None and dist.is_main():
+            write_eval_jsonl(jsonl, results, records)
+        return results
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        return {}
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dict[str, Any]:
@@ -266,133 +314,31 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
     the run folder, which is claimed with a lock for the whole run (docs/runs.md)."""
     dist.init_from_env()
     check_world(cfg, dist.world_size())
-    return run(cfg, "grpo", _start, train_step, resume=resume, console=console)
+    return run(cfg, "grpo", _start, resume=resume, console=console)
 
 
-def run(cfg: Config, kind: str, start, step, *, resume: str | Path | None = None, console=None
-        ) -> dict[str, Any]:
-    """The run of `train` (`grpokit ppo` shares it): the claimed folder, evaluations before and
-    after, `step(session, groups, state)` until `train.steps`, sinks and checkpoints;
-    `start(cfg, saved, console)` gives the session, prompt groups, run state and held-out."""
-    out = Path(cfg.log.output_dir)
-    check_trackers(cfg)  # a missing tracker library stops the start, before anything is written
-    saved = load_resume(resume, cfg, kind)
-    with claimed(out, resume) as folder:
-        dist.barrier()  # every rank has checked the folder before rank 0 writes into it
-        session, groups, state, held_out = start(cfg, saved, console)
-        cfg = session.cfg
-        write_config(out, cfg, folder)
-        results: dict[str, Any] = {}
-        if held_out and cfg.eval.before_and_after and state.step == 0:
-            results["before"] = _evaluate(session, held_out, out / "eval_before.jsonl")
-            if console is not None:
-                print_eval(console, f"held-out evaluation before training ({len(held_out.rows)} "
-                           "prompts)", {"before": results["before"]})
-        sinks = make_sinks(cfg, out, console, start_step=state.step) if dist.is_main() else None
-        try:
-            while state.step < cfg.train.steps:
-                batch, metrics = step(session, groups, state)
-                state.step += 1
-                _after_step(session, groups, state, batch, metrics, sinks, held_out, out)
-        finally:
-            if sinks is not None:
-                sinks.close()
-        return _finish(session, state, out, held_out, results, console)
-
-
-def _start(cfg: Config, saved: dict[str, Any] | None, console):
-    """Session, prompt groups, run state (restored when resuming) and held-out prompts: every
-    check that can run before training (rewards, prompts, optimizer, resume conflicts)."""
-    seed_everything(cfg.train.seed)
-    memory_note = _keep_freed_memory(cfg)
+def rl_parts(cfg: Config, saved: dict[str, Any] | None
+             ) -> tuple[Session, PromptGroups, PromptGroups | None]:
+    """The session (weights from the checkpoint when resuming), the training prompts and the
+    held-out prompts of an RL stage: every check of rewards and prompts runs here."""
     session = build_session(cfg, resume_from=None if saved is None else saved["path"] / "model")
     cfg = session.cfg
-    changes = resume_changes(saved, cfg) if saved is not None else {}
     groups = PromptGroups(session, session.task.train_rows)
     rows = session.task.eval_rows[: cfg.eval.num_prompts]
     held_out = PromptGroups(session, rows, runner=groups.runner) if rows else None
+    return session, groups, held_out
+
+
+def _start(cfg: Config, saved: dict[str, Any] | None) -> RLStage:
+    session, groups, held_out = rl_parts(cfg, saved)
+    cfg = session.cfg
     state = new_run_state("grpo", cfg, session.model, len(groups.rows), total_updates(cfg),
                           session.reference if cfg.algo.ref_refresh_steps else None)
-    if saved is not None:
-        state.load_state_dict(saved)
-        if "train.lr" in changes:
-            apply_learning_rate(state, cfg.train.lr)
-    if console is not None:
-        console.print(f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)))
-        for note in (session.precision_note, session.prefix_note, memory_note):
-            if note:
-                console.print(note)
-        for key, (old, new) in changes.items():
-            console.print(f"resume: {key} {old!r} -> {new!r}")
-    return session, groups, state, held_out
-
-
-def _keep_freed_memory(cfg: Config) -> str | None:
-    """Apply train.keep_freed_memory (grpokit/allocator.py); what to print about it."""
-    if not cfg.train.keep_freed_memory:
-        return None
-    reason = keep_freed_memory()
-    if reason is None:
-        return "train.keep_freed_memory: freed memory stays in the process for reuse"
-    return f"train.keep_freed_memory is not applied: {reason}"
+    notes = [f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)),
+             session.precision_note, session.prefix_note]
+    return RLStage(session, groups, held_out, state, [n for n in notes if n], train_step)
 
 
 def total_updates(cfg: Config) -> int:
     """Optimizer steps of the whole run: the horizon of the learning-rate schedule."""
     return cfg.train.steps * cfg.train.epochs_per_batch * cfg.train.minibatches
-
-
-def _evaluate(session: Session, held_out: PromptGroups, jsonl: Path | None = None
-              ) -> dict[str, float]:
-    """Held-out evaluation, always from the run's seed: before and after differ only by weights.
-    With `jsonl`, rank 0 writes each prompt's completions and scores there (the report's
-    before/after samples)."""
-    records: list[dict[str, Any]] = []
-    results = evaluate(session, held_out, session.cfg.train.seed, records)
-    if jsonl is not None and dist.is_main():
-        write_eval_jsonl(jsonl, results, records)
-    return results
-
-
-def _after_step(session, groups, state, batch, metrics, sinks, held_out, out) -> None:
-    cfg, step = session.cfg, state.step
-    if cfg.algo.ref_refresh_steps and step % cfg.algo.ref_refresh_steps == 0:
-        session.reference.load_state_dict(session.model.state_dict())  # iterative GRPO
-    if cfg.eval.every and held_out and step % cfg.eval.every == 0:
-        metrics.update({f"eval/{k}": v for k, v in _evaluate(session, held_out).items()})
-    if sinks is not None:
-        sinks.log(step, metrics)
-        if cfg.log.samples_every and step % cfg.log.samples_every == 0:
-            sinks.log_samples(step, write_samples(out / "samples.jsonl", step, batch,
-                                                  groups.names, cfg.log.num_samples))
-        if cfg.log.report and cfg.log.report_every and step % cfg.log.report_every == 0 \
-                and step < cfg.train.steps:
-            _report(out, None)
-    if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
-        save_run(out, cfg, session.model, session.tokenizer, state)
-
-
-def _finish(session, state, out, held_out, results, console) -> dict[str, Any]:
-    """The last checkpoint, the after-training evaluation and eval.json."""
-    cfg = session.cfg
-    path = save_run(out, cfg, session.model, session.tokenizer, state)
-    if path is not None:
-        results["checkpoint"] = str(path)
-    if held_out and cfg.eval.before_and_after:
-        results["after"] = _evaluate(session, held_out, out / "eval_after.jsonl")
-    if dist.is_main():
-        (out / "eval.json").write_text(json.dumps(results, indent=2))
-    if console is not None and "after" in results:
-        shown = {k: results[k] for k in ("before", "after") if k in results}
-        print_eval(console, "held-out evaluation", shown)
-    if dist.is_main() and cfg.log.report:
-        results["report"] = str(_report(out, console))
-    return results
-
-
-def _report(out: Path, console) -> Path:
-    """report.html of the run folder (rank 0), its path printed when there is a console."""
-    path = write_report([out])
-    if console is not None:
-        console.print(f"report: {path}")
-    return path

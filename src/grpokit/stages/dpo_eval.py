@@ -13,7 +13,7 @@ import torch
 
 from grpokit.config import Config
 from grpokit.data.base import Task, load_data
-from grpokit.evaluation import evaluate, print_eval, write_eval_jsonl
+from grpokit.evaluation import evaluate, write_eval_jsonl
 from grpokit.groups import PromptGroups
 from grpokit.logprobs import CompletionScorer
 from grpokit.parallel import Layout
@@ -53,9 +53,3 @@ def greedy_evaluation(cfg: Config, model: torch.nn.Module, tokenizer: Any, task:
     session = Session(cfg, model, tokenizer, None, task, specs, engine, bf16,
                       Layout("single", CompletionScorer(model), None))
     return Greedy(session, PromptGroups(session, rows), cfg.train.seed)
-
-
-def print_before_after(console: Any, results: dict[str, Any]) -> None:
-    shown = {k: results[k] for k in ("before", "after") if k in results}
-    print_eval(console, "held-out evaluation", shown)
-    console.print(f"final model: {results['final']}")

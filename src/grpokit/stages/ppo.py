@@ -3,7 +3,7 @@
 One step is GRPO's step with the group baseline replaced by a value model: the same sampling
 (groups.sample_groups: B prompts × G completions, the same rewards), then the critic's values of
 every completion token, GAE (algo/gae.py) from the outcome reward at the last token, and the same
-policy update as GRPO (trainer.update_policy: clipped surrogate, KL to the reference, aggregation,
+policy update as GRPO (stages/grpo.py update_policy: clipped surrogate, KL to the reference, aggregation,
 μ epochs × minibatches × micro-batches) on the per-token advantages; then μ passes of the clipped
 value loss on the critic, and the weight sync. It sits above the trainer because it reuses it.
 
@@ -30,13 +30,13 @@ from grpokit.groups import PromptGroups, sample_groups
 from grpokit.logprobs import position_ids, trim
 from grpokit.metrics import rollout_metrics
 from grpokit.precision import autocast_paused
-from grpokit.session import Session, build_session
-from grpokit.trainer import (
-    batch_device, loss_mask_of, perf_metrics, run, sync_metrics, total_updates, update_policy,
+from grpokit.loop import run
+from grpokit.session import Session
+from grpokit.stages.grpo import (
+    RLStage, batch_device, loss_mask_of, perf_metrics, rl_parts, sync_metrics, total_updates,
+    update_policy,
 )
-from grpokit.training import (
-    NonFiniteError, RunState, new_run_state, resume_changes, seed_everything,
-)
+from grpokit.training import NonFiniteError, RunState, new_run_state
 
 
 class Critic(torch.nn.Module):
@@ -184,16 +184,11 @@ def _check(cfg: Config) -> None:
                           "them); use grpokit train for tool episodes")
 
 
-def _start(cfg: Config, saved: dict[str, Any] | None, console):
-    seed_everything(cfg.train.seed)
-    session = build_session(cfg, resume_from=None if saved is None else saved["path"] / "model")
+def _start(cfg: Config, saved: dict[str, Any] | None) -> RLStage:
+    session, groups, held_out = rl_parts(cfg, saved)
     cfg = session.cfg
-    if saved is not None:
-        resume_changes(saved, cfg)
-    groups = PromptGroups(session, session.task.train_rows)
-    rows = session.task.eval_rows[: cfg.eval.num_prompts]
-    held_out = PromptGroups(session, rows, runner=groups.runner) if rows else None
-    base = new_run_state("ppo", cfg, session.model, len(groups.rows), total_updates(cfg))
+    base = new_run_state("ppo", cfg, session.model, len(groups.rows), total_updates(cfg),
+                         session.reference if cfg.algo.ref_refresh_steps else None)
     critic = Critic(session.model, cfg.ppo.value_model)
     t = cfg.train
     optimizer = torch.optim.AdamW([q for q in critic.parameters() if q.requires_grad],
@@ -201,16 +196,15 @@ def _start(cfg: Config, saved: dict[str, Any] | None, console):
                                   weight_decay=t.weight_decay)
     state = PPOState(**{f.name: getattr(base, f.name) for f in fields(RunState)},
                      critic=critic, critic_optimizer=optimizer)
-    if saved is not None:
-        state.load_state_dict(saved)
-    if console is not None:
-        console.print(f"[bold]grpokit ppo[/]: critic {cfg.ppo.value_model}, γ {cfg.ppo.gamma}, "
-                      f"λ {cfg.ppo.gae_lambda}, value clip {cfg.ppo.value_clip}")
-    return session, groups, state, held_out
+    notes = [f"[bold]grpokit ppo[/]: critic {cfg.ppo.value_model}, γ {cfg.ppo.gamma}, "
+             f"λ {cfg.ppo.gae_lambda}, value clip {cfg.ppo.value_clip}",
+             session.precision_note, session.prefix_note]
+    return RLStage(session, groups, held_out, state, [n for n in notes if n], ppo_step)
 
 
 def train_ppo(cfg: Config, *, resume: str | Path | None = None, console=None) -> dict[str, Any]:
-    """Run PPO as the config says: the run folder, checkpoints, evaluations and report of
-    `grpokit train`; returns the final evaluations and the checkpoint path."""
+    """Run PPO as the config says on the run loop of every stage (grpokit/loop.py): the run
+    folder, checkpoints, evaluations and report of `grpokit train`; returns the final
+    evaluations and the checkpoint path."""
     _check(cfg)
-    return run(cfg, "ppo", _start, ppo_step, resume=resume, console=console)
+    return run(cfg, "ppo", _start, resume=resume, console=console)
