@@ -381,6 +381,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A built config with dotted overrides applied on top, built and checked again."""
+    cfg = build(Config, merge(to_dict(cfg), parse_overrides(overrides)), replaced=_REPLACED)
+    validate(cfg)
+    return cfg
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain data (for YAML and JSON)."""
     return dataclasses.asdict(cfg)

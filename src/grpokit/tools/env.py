@@ -100,9 +100,12 @@ EnvironmentFactory = Callable[[ToolsConfig, "str | None"], Environment]
 _ENVIRONMENTS: dict[str, EnvironmentFactory] = {}
 
 
-def register_environment(name: str, factory: EnvironmentFactory) -> EnvironmentFactory:
-    """Name an environment factory, so that `tools.environment: name` runs episodes with it."""
-    if name == "tags" or (name in _ENVIRONMENTS and _ENVIRONMENTS[name] is not factory):
+def register_environment(name: str, factory: EnvironmentFactory,
+                         replace: bool = False) -> EnvironmentFactory:
+    """Name an environment factory, so that `tools.environment: name` runs episodes with it;
+    `replace` lets a name be given to another factory (the Python API's objects)."""
+    if name == "tags" or (name in _ENVIRONMENTS and _ENVIRONMENTS[name] is not factory
+                          and not replace):
         raise ValueError(f"environment {name!r} is already registered")
     _ENVIRONMENTS[name] = factory
     return factory
