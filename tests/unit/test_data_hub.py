@@ -200,3 +200,19 @@ def test_train_on_a_gsm8k_shaped_folder(tmp_path, tiny_model_dir):
                  "eval.before_and_after=false", f"log.output_dir={out}"]) == 0
     metrics = [json.loads(line) for line in next(out.rglob("metrics.jsonl")).read_text().splitlines()]
     assert metrics and "reward/mean" in metrics[-1]
+
+
+def test_sft_on_a_gsm8k_shaped_folder_takes_its_config_and_splits(tmp_path, tiny_model_dir):
+    """grpokit sft (and dpo, through the same row loader) reads data.config, data.split and
+    data.eval_split like grpokit train: 4 training rows of `main`, its 2 `test` rows held out."""
+    from grpokit.cli import main
+
+    folder = hub_folder(tmp_path / "my_gsm8k")
+    out = tmp_path / "out"
+    assert main(["sft", f"model.path={tiny_model_dir}", "data.task=null",
+                 f"data.path={folder}", "data.config=main", "data.eval_split=test",
+                 "data.prompt_column=question", "data.columns={answer: completion}",
+                 "train.steps=1", "rollout.prompts_per_step=4", "rollout.max_new_tokens=64",
+                 "log.report_to=[]", "log.report=false", f"log.output_dir={out}"]) == 0
+    results = json.loads((out / "eval.json").read_text())
+    assert "loss" in results["before"] and "loss" in results["after"]

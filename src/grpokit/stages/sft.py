@@ -32,7 +32,7 @@ from grpokit.config import Config, ConfigError
 from grpokit.typed_tree import DataError
 from grpokit.data.base import Task, load_task
 from grpokit.data import render
-from grpokit.data.datasets import load_rows, split_rows
+from grpokit.data.datasets import dataset_rows, split_rows
 from grpokit.logprobs import completion_logprobs, length_sorted_chunks
 from grpokit.loop import run
 from grpokit.training import NonFiniteError, RunState, new_run_state, optimizer_step
@@ -227,12 +227,10 @@ def load_split(cfg: Config, encode: Encode, task_rows: Task | None = None
     if task_rows is not None:
         return (encode_rows(task_rows.train_rows, encode),
                 encode_rows(task_rows.eval_rows[:limit], encode))
-    columns = {"prompt_column": d.prompt_column, "messages_column": d.messages_column,
-               "columns": d.columns}
-    examples = encode_rows(load_rows(d.path, **columns), encode)
-    if d.eval_path is not None:
-        held_out = encode_rows(load_rows(d.eval_path, **columns), encode)
-        return examples, held_out[:limit]
+    rows, held_rows = dataset_rows(d)  # data.config, data.split, eval_path or eval_split
+    examples = encode_rows(rows, encode)
+    if held_rows is not None:
+        return examples, encode_rows(held_rows, encode)[:limit]
     train, held_out = split_rows(examples, eval_fraction=d.eval_fraction, seed=d.seed)
     return train, held_out[:limit]
 
