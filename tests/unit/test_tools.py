@@ -219,3 +219,70 @@ def test_config_errors_name_the_field(override, match):
 def test_the_tools_config_loads():
     cfg = load_config("configs/tools_arithmetic.yaml")
     assert cfg.tools.environment == "tags" and cfg.data.task == "multiply"
+
+
+# ---------------------------------------------------------------- import paths
+
+
+ENV_FILE = '''
+from grpokit.rollout.base import EnvReply
+
+
+class Echo:
+    stop_strings = ("</echo>",)
+
+    def __init__(self, cfg=None, system_prompt=None):
+        self.system_prompt = system_prompt
+
+    def first_messages(self, row):
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def respond(self, turns):
+        return [EnvReply("ok") for _ in turns]
+
+
+ECHO = Echo()
+
+
+def shout(argument):
+    return argument.upper()
+'''
+
+
+@pytest.mark.parametrize("attr, kind", [("ECHO", "an object"), ("Echo", "a factory")])
+def test_an_environment_by_import_path(tmp_path, monkeypatch, attr, kind):
+    from grpokit.tool_config import ToolsConfig
+    from grpokit.tools.env import make_environment
+
+    (tmp_path / "my_env.py").write_text(ENV_FILE)
+    monkeypatch.chdir(tmp_path)  # a relative file is searched in the working directory
+    env = make_environment(ToolsConfig(environment=f"my_env.py:{attr}"), "be brief")
+    assert env.stop_strings == ("</echo>",) and env.respond([None])[0].text == "ok"
+    if kind == "a factory":  # built with the tools config and the run's system prompt
+        assert env.system_prompt == "be brief"
+    with pytest.raises(ValueError, match=r"environment 'my_env.py:Nope': .* no attribute 'Nope'"):
+        make_environment(ToolsConfig(environment="my_env.py:Nope"), None)
+
+
+def test_a_tool_by_import_path_goes_by_its_function_name(tmp_path, monkeypatch):
+    from grpokit.tool_config import ToolsConfig
+    from grpokit.tools.env import make_environment
+
+    (tmp_path / "my_env.py").write_text(ENV_FILE)
+    monkeypatch.chdir(tmp_path)
+    env = make_environment(ToolsConfig(environment="tags", names=["calculator",
+                                                                   "my_env.py:shout"]), None)
+    assert env.stop_strings == ("</calculator>", "</shout>")
+    assert env.tools["shout"].fn("hi") == "HI"
+    with pytest.raises(ValueError, match=r"tool 'missing.py:shout': no file missing.py"):
+        make_environment(ToolsConfig(environment="tags", names=["missing.py:shout"]), None)
+
+
+def test_a_bad_environment_path_exits_2_before_the_run_folder(tiny_model_dir, tmp_path, capsys):
+    from grpokit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", f"model.path={tiny_model_dir}", f"log.output_dir={out}",
+                 "tools.environment=nowhere.py:Env", "train.steps=1"]) == 2
+    assert "environment 'nowhere.py:Env': no file nowhere.py" in capsys.readouterr().err
+    assert not out.exists()

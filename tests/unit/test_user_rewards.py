@@ -86,6 +86,7 @@ def test_a_relative_file_is_found_from_the_config_folder_first(tmp_path, monkeyp
     _write(tmp_path / "cwd", "rewards.py", "def f(completions, **kw):\n    return [2.0] * len(completions)\n")
     config = _write(tmp_path / "cfg", "run.yaml", "rewards: [{name: './rewards.py:f'}]\n")
     monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setattr(user, "_CONFIG_DIRS", [])  # no folder of a config an earlier test loaded
     cfg = load_config(config)
     assert user.search_dirs()[:2] == [tmp_path / "cfg", tmp_path / "cwd"]
     assert registry.build(cfg.rewards[0])([Sample("a", {})]) == [1.0]

@@ -81,20 +81,33 @@ def locate(entry: str) -> str:
 
 def load(entry: str) -> Callable[..., Any]:
     """The callable an import path names (ValueError naming the entry when it cannot be had)."""
-    where, attr = _split(entry)
-    module = _load_file(_find_file(where, entry), entry) if _is_file(where) else \
-        _import_module(where, entry)
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"reward {entry!r}: {where} has no attribute {part!r}{hint}")
-        obj = getattr(obj, part)
+    obj = load_object(entry)
     if not callable(obj):
+        attr = _split(entry)[1]
         raise ValueError(f"reward {entry!r}: {attr} is a {type(obj).__name__}, not a function")
     return obj
+
+
+def load_object(entry: str, kind: str = "reward") -> Any:
+    """The object an import path names: a reward function, or (`kind`) an environment or a
+    tool, whose errors then name it as such. Searched as the module docstring says."""
+    try:
+        where, attr = _split(entry)
+        module = _load_file(_find_file(where, entry), entry) if _is_file(where) else \
+            _import_module(where, entry)
+        obj: Any = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                names = [n for n in dir(obj) if not n.startswith("_")]
+                close = difflib.get_close_matches(part, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"reward {entry!r}: {where} has no attribute {part!r}{hint}")
+            obj = getattr(obj, part)
+        return obj
+    except ValueError as exc:
+        if kind == "reward":
+            raise
+        raise ValueError(str(exc).replace(f"reward {entry!r}", f"{kind} {entry!r}", 1)) from None
 
 
 def _find_file(where: str, entry: str) -> Path:

@@ -15,6 +15,7 @@ import textwrap
 from typing import Any, Callable
 
 from grpokit.data.render import prompt_messages
+from grpokit.rewards.user import is_import_path, load_object
 from grpokit.rollout.base import EnvReply, Environment, ModelTurn
 from grpokit.tool_config import ToolsConfig
 from grpokit.tools.builtin import calculator_tool, python_tool
@@ -44,7 +45,7 @@ def build_tools(cfg: ToolsConfig) -> dict[str, Tool]:
             tool = registered_tool(name)
             if cfg.timeout is not None:
                 tool = Tool(tool.name, tool.fn, cfg.timeout)
-        tools[name] = tool
+        tools[tool.name] = tool  # an import path's tool goes by its function's name
     return tools
 
 
@@ -117,7 +118,13 @@ def _tags(cfg: ToolsConfig, system_prompt: str | None) -> Environment:
 
 
 def make_environment(cfg: ToolsConfig, system_prompt: str | None) -> Environment:
-    """The environment `tools.environment` names; an unknown name is an error listing them."""
+    """The environment `tools.environment` names: a registered name, or an import path
+    (`module:attr`, `file.py:attr`) to an environment object or a factory
+    `f(tools config, system prompt) -> Environment`; an unknown name is an error listing them."""
+    if is_import_path(str(cfg.environment)):
+        found = load_object(cfg.environment, "environment")
+        return found if hasattr(found, "respond") and not isinstance(found, type) \
+            else found(cfg, system_prompt)
     factories = {"tags": _tags, **_ENVIRONMENTS}
     if cfg.environment not in factories:
         close = difflib.get_close_matches(str(cfg.environment), factories, n=1)

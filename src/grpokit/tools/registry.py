@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from grpokit.rewards.user import is_import_path, load_object
+
 DEFAULT_DEADLINE_S = 5.0
 """Deadline of a registered tool that names none."""
 
@@ -85,7 +87,14 @@ def register_tool(name: str, fn: Callable[[str], str] | None = None, *,
 
 
 def registered_tool(name: str) -> Tool:
-    """The user tool registered as `name`; an unknown name is an error listing the known ones."""
+    """The user tool registered as `name`, or the function `fn(argument: str) -> str` an import
+    path names (`module:attr`, `file.py:attr`), called by the function's own name (the tag the
+    model writes); an unknown name is an error listing the known ones."""
+    if is_import_path(name):
+        fn = load_object(name, "tool")
+        if not callable(fn):
+            raise ValueError(f"tool {name!r} is a {type(fn).__name__}, not a function")
+        return Tool(name.rpartition(":")[2].split(".")[-1], fn, DEFAULT_DEADLINE_S)
     if name not in _TOOLS:
         known = sorted([*BUILTIN_NAMES, *_TOOLS])
         close = difflib.get_close_matches(name, known, n=1)
