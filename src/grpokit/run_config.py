@@ -37,8 +37,10 @@ class LogConfig:
     """Write report.html (curves, settings, samples; `grpokit report`) at the end of the run."""
     report_every: int = 0
     """Also rewrite the report every N steps while training (0: only at the end)."""
-    report_to: list[str] = choice_list(["tensorboard"], "tensorboard", "wandb", "mlflow")
-    """Trackers that get the metrics, samples and config too ([]: none; docs/runs.md)."""
+    report_to: list[str] = choice_list(["tensorboard"], "tensorboard", "wandb", "mlflow",
+                                       import_paths=True)
+    """Trackers that get the metrics, samples and config too ([]: none; docs/runs.md), or a
+    sink of one's own by import path (`my_sinks:Sink`, made as Sink(cfg, out, start_step))."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from grpokit import distributed as dist
 from grpokit.config import to_dict
+from grpokit.rewards.user import is_import_path, load_object
 from grpokit.typed_tree import UserError, flatten, read_json_lines, read_text
 
 # Metrics shown on the compact console line, in order, with their short labels.
@@ -126,6 +127,20 @@ def check_trackers(cfg: Any) -> None:
     for name in dict.fromkeys(cfg.log.report_to):
         if name in _TRACKER_LIBRARIES:
             _tracker_library(_TRACKER_LIBRARIES[name], name)
+        elif is_import_path(name):
+            _user_sink(name)
+
+
+def _user_sink(name: str) -> Any:
+    """The factory `factory(cfg, out, start_step) -> MetricSink` an import path names."""
+    try:
+        factory = load_object(name, "metric sink")
+    except ValueError as exc:
+        raise UserError(f"log.report_to: {exc}") from None
+    if not callable(factory):
+        raise UserError(f"log.report_to: metric sink {name!r} is a {type(factory).__name__}; "
+                        "expected a class or function (cfg, out, start_step) -> sink")
+    return factory
 
 
 def _tracker_run(out: Path, tracker: str, start_step: int) -> str | None:
@@ -323,7 +338,8 @@ def make_sinks(cfg: Any, out: Path, console: Console | None, start_step: int = 0
     sinks: list[Any] = [JsonlSink(out / "metrics.jsonl", start_step)]
     try:
         for name in dict.fromkeys(cfg.log.report_to):  # each tracker once
-            sinks.append(_TRACKER_SINKS[name](cfg, out, start_step))
+            factory = _TRACKER_SINKS.get(name) or _user_sink(name)
+            sinks.append(factory(cfg, out, start_step))
     except BaseException:
         MultiSink(sinks).close()  # a tracker that cannot start: close the ones that did
         raise

@@ -45,9 +45,11 @@ def choice(default: Any, *choices: Any) -> Any:
     return field(default=default, metadata={"choices": choices})
 
 
-def choice_list(default: list[Any], *choices: Any) -> Any:
-    """A list field each of whose items must be one of `choices`."""
-    return field(default_factory=lambda: list(default), metadata={"choices": choices})
+def choice_list(default: list[Any], *choices: Any, import_paths: bool = False) -> Any:
+    """A list field each of whose items must be one of `choices` (or, with `import_paths`, an
+    import path `module:attr` naming a user's own)."""
+    return field(default_factory=lambda: list(default),
+                 metadata={"choices": choices, "import_paths": import_paths})
 
 
 class UserError(ValueError):
@@ -198,7 +200,8 @@ def build(cls: type, data: Any, where: str = "config", replaced: dict[str, str] 
         except ConfigError as exc:
             raise ConfigError(f"{exc}; valid values: {shown}" if choices else str(exc)) from None
         for item in kwargs[key] if isinstance(kwargs[key], list) else [kwargs[key]]:
-            if choices and item not in choices:  # a list's choices are of its items
+            user = fields[key].metadata.get("import_paths") and ":" in str(item)
+            if choices and item not in choices and not user:  # a list's: of its items
                 raise ConfigError(f"{sub}: invalid value {item!r}; valid values: {shown}")
     return cls(**kwargs)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from grpokit.rewards.user import is_import_path, load_object
 from grpokit.data.datasets import dataset_rows, named_rows, split_rows
 from grpokit.rewards.base import RewardSpec
 from grpokit.typed_tree import DataError
@@ -65,7 +66,11 @@ def task_names() -> list[str]:
 
 
 def load_task(name: str, **args: Any) -> Task:
-    """Build a built-in task by name with its keyword arguments."""
+    """Build a task by name with its keyword arguments: a built-in one, or one an import path
+    names (`my_tasks:make_task`, `./tasks.py:make_task`), a function of the args returning a
+    `Task`, searched like reward functions (docs/data.md)."""
+    if is_import_path(name):
+        return _named(_user_task(name, args), name)
     names = task_names()
     if name not in _TASKS:
         close = difflib.get_close_matches(name, names, n=1)
@@ -75,9 +80,30 @@ def load_task(name: str, **args: Any) -> Task:
         task = _TASKS[name](**args)
     except TypeError as exc:
         raise DataError(f"task {name!r}: bad args {args!r}: {exc}") from exc
-    # Named so that a later error (a prompt too long) says which row, 1-based, of which split.
+    return _named(task, name)
+
+
+def _named(task: Task, name: str) -> Task:
+    """Rows named so that a later error (a prompt too long) says which row, 1-based, of which
+    split."""
     task.train_rows = named_rows(task.train_rows, f"task {name!r}: training row")
     task.eval_rows = named_rows(task.eval_rows, f"task {name!r}: held-out row")
+    return task
+
+
+def _user_task(name: str, args: dict[str, Any]) -> Task:
+    """The Task a user's function (by import path) makes from the task args."""
+    try:
+        make = load_object(name, "task")
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    try:
+        task = make(**args)
+    except TypeError as exc:
+        raise DataError(f"task {name!r}: bad args {args!r}: {exc}") from exc
+    if not isinstance(task, Task):
+        raise DataError(f"task {name!r} returned {type(task).__name__}; expected a "
+                        "grpokit.data.base.Task (name, train_rows, eval_rows, rewards, ...)")
     return task
 
 
