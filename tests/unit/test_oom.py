@@ -77,7 +77,7 @@ def test_the_sft_and_dpo_updates_name_step_micro_batch_and_tokens(
 
     from grpokit.cli import main
 
-    module = importlib.import_module(f"grpokit.{command}")
+    module = importlib.import_module(f"grpokit.stages.{command}")
     monkeypatch.setattr(module, patched, _second_call_runs_out(getattr(module, patched)))
     rows = [{"prompt": f"{a}+1?", "completion": str(a + 1), "chosen": str(a + 1),
              "rejected": str(a + 2)} for a in range(6)]
