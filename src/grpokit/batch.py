@@ -1,5 +1,6 @@
 """The batch contracts between stages (DESIGN.md §2): a scored batch, and the training batch
-whose advantages and loss mask are always set; selecting and joining groups of a scored batch."""
+whose advantages and loss mask are always set; selecting and joining groups of a scored batch;
+the loss mask of a scored batch (`loss_mask_of`) and the device its loss terms meet on."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from grpokit.algo.masks import is_tied, loss_mask
+from grpokit.config import Config
 from grpokit.rewards.base import StepRewards
-from grpokit.rollout.base import RolloutBatch
+from grpokit.rollout.base import RolloutBatch, is_truncated
 from grpokit.rollout.batching import concat_rollouts
 
 
@@ -89,3 +92,20 @@ def concat(parts: list[ScoredBatch], pad_token_id: int) -> ScoredBatch:
     return ScoredBatch(rollout, torch.cat([p.rewards for p in parts]),
                        torch.cat([p.reward for p in parts]), steps, errors)
 
+
+def batch_device(scored: ScoredBatch) -> torch.device:
+    """The rollout's device (the engine's, the policy's): the loss terms meet there."""
+    return scored.rollout.completion_ids.device
+
+
+def loss_mask_of(scored: ScoredBatch, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequences and tokens that enter the loss: the tie and truncation rules of `algo`."""
+    a, r = cfg.algo, scored.rollout
+    tied = is_tied(scored.reward, r.group_size, a.tie_rule, tuple(a.tie_interval))  # (B,)
+    truncated = is_truncated(r.finish_reason)  # (N,) on the CPU: token budget or turn limit
+    # Only sampled tokens are trained; tool output inserted by an environment is context.
+    included, mask = loss_mask(r.generated_mask, truncated, tied, exclude_tied=a.exclude_tied,
+                               mask_truncated=a.mask_truncated)
+    if scored.ghost:  # a rank's stand-in: in the passes, out of the loss and the normalizers
+        return torch.zeros_like(included), torch.zeros_like(mask)
+    return included, mask

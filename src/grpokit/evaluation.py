@@ -1,21 +1,28 @@
 """Held-out evaluation: the loop over held-out prompts, pass@k (unbiased) and maj@k, the table,
-and `grpokit eval`."""
+`grpokit eval`, and the same evaluation bound to a policy trained without a session
+(`greedy_evaluation`: the held-out accuracy of `grpokit dpo`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from grpokit.config import Config
+from grpokit.data.base import Task, load_data
 from grpokit.groups import PromptGroups
+from grpokit.logprobs import CompletionScorer
+from grpokit.parallel import Layout
 from grpokit.rewards.extract import extract_answers, normalize
+from grpokit.rollout import make_engine
 from grpokit.rollout.base import SamplingParams, sampling_seed
-from grpokit.session import Session, build_session
+from grpokit.session import Session, build_session, reward_specs
 from grpokit.sinks import print_eval
 from grpokit.typed_tree import UserError
 
@@ -157,3 +164,40 @@ def run_eval(cfg: Config, console=None, jsonl: str | Path | None = None) -> dict
         print_eval(console, f"{cfg.model.path} on {session.task.name}", {"value": results})
         console.print_json(json.dumps(results))
     return results
+
+
+# ---------------------------------------------------------------- a policy without a session
+
+
+@dataclass
+class Greedy:
+    """The held-out evaluation of `grpokit train`, bound to the policy being trained."""
+
+    session: Session
+    held_out: PromptGroups
+    seed: int
+
+    def __call__(self, jsonl: Path | None) -> dict[str, float]:
+        records: list[dict[str, Any]] = []
+        results = evaluate(self.session, self.held_out, self.seed, records)
+        if jsonl is not None:
+            write_eval_jsonl(jsonl, results, records)
+        return results
+
+
+def greedy_evaluation(cfg: Config, model: torch.nn.Module, tokenizer: Any, task: Task | None,
+                      bf16: bool) -> Greedy | None:
+    """The evaluation of the first eval.num_prompts held-out prompts: for a built-in task, or for
+    a dataset when the config names `rewards`; None otherwise (the pair metrics remain)."""
+    if cfg.eval.num_prompts == 0 or (task is None and not cfg.rewards):
+        return None
+    task = task if task is not None else load_data(cfg.data)
+    rows = task.eval_rows[: cfg.eval.num_prompts]
+    if not rows:
+        return None
+    specs = reward_specs(cfg, task)
+    cfg = dataclasses.replace(cfg, rewards=specs)
+    engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16, cfg.rollout)
+    session = Session(cfg, model, tokenizer, None, task, specs, engine, bf16,
+                      Layout("single", CompletionScorer(model), None))
+    return Greedy(session, PromptGroups(session, rows), cfg.train.seed)

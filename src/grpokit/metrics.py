@@ -1,5 +1,5 @@
 """What a step logs: loss metrics reduced over micro-batches, rollout statistics over every rank,
-and a few sample completions."""
+a few sample completions, and the step's timing and weight-sync metrics."""
 
 from __future__ import annotations
 
@@ -142,3 +142,19 @@ def sample_records(batch: TrainingBatch, names: list[str], n: int) -> list[dict[
             "advantage": adv.mean().item() if adv.ndim else adv.item(),
         })
     return records
+
+
+def sync_metrics(engine: Any) -> dict[str, float]:
+    """Time of the last weight sync and its probe's deviation, for engines that keep their own
+    copy of the weights (the in-process engines sample from the policy itself: nothing to log)."""
+    names = {"last_sync_s": "perf/sync_time_s", "last_probe_max_abs": "rollout/probe_max_abs"}
+    return {key: float(getattr(engine, attr)) for attr, key in names.items()
+            if getattr(engine, attr, None) is not None}
+
+
+def perf_metrics(batch: TrainingBatch, train_tokens: float, gen_time: float,
+                 step_time: float) -> dict[str, float]:
+    gen_tokens = float(batch.rollout.generated_mask.sum())
+    return {"perf/gen_time_s": gen_time, "perf/step_time_s": step_time,
+            "perf/gen_tokens_per_s": gen_tokens / max(gen_time, 1e-9),
+            "perf/train_tokens_per_s": train_tokens / max(step_time - gen_time, 1e-9)}

@@ -1,5 +1,6 @@
 """The module layering of docs/architecture.md: no import circle, no import of a layer above,
-the math free of model libraries, SFT free of the RL stack, and the size limits of DESIGN.md §7."""
+no stage importing another, the math free of model libraries, SFT free of the RL stack, and the
+size limits of DESIGN.md §7."""
 
 from __future__ import annotations
 
@@ -17,11 +18,9 @@ ROOT = Path(__file__).resolve().parents[2] / "src" / "grpokit"
 LAYERS = [
     ["grpokit.__main__"],
     ["grpokit.cli", "grpokit.api"],
-    ["grpokit.stages.dpo", "grpokit.stages.ppo"],
-    ["grpokit.stages.grpo", "grpokit.stages.sft", "grpokit.conformance", "grpokit.rewards.cli",
-     "grpokit.sandbox.cli"],
-    ["grpokit.loop"],
-    ["grpokit.training", "grpokit.stages.dpo_eval"],
+    ["grpokit.stages", "grpokit.conformance", "grpokit.rewards.cli", "grpokit.sandbox.cli"],
+    ["grpokit.loop", "grpokit.rl"],
+    ["grpokit.training"],
     ["grpokit.evaluation", "grpokit.report"],
     ["grpokit.groups"],
     ["grpokit.session", "grpokit.metrics", "grpokit.sinks"],
@@ -77,6 +76,15 @@ def _package(module: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 2 or _exists(module + ".__init__") else module
 
 
+def test_no_stage_imports_another_stage():
+    """The stages (grpo, ppo, sft, dpo) sit side by side: what two of them share lives below them
+    (grpokit.rl for the RL stages, data/supervised.py for SFT and DPO), never in a sibling."""
+    graph = import_graph()
+    stages = lambda names: {m for m in names if m.startswith("grpokit.stages.")}
+    wrong = [f"{a} imports {b}" for a in stages(graph) for b in stages(graph[a]) if b != a]
+    assert not wrong, "\n".join(sorted(wrong))
+
+
 def test_no_module_imports_a_layer_above_its_own():
     graph = import_graph()
     wrong = [f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
@@ -117,7 +125,8 @@ def test_the_math_loads_neither_transformers_nor_peft():
 
 def test_sft_loads_neither_the_trainer_nor_the_rollout_and_reward_stack():
     loaded = _loaded_after("import grpokit.stages.sft")
-    stack = ("grpokit.stages.grpo", "grpokit.groups", "grpokit.evaluation", "grpokit.rollout",
+    stack = ("grpokit.stages.grpo", "grpokit.stages.dpo", "grpokit.stages.ppo", "grpokit.rl",
+             "grpokit.groups", "grpokit.evaluation", "grpokit.rollout",
              "grpokit.rewards.runner", "grpokit.rewards.registry", "grpokit.sandbox")
     assert not {m for m in loaded if m.startswith(stack)}
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from grpokit import distributed as dist
+from grpokit.rl import update
 from grpokit.stages import grpo as trainer
 from grpokit.config import load_config
 from grpokit.batch import ScoredBatch, TrainingBatch, select_groups
@@ -155,7 +156,7 @@ def test_uneven_rank_shares_split_minibatches_as_one_process(tiny_model_dir, tmp
 def test_minibatches_are_exactly_count_parts_of_the_whole_batch():
     """One process, 6 rows into 4 minibatches: exactly 4 parts (2, 2, 1, 1 rows), together
     every row once."""
-    parts = trainer._minibatches(6, 4, (0, 0, 0))
+    parts = update._minibatches(6, 4, (0, 0, 0))
     assert [len(p) for p in parts] == [2, 2, 1, 1]
     assert sorted(torch.cat(parts).tolist()) == list(range(6))
 

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 
+from grpokit.rl import update
 from grpokit.stages import grpo as trainer
 from grpokit.algo.advantages import process_advantages
 from grpokit.algo.losses import aggregate
@@ -206,7 +207,7 @@ def test_lora_reference_is_the_base_model_and_no_second_model_is_loaded(tiny_mod
     batch, _ = _collect(session, rollouts, state)
     base = models.load_policy(tiny_model_dir, dtype="float32")
     kw = dict(micro_batch_size=3, temperature=1.0, chunk_size=1024)
-    ref = trainer._reference_logprobs(session, batch, 1)
+    ref = update._reference_logprobs(session, batch, 1)
     torch.testing.assert_close(ref, batched_logprobs(base, batch.rollout, **kw)[0], rtol=0, atol=1e-5)
     policy = batched_logprobs(session.model, batch.rollout, **kw)[0]
     assert not torch.allclose(policy, ref, atol=1e-4)
@@ -266,7 +267,7 @@ def test_ratio_level_reaches_the_loss_through_the_trainer(tiny_model_dir, monkey
         seen.append((importance_ratio(logprobs.detach(), old, mask, level=knobs.ratio), mask))
         return policy_loss(logprobs, old, advantages, mask, knobs, **kw)
 
-    monkeypatch.setattr(trainer, "policy_loss", spy)
+    monkeypatch.setattr(update, "policy_loss", spy)
     session, rollouts, state = _session(tiny_model_dir, f"algo.preset={preset}", "algo.beta=0",
                                         "train.epochs_per_batch=2", "train.lr=1e-2")
     trainer.train_step(session, rollouts, state)

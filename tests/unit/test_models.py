@@ -282,7 +282,7 @@ def test_default_model_converts_and_chats() -> None:
 
 def test_out_of_memory_in_the_training_pass_names_step_micro_batch_and_tokens(
         tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from grpokit.stages import grpo as trainer
+    from grpokit.rl import update as trainer
     from grpokit.cli import main
 
     real, seen = trainer._micro_step, []

@@ -19,7 +19,7 @@ from grpokit.rollout import HFEngine, SamplingParams
 from grpokit.rollout.base import EnvReply, EpisodeCounts, Episodes
 from grpokit.testing import tiny_llama
 from grpokit.tools import register_environment
-from grpokit.stages.grpo import loss_mask_of
+from grpokit.batch import loss_mask_of
 
 PROMPTS = ["hello", "a longer prompt", "q"]
 ROWS = [{"prompt": p, "answer": "1"} for p in PROMPTS]

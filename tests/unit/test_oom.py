@@ -109,7 +109,7 @@ def test_the_trainers_reference_pass_names_step_and_phase(tiny_model_dir, tmp_pa
             model = lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError(CUDA_OOM))  # noqa: E731
         return real(model, batch, **kwargs)
 
-    monkeypatch.setattr("grpokit.stages.grpo.batched_logprobs", spy)
+    monkeypatch.setattr("grpokit.rl.update.batched_logprobs", spy)
     cfg = load_config(overrides=[
         f"model.path={tiny_model_dir}", f"log.output_dir={tmp_path / 'run'}", "train.steps=1",
         "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4",

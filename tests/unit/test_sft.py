@@ -10,17 +10,8 @@ import torch
 from grpokit.config import ConfigError, load_config
 from grpokit.typed_tree import DataError
 from grpokit.testing import tiny_llama
-from grpokit.stages.sft import (
-    SFTExample,
-    collate,
-    encode_example,
-    load_examples,
-    make_state,
-    run_sft,
-    sft_loss,
-    split_row,
-    train_step,
-)
+from grpokit.data.supervised import SFTExample, collate, encode_example, split_row
+from grpokit.stages.sft import load_examples, make_state, run_sft, sft_loss, train_step
 
 
 @pytest.fixture(scope="module")

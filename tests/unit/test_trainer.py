@@ -130,6 +130,7 @@ def test_sequence_ratios_see_every_sampled_token_under_top_entropy_selection(
         tiny_model_dir, tmp_path, monkeypatch):
     """GSPO with top-entropy selection: the loss gets the narrowed loss mask, and the
     sequence-level ratio the sampled tokens (generated_mask) of the very same rows."""
+    from grpokit.rl import update
     from grpokit.stages import grpo as trainer
 
     seen = []
@@ -139,7 +140,7 @@ def test_sequence_ratios_see_every_sampled_token_under_top_entropy_selection(
         return policy_loss(logprobs, old, advantages, mask, knobs, **kwargs)
 
     from grpokit.algo.losses import policy_loss
-    monkeypatch.setattr(trainer, "policy_loss", spy)
+    monkeypatch.setattr(update, "policy_loss", spy)
     cfg = load_config(overrides=_overrides(
         tiny_model_dir, tmp_path / "run", "train.steps=1", "eval.before_and_after=false",
         "algo.preset=gspo", "algo.top_entropy_fraction=0.5", "log.report_to=[]"))

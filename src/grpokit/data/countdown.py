@@ -111,5 +111,5 @@ def countdown_task(
 def sft_target(row: Row) -> str:
     """The reference completion of a row with a known solution ("" when it has none)."""
     if not row.get("solution"):
-        return ""  # reported as an empty target by sft.split_row
+        return ""  # reported as an empty target by data.supervised.split_row
     return f"<think>{row['solution']} = {row['target']}</think> <answer>{row['solution']}</answer>"

@@ -1,8 +1,9 @@
 """Direct Preference Optimization on (prompt, chosen, rejected) rows: `grpokit dpo` (docs/dpo.md).
 
-Rows come from the loaders of `grpokit sft` (data.path with the same column mapping, or a built-in
-task whose rule writes the pair: arithmetic gives its answer against a wrong one). The prompt is
-rendered as `grpokit train` renders it; each completion is tokenized on its own and ends with EOS.
+Rows come from the loaders `grpokit sft` uses (data/supervised.py: data.path with the same column
+mapping, or a built-in task whose rule writes the pair: arithmetic gives its answer against a
+wrong one). The prompt is rendered as `grpokit train` renders it; each completion is tokenized on
+its own and ends with EOS.
 A step draws `rollout.prompts_per_step` pairs with the seeded PromptSampler; the loss
 (algo/dpo.py) covers completion tokens only and is the mean over the step's pairs, so the
 micro-batch split leaves the gradient unchanged. Chosen and rejected run in one pass per
@@ -25,16 +26,16 @@ from typing import Any
 import torch
 
 from grpokit import models, precision
-from grpokit.stages import dpo_eval
 from grpokit.algo.dpo import dpo_loss, preference_metrics, sequence_logprobs
 from grpokit.config import Config, ConfigError
 from grpokit.data.base import Task
 from grpokit.data.preference import split_pair
-from grpokit.logprobs import CompletionScorer, length_sorted_chunks
-from grpokit.session import shared_prefix
-from grpokit.stages.sft import (
+from grpokit.data.supervised import (
     SFTExample, collate, encode_prompt, encode_target, load_split, sized, task_rule,
 )
+from grpokit.evaluation import Greedy, greedy_evaluation
+from grpokit.logprobs import CompletionScorer, length_sorted_chunks
+from grpokit.session import shared_prefix
 from grpokit.loop import run
 from grpokit.training import NonFiniteError, RunState, new_run_state, optimizer_step
 
@@ -256,7 +257,7 @@ class DPOStage:
     notes: list[str]
     train_pairs: list[PreferencePair]
     eval_pairs: list[PreferencePair]
-    greedy: dpo_eval.Greedy | None
+    greedy: Greedy | None
     autocast: Callable
     resumed: bool
     last: list[PreferencePair] = field(default_factory=list)
@@ -325,7 +326,7 @@ def _start(cfg: Config, saved: dict[str, Any] | None) -> DPOStage:
         ref_scorer = CompletionScorer(models.load_reference(path, dtype=cfg.model.dtype), share)
     policy = Policy(model, CompletionScorer(model, share), cfg.dpo.reference, ref_scorer)
     bf16 = precision.use_bf16(cfg.model.autocast)
-    greedy = dpo_eval.greedy_evaluation(cfg, model, tokenizer, task, bf16)
+    greedy = greedy_evaluation(cfg, model, tokenizer, task, bf16)
     state = new_run_state("dpo", cfg, model, len(train_pairs), cfg.train.steps)
     notes = [f"[bold]grpokit dpo[/]: {len(train_pairs)} training pairs, {cfg.train.steps} steps "
              f"of {cfg.rollout.prompts_per_step} pairs, {len(eval_pairs)} held out, reference "

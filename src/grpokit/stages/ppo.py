@@ -3,9 +3,9 @@
 One step is GRPO's step with the group baseline replaced by a value model: the same sampling
 (groups.sample_groups: B prompts × G completions, the same rewards), then the critic's values of
 every completion token, GAE (algo/gae.py) from the outcome reward at the last token, and the same
-policy update as GRPO (stages/grpo.py update_policy: clipped surrogate, KL to the reference, aggregation,
-μ epochs × minibatches × micro-batches) on the per-token advantages; then μ passes of the clipped
-value loss on the critic, and the weight sync. It sits above the trainer because it reuses it.
+policy update as GRPO (rl/update.py update_policy: clipped surrogate, KL to the reference,
+aggregation, μ epochs × minibatches × micro-batches) on the per-token advantages; then μ passes of
+the clipped value loss on the critic, and the weight sync. What it shares with GRPO lives in rl/.
 
 ppo.value_model: `separate` copies the policy's decoder into the critic (its own weights and
 AdamW state: the memory GRPO saves), `head` puts a linear head on the policy's own hidden states
@@ -24,18 +24,16 @@ import torch
 
 from grpokit import distributed as dist
 from grpokit.algo.gae import gae, outcome_token_rewards, value_loss, whiten
-from grpokit.batch import TrainingBatch
+from grpokit.batch import TrainingBatch, batch_device, loss_mask_of
 from grpokit.config import Config, ConfigError
 from grpokit.groups import PromptGroups, sample_groups
 from grpokit.logprobs import position_ids, trim
-from grpokit.metrics import rollout_metrics
+from grpokit.metrics import perf_metrics, rollout_metrics, sync_metrics
 from grpokit.precision import autocast_paused
 from grpokit.loop import run
 from grpokit.session import Session
-from grpokit.stages.grpo import (
-    RLStage, batch_device, loss_mask_of, perf_metrics, rl_parts, sync_metrics, total_updates,
-    update_policy,
-)
+from grpokit.rl.stage import RLStage, rl_parts, total_updates
+from grpokit.rl.update import update_policy
 from grpokit.training import NonFiniteError, RunState, new_run_state
 
 

@@ -1,0 +1,90 @@
+"""An RL stage on the run loop (grpokit/loop.py): `RLStage` (GRPO's, and PPO's with its own
+step), the parts every RL stage builds (`rl_parts`), and the learning-rate schedule's horizon."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grpokit import distributed as dist
+from grpokit.batch import TrainingBatch
+from grpokit.config import Config
+from grpokit.evaluation import evaluate, write_eval_jsonl
+from grpokit.groups import PromptGroups
+from grpokit.metrics import sample_records
+from grpokit.session import Session, build_session
+from grpokit.training import RunState
+
+
+@dataclass
+class RLStage:
+    """GRPO (and PPO, with its own step) on the run loop (grpokit/loop.py): a session, the
+    training and held-out prompts, the run state, and the last step's batch for its samples."""
+
+    session: Session
+    groups: PromptGroups
+    held_out: PromptGroups | None
+    state: RunState
+    notes: list[str]
+    step_fn: Callable[[Session, PromptGroups, RunState], tuple[TrainingBatch, dict[str, float]]]
+    batch: TrainingBatch | None = None
+
+    @property
+    def cfg(self) -> Config:
+        return self.session.cfg
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.session.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.session.tokenizer
+
+    def begin(self, out: Path) -> None:
+        pass
+
+    def step(self) -> dict[str, float]:
+        self.batch, metrics = self.step_fn(self.session, self.groups, self.state)
+        return metrics
+
+    def samples(self, step: int, count: int) -> list[dict[str, Any]]:
+        return sample_records(self.batch, self.groups.names, count)
+
+    def evaluate(self, jsonl: Path | None) -> dict[str, float]:
+        """Held-out evaluation, always from the run's seed: before and after differ only by
+        weights. With `jsonl`, rank 0 writes each prompt's completions and scores there (the
+        report's before/after samples)."""
+        if self.held_out is None:
+            return {}
+        records: list[dict[str, Any]] = []
+        results = evaluate(self.session, self.held_out, self.cfg.train.seed, records)
+        if jsonl is not None and dist.is_main():
+            write_eval_jsonl(jsonl, results, records)
+        return results
+
+    def finish(self, out: Path) -> dict[str, Any]:
+        return {}
+
+
+
+def rl_parts(cfg: Config, saved: dict[str, Any] | None
+             ) -> tuple[Session, PromptGroups, PromptGroups | None]:
+    """The session (weights from the checkpoint when resuming), the training prompts and the
+    held-out prompts of an RL stage: every check of rewards and prompts runs here."""
+    session = build_session(cfg, resume_from=None if saved is None else saved["path"] / "model")
+    cfg = session.cfg
+    groups = PromptGroups(session, session.task.train_rows)
+    rows = session.task.eval_rows[: cfg.eval.num_prompts]
+    held_out = PromptGroups(session, rows, runner=groups.runner) if rows else None
+    return session, groups, held_out
+
+
+
+def total_updates(cfg: Config) -> int:
+    """Optimizer steps of the whole run: the horizon of the learning-rate schedule."""
+    return cfg.train.steps * cfg.train.epochs_per_batch * cfg.train.minibatches

@@ -1,0 +1,158 @@
+"""The policy update GRPO and PPO share: μ passes over a step's batch, `minibatches` optimizer
+steps each, micro-batch accumulation; the loss normalized by the step's global counts over every
+rank (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from grpokit import distributed as dist
+from grpokit.algo.losses import LossKnobs, policy_loss
+from grpokit.algo.masks import top_entropy_mask
+from grpokit.batch import TrainingBatch, batch_device
+from grpokit.config import Config, to_dict
+from grpokit.logprobs import batched_logprobs, padded_chunks, plan_micro_batches, shares_prefix
+from grpokit.metrics import reduce_metrics
+from grpokit.models import disabled_adapter, memory_named
+from grpokit.precision import autocast_paused
+from grpokit.rollout.base import sampling_seed
+from grpokit.session import Session, sampling_truncation
+from grpokit.training import NonFiniteError, RunState, optimizer_step
+
+
+def loss_knobs(cfg: Config) -> LossKnobs:
+    return LossKnobs.from_values({**to_dict(cfg.algo),
+                                  "max_completion_length": cfg.rollout.max_new_tokens})
+
+
+def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> dict[str, float]:
+    """μ passes over the batch, `minibatches` optimizer steps each, micro-batch accumulation."""
+    cfg, t = session.cfg, session.cfg.train
+    knobs = loss_knobs(cfg)
+    session.model.train()
+    batch, old = _old_logprobs(session, batch, state.step + 1)
+    ref = _reference_logprobs(session, batch, state.step + 1)
+    r, parts, optim = batch.rollout, [], []
+    rows = 0 if batch.scored.ghost else len(r.completion_ids)  # a stand-in holds no row of the step
+    for epoch in range(t.epochs_per_batch):
+        for mb in _minibatches(rows, t.minibatches, (t.seed, state.step, epoch)):
+            counts = _global_counts(batch, mb)
+            chunks = padded_chunks(plan_micro_batches(
+                r.prompt_ids, r.prompt_mask, r.completion_mask, mb, max_seqs=t.micro_batch_size,
+                max_tokens=t.max_tokens_per_micro_batch,
+                share_prefix=shares_prefix(session.layout.scorer)))
+            # One autocast region over the optimizer step's micro-batches: the weights' bf16
+            # casts are made once and reused until the weights change.
+            with session.autocast():
+                for k, chunk in enumerate(chunks):
+                    padding = bool(chunk[0] < 0)
+                    idx = torch.tensor([0]) if padding else chunk
+                    with session.layout.accumulating(last=k == len(chunks) - 1), \
+                            memory_named(state.step + 1, k, len(chunks), r, idx):
+                        part = _micro_step(session, batch, idx, old, ref, knobs, counts, padding)
+                    parts += [part] if part else []
+            optim.append(optimizer_step(session.model, state.optimizer, state.scheduler,
+                                        t.max_grad_norm))
+    # Every rank's micro-batches: the step's metrics, as one process would log them (each
+    # micro-batch's loss is already normalized by the step's global counts, so they sum).
+    parts = [p for rank_parts in dist.all_gather_object(parts) for p in rank_parts]
+    metrics = {f"loss/{k}": v for k, v in reduce_metrics(parts).items()
+               if k not in ("tokens", "loss")}
+    metrics["loss/policy"] = sum(p["loss"] for p in parts) / max(len(optim), 1)
+    metrics.update({k: sum(o[k] for o in optim) / len(optim) for k in optim[0]})
+    metrics["optim/lr"] = optim[-1]["optim/lr"]
+    metrics["train/tokens"] = float(sum(p.get("tokens", 0.0) for p in parts))
+    return metrics
+
+
+def _logprob_args(session: Session, step: int, phase: str) -> dict[str, Any]:
+    """batched_logprobs' settings; `step` and `phase` name an out-of-memory error."""
+    t = session.cfg.train
+    return dict(micro_batch_size=t.micro_batch_size, max_tokens=t.max_tokens_per_micro_batch,
+                temperature=session.cfg.rollout.temperature,
+                chunk_size=t.logprob_chunk_size, autocast=session.autocast, step=step,
+                phase=phase)
+
+
+def _old_logprobs(session: Session, batch: TrainingBatch, step: int
+                  ) -> tuple[TrainingBatch, torch.Tensor | None]:
+    """The sampling policy's log-probs: None on-policy (μ = 1, one minibatch), where the loss uses
+    logp.detach() and no extra forward pass runs (DESIGN.md §3); unless top-entropy selection
+    needs the batch's entropies before the first update, which also narrows the loss mask."""
+    a, t = session.cfg.algo, session.cfg.train
+    on_policy = t.epochs_per_batch == 1 and t.minibatches == 1
+    select = a.top_entropy_fraction < 1.0
+    if on_policy and not select:
+        return batch, None
+    old, entropy = batched_logprobs(session.layout.scorer, batch.rollout, with_entropy=select,
+                                    truncation=sampling_truncation(session.cfg),
+                                    **_logprob_args(session, step, "the old log-probs"))
+    if select:
+        batch = dataclasses.replace(batch, loss_mask=top_entropy_mask(
+            entropy, batch.loss_mask, a.top_entropy_fraction))
+    return batch, None if on_policy else old
+
+
+def _reference_logprobs(session: Session, batch: TrainingBatch, step: int
+                        ) -> torch.Tensor | None:
+    if not session.cfg.algo.beta:
+        return None  # β = 0: no reference forward at all
+    layout, args = session.layout, _logprob_args(session, step, "the reference log-probs")
+    if layout.reference is not None:
+        return batched_logprobs(layout.reference, batch.rollout, **args)[0]
+    with disabled_adapter(session.model):  # LoRA: the reference is the base model
+        return batched_logprobs(layout.scorer, batch.rollout, **args)[0]
+
+
+def _minibatches(n: int, count: int, keys: tuple[int, ...]) -> list[torch.Tensor]:
+    """This rank's rows of each of the step's `count` minibatches. The split is of the whole
+    step's batch (every rank's rows in rank order, the ranks' shares may differ), from a seed of
+    (seed, step, epoch), into exactly `count` parts whose sizes differ by at most one row; so it
+    is the same whatever the number of ranks, and every rank runs `count` optimizer steps."""
+    if count == 1:
+        return [torch.arange(n)]
+    sizes = [int(s) for s in dist.all_gather_tensor(torch.tensor([n]))]
+    start = sum(sizes[: dist.rank()])
+    generator = torch.Generator().manual_seed(sampling_seed(*keys, "minibatches"))
+    order = torch.randperm(sum(sizes), generator=generator)
+    return [part[(part >= start) & (part < start + n)] - start
+            for part in order.tensor_split(count)]
+
+
+def _global_counts(batch: TrainingBatch, idx: torch.Tensor) -> tuple[int, int]:
+    """Sequences and loss tokens of an optimizer step over every rank (DESIGN.md §3)."""
+    counts = torch.tensor([float(batch.included[idx].sum()), float(batch.loss_mask[idx].sum())])
+    counts = dist.all_reduce_sum(counts)
+    return int(counts[0]), int(counts[1])
+
+
+def _micro_step(session, batch, idx, old, ref, knobs, counts, padding=False
+                ) -> dict[str, float] | None:
+    """Forward and backward of one micro-batch; the loss is normalized by the step's global counts.
+    A padding pass (a rank with fewer micro-batches than another) backpropagates zero."""
+    cfg, r, layout = session.cfg, batch.rollout, session.layout
+    with session.autocast():
+        logprobs, entropy = layout.scorer(
+            r.prompt_ids[idx], r.prompt_mask[idx], r.completion_ids[idx], r.completion_mask[idx],
+            temperature=cfg.rollout.temperature, chunk_size=cfg.train.logprob_chunk_size,
+            with_entropy=True, entropy_grad=knobs.entropy_coef != 0.0,
+            truncation=sampling_truncation(cfg))
+    old_lp = logprobs.detach() if old is None else old[idx]
+    sampler = None if r.sampling_logprobs is None else r.sampling_logprobs[idx]
+    loss, metrics = policy_loss(logprobs, old_lp, batch.advantages[idx], batch.loss_mask[idx],
+                                knobs, ref_logprobs=None if ref is None else ref[idx],
+                                entropy=entropy, sampler_logprobs=sampler,
+                                num_sequences=counts[0], num_tokens=counts[1],
+                                sequence_mask=r.generated_mask[idx])
+    if not torch.isfinite(loss):
+        raise NonFiniteError(f"non-finite loss {loss.item()} in a micro-batch of sequences "
+                             f"{idx.tolist()[:8]}...")
+    with autocast_paused(batch_device(batch.scored)):  # backward runs in the forward's dtypes
+        (loss * (0.0 if padding else layout.loss_scale)).backward()
+    if padding:
+        return None
+    metrics["loss"] = loss.item()
+    return metrics
