@@ -163,7 +163,7 @@ def _environment_name(environment: Any) -> str:
     is_object = hasattr(environment, "first_messages") and not isinstance(environment, type)
     factory: Callable = (lambda _cfg, _system: environment) if is_object else environment
     kind = type(environment) if is_object else environment
-    name = f"python:{kind.__module__}.{kind.__qualname__}"
+    name = f"python/{kind.__module__}.{kind.__qualname__}"  # no ":": not an import path
     register_environment(name, factory, replace=True)
     return name
 

@@ -137,5 +137,5 @@ def test_an_environment_object_runs_the_episodes(tiny_model_dir, tmp_path):
     result = grpokit.train(None, *_tiny(tiny_model_dir, out), "tools.max_turns=2",
                            environment=EchoEnv(), console=False)
     assert grpokit.load_config(out / "config.yaml").tools.environment == \
-        f"python:{EchoEnv.__module__}.EchoEnv"
+        f"python/{EchoEnv.__module__}.EchoEnv"
     assert result.metrics["tools/turns_mean"] >= 1.0
