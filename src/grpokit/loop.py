@@ -86,7 +86,7 @@ def run(cfg: Config, kind: str, start: Start, *, resume: str | Path | None = Non
         stage = start(cfg, saved)
         changes = _restore(stage, saved)
         _print_start(console, stage, [memory_note], changes)
-        write_config(out, stage.cfg, folder)
+        write_config(out, stage.cfg, folder, kind)
         stage.begin(out)
         results = _before(stage, out, console)
         _steps(stage, out, console)

@@ -292,19 +292,19 @@ def claimed(out: Path, resume: str | Path | None) -> Iterator[RunFolder | None]:
             folder.release()
 
 
-def write_config(out: Path, cfg: Config, folder: RunFolder | None) -> None:
+def write_config(out: Path, cfg: Config, folder: RunFolder | None, kind: str = "grpo") -> None:
     """The resolved config of the run, on rank 0, once every check before training has passed:
     from here on a failure leaves a run that `--resume` (or, with no checkpoint yet, a plain
     re-run) continues."""
     if dist.is_main():
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        _record_start(out)
+        _record_start(out, kind)
         folder.started = True
 
 
-def _record_start(out: Path) -> None:
-    """run.json: one entry per start or resume, with when and on what machine (the report's
-    header)."""
+def _record_start(out: Path, kind: str) -> None:
+    """run.json: the run's kind (grpo, ppo, sft, dpo) and one entry per start or resume, with
+    when and on what machine (the report's header)."""
     path = out / "run.json"
     try:
         info = json.loads(path.read_text()) if path.is_file() else {}
@@ -314,6 +314,7 @@ def _record_start(out: Path) -> None:
     machine = {"device": device, "cpu": cpu_name(), "cores": os.cpu_count(),
                "world_size": dist.world_size(), "torch": torch.__version__,
                "python": platform.python_version(), "host": platform.node()}
+    info["kind"] = kind
     info.setdefault("starts", []).append({"time": time.time(), "machine": machine})
     path.write_text(json.dumps(info, indent=1))
 

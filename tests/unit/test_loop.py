@@ -75,7 +75,9 @@ def test_two_plus_two_steps_equal_four_and_every_stage_writes_its_report(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), kind
     assert _metrics(straight) == _metrics(split)
     for out in (straight, split):
-        assert (out / "report.html").is_file()
+        assert json.loads((out / "run.json").read_text())["kind"] == kind
+        method = "grpo: grpo" if kind == "grpo" else kind  # the report's runs table
+        assert f"<td>{method}</td>" in (out / "report.html").read_text()
         samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
         assert sorted({s["step"] for s in samples}) == [1, 2, 3, 4]
 

@@ -87,10 +87,12 @@ def runs_table(runs: list[Run]) -> str:
     for run in runs:
         steps = max((m["step"] for m in run.metrics), default=0)
         total = run.config.get("train.steps")
+        kind = run.info.get("kind", "grpo")  # run.json; runs from before it was recorded: grpo
+        method = f"grpo: {run.config.get('algo.preset')}" if kind == "grpo" else kind
         rows.append([run.label, str(run.path), run.config.get("model.path"),
-                     run.config.get("data.task"), run.config.get("algo.preset"),
+                     run.config.get("data.task"), method,
                      f"{steps} / {total}" if total else str(steps), _wall_clock(run), _machine(run)])
-    return _table(["run", "folder", "model", "task", "preset", "steps", "training time",
+    return _table(["run", "folder", "model", "task", "method", "steps", "training time",
                    "machine"],
                   rows)
 
