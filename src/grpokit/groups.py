@@ -112,8 +112,9 @@ class PromptGroups:
         rollout.rows = [self.rows[i] for i in indices]
         samples = make_samples(rollout, [self.prompts[i] for i in indices], params.max_new_tokens)
         result = self.runner.score(samples)
-        reward = combine_rewards(result.rewards, self.weights).to(torch.float32)  # (N,)
-        return ScoredBatch(rollout, result.rewards, reward, step_rewards_of(result), result.error_mask)
+        rewards = result.rewards  # (N, K)
+        reward = combine_rewards(rewards, self.weights).to(torch.float32)  # (N,)
+        return ScoredBatch(rollout, rewards, reward, step_rewards_of(result), result.error_mask)
 
 
 def _like(row: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:

@@ -89,11 +89,6 @@ def test_report_of_a_run_folder_loads_no_model_library(tmp_path):
     assert (run / "report.html").is_file() and (run / "report" / "reward.png").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "scoring with the built-in rewards still loads torch and transformers outside the CLI: "
-    "rewards/runner.py imports torch at module level (RewardResult holds tensors) and "
-    "rewards/registry.py's _load_builtins imports every built-in module, rewards/model.py "
-    "(torch, transformers) included. Remove this marker once both load only on use."))
 def test_score_with_built_in_rewards_loads_no_model_library(tmp_path):
     (tmp_path / "c.yaml").write_text(
         "rewards:\n  - {name: format, weight: 0.5}\n"

@@ -40,7 +40,7 @@ class ScoreReport:
             tally = self._tallies[name]
             for i, line in enumerate(lines):
                 what = self._count(tally, result, i, k)
-                seconds = math.nan if result.seconds is None else float(result.seconds[i, k])
+                seconds = result.seconds_of(i, k)
                 if self.keep and not math.isnan(seconds):
                     item = (seconds, line, what)
                     if len(tally.slowest) < self.keep:
@@ -50,11 +50,11 @@ class ScoreReport:
 
     @staticmethod
     def _count(tally: _Tally, result: RewardResult, i: int, k: int) -> str:
-        if result.error_mask is not None and bool(result.error_mask[i, k]):
+        if result.failed(i, k):
             tally.error += 1
             return "error"
         steps = (result.step_rewards or {}).get(result.names[k])
-        value = float(result.rewards[i, k])
+        value = result.value(i, k)
         if math.isnan(value):
             if steps is not None and steps[i] is not None:
                 tally.other += 1

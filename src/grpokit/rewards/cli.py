@@ -91,7 +91,7 @@ def _value(result: RewardResult, i: int, k: int) -> Any:
     steps = (result.step_rewards or {}).get(name)
     if steps is not None and steps[i] is not None:
         return {"steps": list(steps[i].rewards), "ends": list(steps[i].ends)}
-    value = float(result.rewards[i, k])
+    value = result.value(i, k)
     return None if math.isnan(value) else value
 
 
@@ -99,8 +99,8 @@ def write_scores(lines: list[dict], result: RewardResult, out: TextIO) -> None:
     """One output line per input line: its fields plus `rewards` and the weighted `reward`."""
     for i, line in enumerate(lines):
         rewards = {name: _value(result, i, k) for k, name in enumerate(result.names)}
-        terms = [w * float(result.rewards[i, k]) for k, w in enumerate(result.weights)
-                 if not math.isnan(float(result.rewards[i, k]))]
+        terms = [w * result.value(i, k) for k, w in enumerate(result.weights)
+                 if not math.isnan(result.value(i, k))]
         out.write(json.dumps({**line, "rewards": rewards, "reward": sum(terms) if terms else None}) + "\n")
 
 

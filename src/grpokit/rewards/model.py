@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
 from grpokit.rewards.base import RewardValue, Sample
 from grpokit.rewards.registry import register
 
@@ -56,6 +53,10 @@ class RewardModel:
     ):
         if batch_size <= 0 or max_length <= 0:
             raise ValueError(f"reward_model: batch_size and max_length must be > 0, got {batch_size}, {max_length}")
+        # Loaded here, not at import: every built-in registers when a run names rewards, and
+        # `grpokit score` with the other built-ins needs neither torch nor transformers.
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         self.name = "reward_model"
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
@@ -75,8 +76,13 @@ class RewardModel:
         prompt = sample.row.get("prompt")
         return (prompt if isinstance(prompt, str) else sample.prompt) + sample.completion
 
-    @torch.inference_mode()
     def __call__(self, samples: list[Sample]) -> list[RewardValue]:
+        import torch
+
+        with torch.inference_mode():
+            return self._score(samples)
+
+    def _score(self, samples: list[Sample]) -> list[RewardValue]:
         scores: list[RewardValue] = []
         for start in range(0, len(samples), self.batch_size):
             texts = [self.text(s) for s in samples[start : start + self.batch_size]]

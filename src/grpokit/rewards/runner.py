@@ -30,9 +30,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from grpokit.rewards.base import (
     REWARD_TIMEOUT_S, RewardFailure, RewardFunction, RewardSpec, RewardValue, Sample, StepRewards,
@@ -43,6 +41,9 @@ from grpokit.rewards.outputs import RewardError, as_list, check_value, columns_o
 from grpokit.rewards.registry import build, fields_of, home, isolation, row_check_of
 from grpokit.rewards.user import probe_samples
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
 
 _MAX_EXAMPLES = 3
@@ -50,10 +51,12 @@ _MAX_EXAMPLES = 3
 
 @dataclass
 class RewardResult:
-    """The scores of one batch."""
+    """The scores of one batch. The numbers are kept as plain lists, so that scoring needs no
+    torch (`grpokit score` starts without it); `rewards`, `error_mask` and `seconds` are their
+    tensors, made on first use (training), and `value`, `failed`, `seconds_of` read one entry."""
 
-    rewards: torch.Tensor
-    """(N, K) float32, column k = function k; NaN where it returned None, StepRewards or failed."""
+    values: list[list[float]]
+    """(N, K), column k = function k; NaN where it returned None, StepRewards or failed."""
     names: list[str]
     """The K function names, in column order."""
     weights: list[float]
@@ -65,10 +68,47 @@ class RewardResult:
     step_rewards: dict[str, list[StepRewards | None]] | None = None
     """Per function that returned process rewards: one StepRewards or None per sample; None when
     no function did."""
-    error_mask: torch.Tensor | None = None
-    """(N, K) bool: True where the function failed on the sample (its reward is NaN)."""
-    seconds: torch.Tensor | None = None
-    """(N, K) float64 seconds per sample and function, when scored with timed=True."""
+    failures: list[list[bool]] | None = None
+    """(N, K): True where the function failed on the sample (its value is NaN)."""
+    timings: list[list[float]] | None = None
+    """(N, K) seconds per sample and function, when scored with timed=True."""
+
+    def value(self, i: int, k: int) -> float:
+        return self.values[i][k]
+
+    def failed(self, i: int, k: int) -> bool:
+        return self.failures is not None and self.failures[i][k]
+
+    def seconds_of(self, i: int, k: int) -> float:
+        return math.nan if self.timings is None else self.timings[i][k]
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        """(N, K) float32 tensor of `values`."""
+        import torch
+
+        return torch.tensor(self.values, dtype=torch.float32).reshape(len(self.values),
+                                                                      len(self.names))
+
+    @property
+    def error_mask(self) -> torch.Tensor | None:
+        """(N, K) bool tensor of `failures`."""
+        import torch
+
+        if self.failures is None:
+            return None
+        return torch.tensor(self.failures, dtype=torch.bool).reshape(len(self.failures),
+                                                                     len(self.names))
+
+    @property
+    def seconds(self) -> torch.Tensor | None:
+        """(N, K) float64 tensor of `timings`."""
+        import torch
+
+        if self.timings is None:
+            return None
+        return torch.tensor(self.timings, dtype=torch.float64).reshape(len(self.timings),
+                                                                       len(self.names))
 
 
 @dataclass
@@ -266,8 +306,8 @@ class RewardRunner:
         function scores one sample at a time and the seconds of each are returned."""
         outcomes = self._run_all(samples, timed, self._scorable(samples))
         n, k = len(samples), len(self.functions)
-        rewards = torch.full((n, k), float("nan"), dtype=torch.float32)  # (N, K)
-        error_mask = torch.zeros((n, k), dtype=torch.bool)  # (N, K)
+        rewards = [[math.nan] * k for _ in range(n)]  # (N, K)
+        error_mask = [[False] * k for _ in range(n)]  # (N, K)
         step_rewards: dict[str, list[StepRewards | None]] = {}
         for col, (name, outcome) in enumerate(zip(self.names, outcomes)):
             values, asked = outcome.values or [], n if outcome.asked is None else outcome.asked
@@ -282,19 +322,20 @@ class RewardRunner:
                 elif isinstance(value, StepRewards):
                     step_rewards.setdefault(name, [None] * n)[i] = value
                 elif value is not None:
-                    rewards[i, col] = value
+                    rewards[i][col] = float(value)
             for i in outcome.errors:
-                rewards[i, col], error_mask[i, col] = float("nan"), True
+                rewards[i][col], error_mask[i][col] = math.nan, True
         self._check_error_rates(outcomes, n)
         seconds = None
         if timed:
-            seconds = torch.tensor([o.seconds or [math.nan] * n for o in outcomes], dtype=torch.float64).T
+            per_function = [o.seconds or [math.nan] * n for o in outcomes]  # (K, N)
+            seconds = [list(row) for row in zip(*per_function)] if per_function else []  # (N, K)
         return RewardResult(
-            rewards=rewards, names=list(self.names), weights=list(self.weights),
+            values=rewards, names=list(self.names), weights=list(self.weights),
             errors={name: len(o.errors) for name, o in zip(self.names, outcomes)},
             error_examples={name: [o.errors[i] for i in sorted(o.errors)][:_MAX_EXAMPLES]
                             for name, o in zip(self.names, outcomes)},
-            step_rewards=step_rewards or None, error_mask=error_mask, seconds=seconds,
+            step_rewards=step_rewards or None, failures=error_mask, timings=seconds,
         )
 
     def _scorable(self, samples: list[Sample]) -> list[list[int]]:
