@@ -1,14 +1,19 @@
 """What a reward function gives back, checked: one list of values, each a finite float, None,
-StepRewards or RewardFailure; anything else stops the run naming the function (RewardError)."""
+StepRewards or RewardFailure; anything else stops the run naming the function (RewardError).
+And what the runner gives back for a batch: `RewardResult`."""
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from grpokit.rewards.base import RewardFailure, StepRewards
 from grpokit.typed_tree import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class RewardError(UserError, RuntimeError):
@@ -49,3 +54,65 @@ def columns_of(rows: list[dict[str, Any]], limit: int = 30) -> str:
     """The columns the rows have, in the order they first appear (for messages)."""
     names = list(dict.fromkeys(key for row in rows for key in row))
     return ", ".join(map(str, names[:limit])) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+@dataclass
+class RewardResult:
+    """The scores of one batch. The numbers are kept as plain lists, so that scoring needs no
+    torch (`grpokit score` starts without it); `rewards`, `error_mask` and `seconds` are their
+    tensors, made on first use (training), and `value`, `failed`, `seconds_of` read one entry."""
+
+    values: list[list[float]]
+    """(N, K), column k = function k; NaN where it returned None, StepRewards or failed."""
+    names: list[str]
+    """The K function names, in column order."""
+    weights: list[float]
+    """The K weights w_k."""
+    errors: dict[str, int]
+    """Per function: the number of samples whose scoring failed (raised, RewardFailure, deadline)."""
+    error_examples: dict[str, list[str]] = field(default_factory=dict)
+    """Per function: up to three error messages (sample index, row, what failed)."""
+    step_rewards: dict[str, list[StepRewards | None]] | None = None
+    """Per function that returned process rewards: one StepRewards or None per sample; None when
+    no function did."""
+    failures: list[list[bool]] | None = None
+    """(N, K): True where the function failed on the sample (its value is NaN)."""
+    timings: list[list[float]] | None = None
+    """(N, K) seconds per sample and function, when scored with timed=True."""
+
+    def value(self, i: int, k: int) -> float:
+        return self.values[i][k]
+
+    def failed(self, i: int, k: int) -> bool:
+        return self.failures is not None and self.failures[i][k]
+
+    def seconds_of(self, i: int, k: int) -> float:
+        return math.nan if self.timings is None else self.timings[i][k]
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        """(N, K) float32 tensor of `values`."""
+        import torch
+
+        return torch.tensor(self.values, dtype=torch.float32).reshape(len(self.values),
+                                                                      len(self.names))
+
+    @property
+    def error_mask(self) -> torch.Tensor | None:
+        """(N, K) bool tensor of `failures`."""
+        import torch
+
+        if self.failures is None:
+            return None
+        return torch.tensor(self.failures, dtype=torch.bool).reshape(len(self.failures),
+                                                                     len(self.names))
+
+    @property
+    def seconds(self) -> torch.Tensor | None:
+        """(N, K) float64 tensor of `timings`."""
+        import torch
+
+        if self.timings is None:
+            return None
+        return torch.tensor(self.timings, dtype=torch.float64).reshape(len(self.timings),
+                                                                       len(self.names))

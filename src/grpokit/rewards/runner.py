@@ -30,85 +30,20 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from grpokit.rewards.base import (
     REWARD_TIMEOUT_S, RewardFailure, RewardFunction, RewardSpec, RewardValue, Sample, StepRewards,
 )
 from grpokit.rewards.isolated import IsolatedReward
 from grpokit.rewards.item import describe_row
-from grpokit.rewards.outputs import RewardError, as_list, check_value, columns_of
+from grpokit.rewards.outputs import RewardError, RewardResult, as_list, check_value, columns_of
 from grpokit.rewards.registry import build, fields_of, home, isolation, row_check_of
 from grpokit.rewards.user import probe_samples
-
-if TYPE_CHECKING:
-    import torch
 
 logger = logging.getLogger(__name__)
 
 _MAX_EXAMPLES = 3
-
-
-@dataclass
-class RewardResult:
-    """The scores of one batch. The numbers are kept as plain lists, so that scoring needs no
-    torch (`grpokit score` starts without it); `rewards`, `error_mask` and `seconds` are their
-    tensors, made on first use (training), and `value`, `failed`, `seconds_of` read one entry."""
-
-    values: list[list[float]]
-    """(N, K), column k = function k; NaN where it returned None, StepRewards or failed."""
-    names: list[str]
-    """The K function names, in column order."""
-    weights: list[float]
-    """The K weights w_k."""
-    errors: dict[str, int]
-    """Per function: the number of samples whose scoring failed (raised, RewardFailure, deadline)."""
-    error_examples: dict[str, list[str]] = field(default_factory=dict)
-    """Per function: up to three error messages (sample index, row, what failed)."""
-    step_rewards: dict[str, list[StepRewards | None]] | None = None
-    """Per function that returned process rewards: one StepRewards or None per sample; None when
-    no function did."""
-    failures: list[list[bool]] | None = None
-    """(N, K): True where the function failed on the sample (its value is NaN)."""
-    timings: list[list[float]] | None = None
-    """(N, K) seconds per sample and function, when scored with timed=True."""
-
-    def value(self, i: int, k: int) -> float:
-        return self.values[i][k]
-
-    def failed(self, i: int, k: int) -> bool:
-        return self.failures is not None and self.failures[i][k]
-
-    def seconds_of(self, i: int, k: int) -> float:
-        return math.nan if self.timings is None else self.timings[i][k]
-
-    @property
-    def rewards(self) -> torch.Tensor:
-        """(N, K) float32 tensor of `values`."""
-        import torch
-
-        return torch.tensor(self.values, dtype=torch.float32).reshape(len(self.values),
-                                                                      len(self.names))
-
-    @property
-    def error_mask(self) -> torch.Tensor | None:
-        """(N, K) bool tensor of `failures`."""
-        import torch
-
-        if self.failures is None:
-            return None
-        return torch.tensor(self.failures, dtype=torch.bool).reshape(len(self.failures),
-                                                                     len(self.names))
-
-    @property
-    def seconds(self) -> torch.Tensor | None:
-        """(N, K) float64 tensor of `timings`."""
-        import torch
-
-        if self.timings is None:
-            return None
-        return torch.tensor(self.timings, dtype=torch.float64).reshape(len(self.timings),
-                                                                       len(self.names))
 
 
 @dataclass
