@@ -113,7 +113,7 @@ def test_a_judge_answering_500_stops_the_run_naming_it_and_its_last_error(url):
 
 
 def test_concurrency_limit(url):
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30  # waits only until drained (slow on a loaded machine)
     while Stub.state["in_flight"] and time.monotonic() < deadline:  # a timed-out SLOW request
         time.sleep(0.05)
     Stub.state["max_in_flight"] = 0
