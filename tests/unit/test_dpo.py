@@ -12,11 +12,9 @@ from grpokit.algo.dpo import dpo_loss, preference_metrics, sequence_logprobs
 from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.config import ConfigError, load_config
 from grpokit.data.arithmetic import arithmetic_task, wrong_answer
-from grpokit.data.preference import split_pair
+from grpokit.data.preference import PreferencePair, encode_pair, load_pairs, split_pair
 from grpokit.stages import dpo
-from grpokit.stages.dpo import (
-    Policy, PreferencePair, encode_pair, load_pairs, pair_batch, pair_logps, run_dpo, train_step,
-)
+from grpokit.stages.dpo import Policy, pair_batch, pair_logps, run_dpo, train_step
 from grpokit.logprobs import CompletionScorer, completion_logprobs
 from grpokit.testing import tiny_llama
 from grpokit.training import new_run_state

@@ -2,13 +2,18 @@
 train`) with a `chosen` and a `rejected` completion, each a string or a chat list whose one
 message is the assistant turn ({role: assistant, content}); a built-in task writes both from a
 row by its own rule (`Task.preference_pair`). Every bad row is an error naming it and the field.
+The rows tokenized, split like `grpokit sft` splits them: `PreferencePair`, `load_pairs`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from grpokit.config import Config
+from grpokit.data.base import Task
+from grpokit.data.supervised import encode_prompt, encode_target, load_split, task_rule
 from grpokit.typed_tree import DataError
 
 FIELDS = ("chosen", "rejected")
@@ -53,3 +58,47 @@ def split_pair(row: dict[str, Any], where: str,
         raise DataError(f"{where}: 'chosen' and 'rejected' are identical ({_short(chosen)}): "
                         "the pair carries no preference")
     return chosen, rejected
+
+
+# ---------------------------------------------------------------- tokenized pairs
+
+
+@dataclass
+class PreferencePair:
+    """One tokenized preference pair."""
+
+    prompt_ids: list[int]
+    """The rendered prompt, as `grpokit train` feeds it to the policy."""
+    chosen_ids: list[int]
+    """The preferred completion followed by EOS."""
+    rejected_ids: list[int]
+    """The dispreferred completion followed by EOS."""
+    ref_logps: tuple[float, float] | None = None
+    """The reference's summed log-probs (chosen, rejected), once precomputed."""
+
+
+def encode_pair(row: dict[str, Any], tokenizer: Any, *, where: str, system_prompt: str | None,
+                max_prompt_length: int, max_completion_length: int,
+                rule: Callable[[dict], tuple[str, str]] | None = None) -> PreferencePair:
+    """Token ids of a row's prompt and of both completions + EOS; over a cap is an error."""
+    chosen, rejected = split_pair(row, where, rule)
+    target = lambda text, what: encode_target(text, tokenizer, where=where, what=what,
+                                              max_completion_length=max_completion_length)
+    return PreferencePair(
+        encode_prompt(row, tokenizer, where=where, system_prompt=system_prompt,
+                      max_prompt_length=max_prompt_length),
+        target(chosen, "'chosen'"), target(rejected, "'rejected'"))
+
+
+def load_pairs(cfg: Config, tokenizer: Any
+               ) -> tuple[list[PreferencePair], list[PreferencePair], Task | None]:
+    """(train, held-out) pairs, split as `grpokit sft` and `grpokit train` split a dataset, and
+    the built-in task when data.path is not set."""
+    d = cfg.data
+    task, system, rule = task_rule(cfg, "preference_pair", "preference pairs (arithmetic does); "
+                                   "give a dataset with 'chosen' and 'rejected' columns in "
+                                   "data.path")
+    train, held_out = load_split(cfg, lambda row, where: encode_pair(
+        row, tokenizer, where=where, system_prompt=system, max_prompt_length=d.max_prompt_length,
+        max_completion_length=cfg.rollout.max_new_tokens, rule=rule), task)
+    return train, held_out, task

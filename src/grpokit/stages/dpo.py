@@ -28,11 +28,8 @@ import torch
 from grpokit import models, precision
 from grpokit.algo.dpo import dpo_loss, preference_metrics, sequence_logprobs
 from grpokit.config import Config, ConfigError
-from grpokit.data.base import Task
-from grpokit.data.preference import split_pair
-from grpokit.data.supervised import (
-    SFTExample, collate, encode_prompt, encode_target, load_split, sized, task_rule,
-)
+from grpokit.data.preference import PreferencePair, load_pairs
+from grpokit.data.supervised import SFTExample, collate, sized
 from grpokit.evaluation import Greedy, greedy_evaluation
 from grpokit.logprobs import CompletionScorer, length_sorted_chunks
 from grpokit.session import shared_prefix
@@ -41,47 +38,6 @@ from grpokit.training import NonFiniteError, RunState, new_run_state, optimizer_
 
 REF_CACHE = "ref_logprobs.pt"
 """The precomputed reference log-probs in the run folder (dpo.reference=precomputed)."""
-
-
-@dataclass
-class PreferencePair:
-    """One tokenized preference pair."""
-
-    prompt_ids: list[int]
-    """The rendered prompt, as `grpokit train` feeds it to the policy."""
-    chosen_ids: list[int]
-    """The preferred completion followed by EOS."""
-    rejected_ids: list[int]
-    """The dispreferred completion followed by EOS."""
-    ref_logps: tuple[float, float] | None = None
-    """The reference's summed log-probs (chosen, rejected), once precomputed."""
-
-
-def encode_pair(row: dict[str, Any], tokenizer: Any, *, where: str, system_prompt: str | None,
-                max_prompt_length: int, max_completion_length: int,
-                rule: Callable[[dict], tuple[str, str]] | None = None) -> PreferencePair:
-    """Token ids of a row's prompt and of both completions + EOS; over a cap is an error."""
-    chosen, rejected = split_pair(row, where, rule)
-    target = lambda text, what: encode_target(text, tokenizer, where=where, what=what,
-                                              max_completion_length=max_completion_length)
-    return PreferencePair(
-        encode_prompt(row, tokenizer, where=where, system_prompt=system_prompt,
-                      max_prompt_length=max_prompt_length),
-        target(chosen, "'chosen'"), target(rejected, "'rejected'"))
-
-
-def load_pairs(cfg: Config, tokenizer: Any
-               ) -> tuple[list[PreferencePair], list[PreferencePair], Task | None]:
-    """(train, held-out) pairs, split as `grpokit sft` and `grpokit train` split a dataset, and
-    the built-in task when data.path is not set."""
-    d = cfg.data
-    task, system, rule = task_rule(cfg, "preference_pair", "preference pairs (arithmetic does); "
-                                   "give a dataset with 'chosen' and 'rejected' columns in "
-                                   "data.path")
-    train, held_out = load_split(cfg, lambda row, where: encode_pair(
-        row, tokenizer, where=where, system_prompt=system, max_prompt_length=d.max_prompt_length,
-        max_completion_length=cfg.rollout.max_new_tokens, rule=rule), task)
-    return train, held_out, task
 
 
 # ---------------------------------------------------------------- the loss
