@@ -92,27 +92,20 @@ class RewardResult:
     @property
     def rewards(self) -> torch.Tensor:
         """(N, K) float32 tensor of `values`."""
-        import torch
-
-        return torch.tensor(self.values, dtype=torch.float32).reshape(len(self.values),
-                                                                      len(self.names))
+        return self._tensor(self.values, "float32")
 
     @property
     def error_mask(self) -> torch.Tensor | None:
         """(N, K) bool tensor of `failures`."""
-        import torch
-
-        if self.failures is None:
-            return None
-        return torch.tensor(self.failures, dtype=torch.bool).reshape(len(self.failures),
-                                                                     len(self.names))
+        return None if self.failures is None else self._tensor(self.failures, "bool")
 
     @property
     def seconds(self) -> torch.Tensor | None:
         """(N, K) float64 tensor of `timings`."""
+        return None if self.timings is None else self._tensor(self.timings, "float64")
+
+    def _tensor(self, rows: list[list[Any]], dtype: str) -> torch.Tensor:
+        """(N, K) tensor of `rows` (torch is imported here: scoring alone does not need it)."""
         import torch
 
-        if self.timings is None:
-            return None
-        return torch.tensor(self.timings, dtype=torch.float64).reshape(len(self.timings),
-                                                                       len(self.names))
+        return torch.tensor(rows, dtype=getattr(torch, dtype)).reshape(len(rows), len(self.names))
