@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from grpokit import distributed as dist
 from grpokit.config import Config
 from grpokit.data.base import Task, load_data
 from grpokit.groups import PromptGroups
@@ -171,7 +172,10 @@ def run_eval(cfg: Config, console=None, jsonl: str | Path | None = None) -> dict
 
 @dataclass
 class Greedy:
-    """The held-out evaluation of `grpokit train`, bound to the policy being trained."""
+    """The held-out evaluation of `grpokit train`, bound to the policy being trained (GRPO and
+    PPO's, and DPO's greedy accuracy): always from the run's seed, so before and after differ
+    only by weights. With `jsonl`, rank 0 writes each prompt's completions and scores there (the
+    report's before/after samples)."""
 
     session: Session
     held_out: PromptGroups
@@ -180,7 +184,7 @@ class Greedy:
     def __call__(self, jsonl: Path | None) -> dict[str, float]:
         records: list[dict[str, Any]] = []
         results = evaluate(self.session, self.held_out, self.seed, records)
-        if jsonl is not None:
+        if jsonl is not None and dist.is_main():
             write_eval_jsonl(jsonl, results, records)
         return results
 

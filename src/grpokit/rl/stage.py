@@ -10,10 +10,9 @@ from typing import Any
 
 import torch
 
-from grpokit import distributed as dist
 from grpokit.batch import TrainingBatch
 from grpokit.config import Config
-from grpokit.evaluation import evaluate, write_eval_jsonl
+from grpokit.evaluation import Greedy
 from grpokit.groups import PromptGroups
 from grpokit.metrics import sample_records
 from grpokit.session import Session, build_session
@@ -56,16 +55,10 @@ class RLStage:
         return sample_records(self.batch, self.groups.names, count)
 
     def evaluate(self, jsonl: Path | None) -> dict[str, float]:
-        """Held-out evaluation, always from the run's seed: before and after differ only by
-        weights. With `jsonl`, rank 0 writes each prompt's completions and scores there (the
-        report's before/after samples)."""
+        """The held-out evaluation (evaluation.Greedy); {} without held-out prompts."""
         if self.held_out is None:
             return {}
-        records: list[dict[str, Any]] = []
-        results = evaluate(self.session, self.held_out, self.cfg.train.seed, records)
-        if jsonl is not None and dist.is_main():
-            write_eval_jsonl(jsonl, results, records)
-        return results
+        return Greedy(self.session, self.held_out, self.cfg.train.seed)(jsonl)
 
     def finish(self, out: Path) -> dict[str, Any]:
         return {}
