@@ -22,13 +22,14 @@ import time
 
 import torch
 
-from grpokit.models import load_policy, load_tokenizer, resolve_model
-from grpokit.precision import autocast
-from grpokit.rollout import HFEngine, SamplingParams
-
 # The same prompts as the rollout benchmark (run as `python bench/bench_engines.py`, so the
 # bench folder is on the path).
 from bench_rollout import prompts_for
+
+from grpokit.rollout import HFEngine, SamplingParams
+from grpokit.runtime.models import load_policy, load_tokenizer, resolve_model
+from grpokit.runtime.precision import autocast
+
 
 def rates(engine, prompts, args: argparse.Namespace, bf16: bool) -> tuple[float, float]:
     """Tokens/s of the first call and the best of `args.repeats` later calls."""

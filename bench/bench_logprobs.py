@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from grpokit.logprobs import completion_logprobs, position_ids
-from grpokit.models import load_policy, resolve_model
+from grpokit.runtime.models import load_policy, resolve_model
 from grpokit.testing import tiny_llama
+from grpokit.training.logprobs import completion_logprobs, position_ids
 
 
 def make_batch(vocab: int, n: int, prompt_len: int, completion_len: int, seed: int = 0):

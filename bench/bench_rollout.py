@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from grpokit.models import load_policy, load_tokenizer, resolve_model
-from grpokit.precision import autocast, cpu_has_bf16
-from grpokit.testing import tiny_llama
 from grpokit.rollout import GenerateEngine, HFEngine, SamplingParams
+from grpokit.runtime.models import load_policy, load_tokenizer, resolve_model
+from grpokit.runtime.precision import autocast, cpu_has_bf16
+from grpokit.testing import tiny_llama
 
 QUESTIONS = [
     "What is 7 + 5?",

@@ -36,7 +36,7 @@ CONFIGS = {"short": 64, "long": 256}
 
 
 def machine() -> str:
-    from grpokit.precision import cpu_name, bf16_probe
+    from grpokit.runtime.precision import bf16_probe, cpu_name
 
     probe = bf16_probe()
     return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, matmul "
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
-    from grpokit.precision import bf16_probe
+    from grpokit.runtime.precision import bf16_probe
 
     probe, model = bf16_probe(), default_model()
     prompt_len = prompt_tokens(Spec(), model)

@@ -172,7 +172,7 @@ def run_grpokit(spec: Spec, workdir: Path) -> dict[str, Any]:
 
 
 def default_model() -> str:
-    from grpokit.models import ensure_default_model
+    from grpokit.runtime.models import ensure_default_model
 
     return str(ensure_default_model())
 

@@ -17,7 +17,7 @@
 #                  every weight sync: metrics.jsonl must hold a finite rollout/probe_max_abs
 #                  within the bf16 tolerance (0.5) on every step
 #   colocated      the same with the KV cache sized as a share of GPU memory
-#                  (vllm_kv_cache_gib=null, vllm_gpu_memory_utilization=0.3), as beside a trainer
+#                  (vllm.kv_cache_gib=null, vllm.gpu_memory_utilization=0.3), as beside a trainer
 #   hf_bf16        grpokit train with the in-process HF engine, bf16 autocast, 3 steps
 #   fsdp_1gpu      torchrun --nproc-per-node 1 ... train.parallel=fsdp, 1 step. With world size 1
 #                  grpokit trains the plain module (no sharding): this checks the launcher path
@@ -78,7 +78,7 @@ run_check() {  # name timeout_s command...
 train_and_probe() {  # out_dir overrides...: a vLLM run, then its probe on every step
     local out=$1
     shift
-    "$PY" -m grpokit train rollout.engine=vllm train.steps=3 rollout.vllm_probe_every=1 \
+    "$PY" -m grpokit train rollout.engine=vllm train.steps=3 rollout.vllm.probe_every=1 \
         "log.output_dir=$out" "${COMMON[@]}" "$@" || return
     "$PY" - "$out/metrics.jsonl" <<'EOF'
 import json, math, sys
@@ -112,7 +112,7 @@ fi
 
 run_check vllm_engine 150 bash "$0" __vllm_run "$RUNS/vllm"
 run_check colocated 120 bash "$0" __vllm_run "$RUNS/colocated" \
-    rollout.vllm_kv_cache_gib=null rollout.vllm_gpu_memory_utilization=0.3
+    rollout.vllm.kv_cache_gib=null rollout.vllm.gpu_memory_utilization=0.3
 run_check hf_bf16 90 "$PY" -m grpokit train train.steps=3 "log.output_dir=$RUNS/hf" "${COMMON[@]}"
 run_check fsdp_1gpu 70 "$PY" -m torch.distributed.run --nproc-per-node 1 -m grpokit train \
     train.parallel=fsdp train.steps=1 "log.output_dir=$RUNS/fsdp1" "${COMMON[@]}"

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grpokit.config import Config, load_config as _load_yaml, with_overrides
+from grpokit.config import Config, with_overrides
+from grpokit.config import load_config as _load_yaml
 from grpokit.data.memory import register_rows
-from grpokit.typed_tree import ConfigError
+from grpokit.errors import ConfigError
 
 ConfigLike = Config | str | Path | None
 """A built config, a YAML file, or None (the built-in defaults)."""
@@ -101,7 +102,7 @@ def evaluate(config: ConfigLike = None, *overrides: str, rewards: Sequence[Any] 
              console: bool = True) -> dict[str, float]:
     """`grpokit eval`: the model of `model.path` as it is on the held-out prompts (pass@k,
     maj@k and the reward means with 95% intervals)."""
-    from grpokit.evaluation import run_eval
+    from grpokit.training.evaluation import run_eval
 
     cfg = load_config(config, *overrides, rewards=rewards, data=data, eval_data=eval_data)
     return run_eval(cfg, _console(console), jsonl)

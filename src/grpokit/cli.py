@@ -10,10 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from grpokit.config.typed import parse_overrides
+from grpokit.errors import ConfigError, UserError
 from grpokit.report import add_commands as add_report
 from grpokit.rewards.cli import add_commands as add_score
 from grpokit.sandbox.cli import add_commands as add_sandbox
-from grpokit.typed_tree import ConfigError, UserError, parse_overrides
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from grpokit.evaluation import run_eval
+    from grpokit.training.evaluation import run_eval
     results = run_eval(_load(args), _console(), jsonl=args.jsonl)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
@@ -52,7 +53,7 @@ def _load_or_resume(args):
     if not args.resume:
         return _load(args)
     from grpokit.config import load_config
-    from grpokit.training import run_folder_of
+    from grpokit.training.state import run_folder_of
     run = run_folder_of(args.resume)
     if not (run / "config.yaml").is_file() and args.config is None:
         raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run folder?")

@@ -20,19 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from rich.console import Console
 from rich.table import Table
 
-from grpokit.algo import LossKnobs, combine_rewards, compute_advantages, per_token_loss, policy_loss
-from grpokit.algo import process_advantages, rollout_correction_weights
+from grpokit.algo import (
+    LossKnobs,
+    combine_rewards,
+    compute_advantages,
+    per_token_loss,
+    policy_loss,
+    process_advantages,
+    rollout_correction_weights,
+)
 from grpokit.algo.advantages import ESTIMATORS, SCALES
 from grpokit.algo.correction import CORRECTION_LEVELS, CORRECTIONS, MISMATCH_METRICS
 from grpokit.algo.losses import AGGREGATIONS, KL_ESTIMATORS, RATIO_LEVELS
 from grpokit.algo.selective import logprobs_from_logits
 from grpokit.algo.support import SAMPLING_SUPPORTS, Truncation
+from grpokit.errors import UserError, read_json
 from grpokit.rewards.base import StepRewards
-from grpokit.typed_tree import UserError, read_json
 
 EXPECTED_FIELDS = ("advantages", "per_token_loss", "loss", "grad_logprobs")
 RTOL, ATOL = 1e-5, 1e-7

@@ -82,10 +82,10 @@ def test_one_step_train_with_bf16_autocast_on_a_cuda_machine_has_a_finite_loss(t
 def test_a_grpo_step_with_the_policy_on_cuda(tmp_path):
     import grpokit.stages.grpo as trainer
     from grpokit.config import load_config
-    from grpokit.groups import PromptGroups
-    from grpokit.session import build_session
     from grpokit.testing import save_tiny_llama
-    from grpokit.training import new_run_state
+    from grpokit.training.groups import PromptGroups
+    from grpokit.training.session import build_session
+    from grpokit.training.state import new_run_state
 
     model_dir = save_tiny_llama(tmp_path / "model")
     cfg = load_config(overrides=[f"model.path={model_dir}", f"log.output_dir={tmp_path / 'run'}",
@@ -93,7 +93,8 @@ def test_a_grpo_step_with_the_policy_on_cuda(tmp_path):
     session = build_session(cfg)
     assert next(session.model.parameters()).device.type == "cuda"
     groups = PromptGroups(session, session.task.train_rows)
-    state = new_run_state("grpo", cfg, session.model, len(groups.rows), trainer.total_updates(cfg))
+    state = new_run_state("grpo", cfg, session.model, len(groups.rows),
+                          cfg.rollout.prompts_per_step, trainer.total_updates(cfg))
     _, metrics = trainer.train_step(session, groups, state)
     assert math.isfinite(metrics["loss/policy"])
 

@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from grpokit.config import load_config
-from grpokit.loop import _keep_freed_memory
+from grpokit.training.loop import _keep_freed_memory
 
 PROBE = """
 import os, sys, torch
-from grpokit.allocator import keep_freed_memory
+from grpokit.runtime.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory() is None
 page = os.sysconf("SC_PAGE_SIZE")
@@ -40,6 +40,6 @@ def test_a_freed_block_stays_in_the_process_only_with_the_setting():
 
 def test_the_setting_is_off_by_default_and_reported_when_on(monkeypatch):
     assert _keep_freed_memory(load_config(None, [])) is None
-    monkeypatch.setattr("grpokit.loop.keep_freed_memory", lambda: "the C library is not glibc")
+    monkeypatch.setattr("grpokit.training.loop.keep_freed_memory", lambda: "the C library is not glibc")
     note = _keep_freed_memory(load_config(None, ["train.keep_freed_memory=true"]))
     assert note == "train.keep_freed_memory is not applied: the C library is not glibc"

@@ -87,8 +87,8 @@ def test_bad_python_data_is_named():
 
 def test_sft_then_grpo_from_python(tiny_model_dir, tmp_path):
     warm = grpokit.sft(None, f"model.path={tiny_model_dir}", f"log.output_dir={tmp_path / 'sft'}",
-                       "train.steps=2", "rollout.prompts_per_step=4", "train.micro_batch_size=4",
-                       "rollout.max_new_tokens=24", "log.report_to=[]", "log.report=false",
+                       "train.steps=2", "sft.batch_size=4", "train.micro_batch_size=4",
+                       "sft.max_target_length=24", "log.report_to=[]", "log.report=false",
                        "data.max_prompt_length=256", TASK, console=False)
     assert warm.final_model == tmp_path / "sft" / "final" and warm.metrics["step"] == 2
     assert "loss" in warm.before and "loss" in warm.after

@@ -19,22 +19,18 @@ LAYERS = [
     ["grpokit.__main__"],
     ["grpokit.cli", "grpokit.api"],
     ["grpokit.stages", "grpokit.conformance", "grpokit.rewards.cli", "grpokit.sandbox.cli"],
-    ["grpokit.loop", "grpokit.rl"],
+    ["grpokit.rl"],
     ["grpokit.training"],
-    ["grpokit.evaluation", "grpokit.report"],
-    ["grpokit.groups"],
-    ["grpokit.session", "grpokit.metrics", "grpokit.sinks"],
-    ["grpokit.parallel"],
-    ["grpokit.batch", "grpokit.logprobs", "grpokit.tools"],
+    ["grpokit.report"],
+    ["grpokit.tools"],
     ["grpokit.rollout", "grpokit.data"],
     ["grpokit.rewards"],
     ["grpokit.sandbox"],
-    ["grpokit.precision"],
-    ["grpokit.models", "grpokit.checkpoint", "grpokit.distributed", "grpokit.testing"],
+    ["grpokit.runtime", "grpokit.testing"],
     ["grpokit.config"],
-    ["grpokit.run_config", "grpokit.stage_config", "grpokit.tool_config"],
-    ["grpokit.typed_tree", "grpokit.rewards.base", "grpokit.rewards.user", "grpokit.rollout.base"],
-    ["grpokit.algo", "grpokit.lean", "grpokit.allocator"],
+    ["grpokit.errors", "grpokit.rewards.base", "grpokit.rewards.user", "grpokit.rewards.extract",
+     "grpokit.rewards.answers", "grpokit.rollout.base"],
+    ["grpokit.algo"],
 ]
 
 
@@ -126,7 +122,7 @@ def test_the_math_loads_neither_transformers_nor_peft():
 def test_sft_loads_neither_the_trainer_nor_the_rollout_and_reward_stack():
     loaded = _loaded_after("import grpokit.stages.sft")
     stack = ("grpokit.stages.grpo", "grpokit.stages.dpo", "grpokit.stages.ppo", "grpokit.rl",
-             "grpokit.groups", "grpokit.evaluation", "grpokit.rollout",
+             "grpokit.training.groups", "grpokit.training.evaluation", "grpokit.rollout",
              "grpokit.rewards.runner", "grpokit.rewards.registry", "grpokit.sandbox")
     assert not {m for m in loaded if m.startswith(stack)}
 
@@ -158,3 +154,32 @@ def test_train_step_names_every_stage_on_one_screen():
               "update_policy(", "sync_weights("]
     positions = [body.index(stage) for stage in stages]
     assert positions == sorted(positions)
+
+
+def test_the_top_level_holds_at_most_ten_modules():
+    """The folders carry the architecture (docs/architecture.md); the top level holds only the
+    entry points and the few modules every layer needs."""
+    top = sorted(p.name for p in ROOT.glob("*.py"))
+    assert len(top) <= 10, top
+
+
+def _documented() -> list[tuple[int, str]]:
+    """(layer, module) of every file or folder named in docs/architecture.md's table."""
+    text = (ROOT.parents[1] / "docs" / "architecture.md").read_text()
+    out = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 3 and cells[0].isdigit():
+            for name in cells[1].replace("`", "").split(","):
+                out.append((int(cells[0]), "grpokit." + name.strip().removesuffix("/")
+                            .removesuffix(".py").replace("/", ".")))
+    return out
+
+
+def test_docs_architecture_names_every_module_at_its_layer():
+    documented = _documented()
+    wrong = [f"{module}: layer {at} in the docs, {layer(module)} in LAYERS"
+             for at, module in documented if layer(module) != at]
+    missing = [m for m in import_graph() if m != "grpokit" and not any(  # a package: its files
+        m == d or m.startswith(d + ".") or d.startswith(m + ".") for _, d in documented)]
+    assert not wrong and not missing, "\n".join(wrong + [f"{m}: not in the docs" for m in missing])

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from grpokit import checkpoint as ckpt
+from grpokit.training import checkpoint as ckpt
 
 
 def _save(root, step, keep):

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-from grpokit import checkpoint as ckpt
-from grpokit import training
 from grpokit.cli import main
 from grpokit.config import ConfigError, load_config
 from grpokit.testing import checkpoint_state
+from grpokit.training import checkpoint as ckpt
+from grpokit.training import state as training
 
 OPS = ("mkdir", "rename", "replace", "fsync", "unlink", "rmdir")
 """The filesystem calls a save is made of; a kill can fall before any one of them."""
@@ -237,12 +237,12 @@ def test_a_killed_re_save_of_a_damaged_checkpoint_resumes_from_the_one_before(tm
 
 TASK = "data.task_args={digits: 1, ops: '+', train_size: 12, eval_size: 2, style: short}"
 COMMANDS = {  # the command, the module whose save_run its loop calls, and a tiny run of it
-    "train": ("grpokit.loop", [
+    "train": ("grpokit.training.loop", [
         "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=6",
         "data.max_prompt_length=1024", "train.micro_batch_size=4", "log.samples_every=1",
         "train.lr=1e-3", "rollout.temperature=1.0",
         "algo.entropy_coef=0.01"]),  # a gradient even when every reward ties
-    "sft": ("grpokit.loop", [
+    "sft": ("grpokit.training.loop", [
         "rollout.prompts_per_step=4", "train.micro_batch_size=2", "train.lr=3e-3",
         "rollout.max_new_tokens=24", "data.max_prompt_length=256"]),
 }

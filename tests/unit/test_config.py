@@ -1,8 +1,11 @@
 """Config building, overrides, presets and errors."""
 
+import dataclasses
+
 import pytest
 
-from grpokit.config import Config, ConfigError, load_config, parse_overrides, save_config
+from grpokit.config import Config, ConfigError, load_config, save_config
+from grpokit.config.typed import parse_overrides
 
 
 def test_defaults_resolve_the_grpo_preset():
@@ -117,20 +120,20 @@ def test_example_configs_load(name):
     assert task.train_rows and cfg.log.output_dir.startswith("runs/")
 
 
-UTILIZATION = "rollout.vllm_gpu_memory_utilization must be in (0, 1]"
+UTILIZATION = "rollout.vllm.gpu_memory_utilization must be in (0, 1]"
 
 
 @pytest.mark.parametrize("override, message", [
-    ("rollout.vllm_gpu_memory_utilization=0", UTILIZATION),
-    ("rollout.vllm_gpu_memory_utilization=1.5", UTILIZATION),
-    ("rollout.vllm_kv_cache_gib=.nan", "rollout.vllm_kv_cache_gib: expected a finite number"),
-    ("rollout.vllm_block_size=24", "rollout.vllm_block_size must be a positive multiple of 16"),
-    ("rollout.vllm_block_size=0", "rollout.vllm_block_size must be a positive multiple of 16"),
-    ("rollout.vllm_kv_cache_gib=0", "rollout.vllm_kv_cache_gib must be > 0 or null"),
-    ("rollout.vllm_max_model_len=0", "rollout.vllm_max_model_len must be >= 1 or null"),
-    ("rollout.vllm_probe_every=-1", "rollout.vllm_probe_every must be >= 0"),
-    ("rollout.vllm_probe_tolerance=0", "rollout.vllm_probe_tolerance must be > 0 or null"),
-    ("rollout.vllm_block_size=big", "rollout.vllm_block_size: expected int"),
+    ("rollout.vllm.gpu_memory_utilization=0", UTILIZATION),
+    ("rollout.vllm.gpu_memory_utilization=1.5", UTILIZATION),
+    ("rollout.vllm.kv_cache_gib=.nan", "rollout.vllm.kv_cache_gib: expected a finite number"),
+    ("rollout.vllm.block_size=24", "rollout.vllm.block_size must be a positive multiple of 16"),
+    ("rollout.vllm.block_size=0", "rollout.vllm.block_size must be a positive multiple of 16"),
+    ("rollout.vllm.kv_cache_gib=0", "rollout.vllm.kv_cache_gib must be > 0 or null"),
+    ("rollout.vllm.max_model_len=0", "rollout.vllm.max_model_len must be >= 1 or null"),
+    ("rollout.vllm.probe_every=-1", "rollout.vllm.probe_every must be >= 0"),
+    ("rollout.vllm.probe_tolerance=0", "rollout.vllm.probe_tolerance must be > 0 or null"),
+    ("rollout.vllm.block_size=big", "rollout.vllm.block_size: expected int"),
 ])
 def test_vllm_settings_are_checked_naming_the_field(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -141,12 +144,61 @@ def test_vllm_settings_accept_null_and_reach_the_engine_arguments():
     from grpokit.rollout import vllm_options
 
     cfg = load_config(overrides=[
-        "rollout.vllm_block_size=16", "rollout.vllm_max_model_len=2048",
-        "rollout.vllm_probe_every=0", "rollout.vllm_gpu_memory_utilization=1",
-        "rollout.vllm_kv_cache_gib=2"])
+        "rollout.vllm.block_size=16", "rollout.vllm.max_model_len=2048",
+        "rollout.vllm.probe_every=0", "rollout.vllm.gpu_memory_utilization=1",
+        "rollout.vllm.kv_cache_gib=2"])
     assert vllm_options(cfg.rollout) == dict(
         kv_cache_gib=2, gpu_memory_utilization=1, block_size=16, max_model_len=2048,
         enforce_eager=True, probe_tolerance=None, probe_every=0)
-    unset = load_config(overrides=["rollout.vllm_kv_cache_gib=null"]).rollout
-    assert unset.vllm_kv_cache_gib is None
+    unset = load_config(overrides=["rollout.vllm.kv_cache_gib=null"]).rollout
+    assert unset.vllm.kv_cache_gib is None
     assert vllm_options(None) == {}
+
+
+@pytest.mark.parametrize("field", ["kv_cache_gib", "gpu_memory_utilization", "block_size",
+                                   "max_model_len", "enforce_eager", "probe_tolerance",
+                                   "probe_every"])
+def test_the_flat_vllm_keys_of_earlier_releases_name_their_nested_key(field, tmp_path):
+    with pytest.raises(ConfigError, match=rf"rollout.vllm_{field} was replaced by "
+                                          rf"rollout.vllm.{field}"):
+        load_config(overrides=[f"rollout.vllm_{field}=1"])
+    path = tmp_path / "old.yaml"
+    path.write_text(f"rollout:\n  engine: hf\n  vllm_{field}: 1\n")
+    with pytest.raises(ConfigError, match=rf"rollout.vllm.{field}"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "dapo", "gspo"])
+def test_a_built_algo_section_holds_concrete_values_only(preset):
+    """Only dual_clip may be null, and there null is a value: off."""
+    algo = load_config(overrides=[f"algo.preset={preset}"]).algo
+    left = [f.name for f in dataclasses.fields(algo)
+            if getattr(algo, f.name) is None and f.name != "dual_clip"]
+    assert not left and algo.dual_clip is None
+    assert load_config(overrides=["rollout.max_new_tokens=40"]).algo.overlong_buffer == 10
+
+
+@pytest.mark.parametrize("knob", ["estimator", "clip_low", "beta", "dynamic_sampling",
+                                  "overlong_buffer"])
+def test_null_is_not_a_value_of_a_preset_knob(knob):
+    with pytest.raises(ConfigError, match=rf"algo.{knob}: expected \w+, got None"):
+        load_config(overrides=[f"algo.{knob}=null"])
+
+
+def test_sft_and_dpo_have_their_own_batch_size_and_length_fields(tiny_model_dir):
+    from grpokit.runtime.models import load_policy
+    from grpokit.stages.sft import make_state
+
+    cfg = load_config(overrides=["sft.batch_size=3", "rollout.prompts_per_step=5",
+                                 "dpo.batch_size=6"])
+    assert make_state(cfg, load_policy(tiny_model_dir), 10).sampler.batch_size == 3
+    from grpokit.stages.dpo import _start
+
+    dpo = load_config(overrides=[f"model.path={tiny_model_dir}", "dpo.batch_size=6",
+                                 "rollout.prompts_per_step=5", "eval.num_prompts=0",
+                                 "data.max_prompt_length=1024"])
+    assert _start(dpo, None).state.sampler.batch_size == 6
+    for bad in ("sft.batch_size=0", "sft.max_target_length=0", "dpo.batch_size=0",
+                "dpo.max_completion_length=0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0] + ".* must be >= 1"):
+            load_config(overrides=[bad])

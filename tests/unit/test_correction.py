@@ -9,7 +9,7 @@ import torch
 from grpokit.algo.correction import MISMATCH_METRICS, rollout_correction_weights
 from grpokit.algo.losses import LossKnobs, kl_penalty, per_token_loss, policy_loss
 from grpokit.config import ConfigError, load_config, to_dict
-from grpokit.metrics import reduce_metrics
+from grpokit.rl.metrics import reduce_metrics
 
 # Three completion tokens with old − sampler = log 3, 0, log 0.5, and a padded fourth position
 # whose sampler log-prob is garbage (-inf); C = 2 throughout unless said otherwise.

@@ -4,7 +4,7 @@ import pickle
 import pytest
 
 from grpokit.data.datasets import load_rows, split_rows
-from grpokit.typed_tree import DataError
+from grpokit.errors import DataError
 
 ROWS = [
     {"question": "1+1?", "solution": "2", "level": 1},

@@ -13,9 +13,9 @@ import pytest
 from grpokit.config import load_config
 from grpokit.data.base import load_data
 from grpokit.data.datasets import is_repository_name, load_rows
+from grpokit.errors import DataError
 from grpokit.rewards.base import RewardSpec, Sample
 from grpokit.rewards.math import MathReward
-from grpokit.typed_tree import DataError
 
 GSM8K = [
     {"question": f"Tom has {n} apples and buys {n} more. How many apples does he have?",
@@ -172,9 +172,9 @@ def test_gsm8k_and_math_golds_score_with_the_math_reward(tmp_path, load):
 
 
 def test_the_math_field_check_accepts_math_rows(tmp_path, load):
-    from grpokit.rewards.runner import RewardRunner
-
     import datasets
+
+    from grpokit.rewards.runner import RewardRunner
 
     datasets.Dataset.from_list(MATH).to_parquet(str(tmp_path / "math.parquet"))
     rows = load(tmp_path / "math.parquet", prompt_column="problem")

@@ -4,7 +4,7 @@ its named errors."""
 import pytest
 
 from grpokit.data.base import load_task
-from grpokit.typed_tree import DataError
+from grpokit.errors import DataError
 
 
 def test_rows_are_products_of_the_asked_digit_counts():

@@ -1,11 +1,19 @@
 import json
 
 import pytest
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
 from transformers import PreTrainedTokenizerFast
 
 from grpokit.data.render import encode_prompts, prompt_messages, render_prompt
-from grpokit.typed_tree import DataError
+from grpokit.errors import DataError
 
 TEMPLATE = (
     "<s>{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"

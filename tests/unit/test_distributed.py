@@ -13,13 +13,13 @@ import socket
 import pytest
 import torch
 
-from grpokit import distributed as dist
-from grpokit.rl import update
-from grpokit.stages import grpo as trainer
 from grpokit.config import load_config
-from grpokit.batch import ScoredBatch, TrainingBatch, select_groups
-from grpokit.groups import check_world
-from grpokit.parallel import full_state_dict
+from grpokit.rl import update
+from grpokit.runtime import distributed as dist
+from grpokit.stages import grpo as trainer
+from grpokit.training.batch import ScoredBatch, TrainingBatch, select_groups
+from grpokit.training.groups import check_world
+from grpokit.training.parallel import full_state_dict
 
 B, G, P, T = 4, 2, 5, 6
 PROMPT_LENGTHS = [5, 5, 3, 3, 4, 4, 2, 2]
@@ -63,10 +63,10 @@ def _one_update(model_dir, groups: list[int], parallel: str = "ddp", *extra: str
                 ) -> dict[str, torch.Tensor]:
     """One update_policy on `groups` with SGD(lr=LR); returns the updated parameters, the
     step's token count and how many optimizer steps it ran."""
-    from grpokit import models
     from grpokit.data.sampler import PromptSampler
-    from grpokit.session import Session
-    from grpokit.training import RunState
+    from grpokit.runtime import models
+    from grpokit.training.session import Session
+    from grpokit.training.state import RunState
 
     cfg = _config(model_dir, f"train.parallel={parallel}", *extra)
     torch.manual_seed(0)
@@ -162,7 +162,7 @@ def test_minibatches_are_exactly_count_parts_of_the_whole_batch():
 
 
 def _fresh_params(model_dir) -> dict[str, torch.Tensor]:
-    from grpokit import models
+    from grpokit.runtime import models
 
     return dict(models.load_policy(model_dir, dtype="float32").named_parameters())
 

@@ -13,12 +13,12 @@ from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.config import ConfigError, load_config
 from grpokit.data.arithmetic import arithmetic_task, wrong_answer
 from grpokit.data.preference import PreferencePair, encode_pair, load_pairs, split_pair
+from grpokit.errors import DataError
 from grpokit.stages import dpo
 from grpokit.stages.dpo import Policy, pair_batch, pair_logps, run_dpo, train_step
-from grpokit.logprobs import CompletionScorer, completion_logprobs
 from grpokit.testing import tiny_llama
-from grpokit.training import new_run_state
-from grpokit.typed_tree import DataError
+from grpokit.training.logprobs import CompletionScorer, completion_logprobs
+from grpokit.training.state import new_run_state
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_micro_batch_split_and_prompt_sharing_leave_the_step_gradient_unchanged(
     for size, share in [(6, False), (2, False), (2, True)]:
         cfg = load_config(overrides=[f"train.micro_batch_size={size}", "train.max_grad_norm=0",
                                      "dpo.reference=precomputed"])
-        state = new_run_state("dpo", cfg, model, 3, 1)
+        state = new_run_state("dpo", cfg, model, 3, cfg.dpo.batch_size, 1)
         state.optimizer.step = lambda: None  # keep the gradient for comparison
         state.optimizer.zero_grad = lambda set_to_none=True: None
         policy = Policy(model, CompletionScorer(model, share), "precomputed")
@@ -180,8 +180,8 @@ def test_micro_batch_split_and_prompt_sharing_leave_the_step_gradient_unchanged(
     torch.testing.assert_close(grads[0], grads[2], rtol=1e-4, atol=1e-6)
 
 
-DPO = ["rollout.prompts_per_step=4", "train.micro_batch_size=4", "train.lr=1e-3",
-       "rollout.max_new_tokens=24", "data.max_prompt_length=256", "log.report_to=[]",
+DPO = ["dpo.batch_size=4", "train.micro_batch_size=4", "train.lr=1e-3",
+       "dpo.max_completion_length=24", "data.max_prompt_length=256", "log.report_to=[]",
        "checkpoint.keep_last=0", "eval.num_prompts=2", "rollout.engine=generate",
        "data.task_args={digits: 1, ops: '+', train_size: 8, eval_size: 2, style: short}"]
 

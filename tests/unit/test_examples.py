@@ -39,7 +39,7 @@ def test_a_grpo_example_runs(tiny_model_dir, in_tmp, name):
 
 def test_sft_then_grpo_example_runs(tiny_model_dir, in_tmp):
     result = _module("sft_then_grpo").main([f"model.path={tiny_model_dir}", *TINY, SMALL_TASK,
-                                            "rollout.max_new_tokens=24"])
+                                            "sft.batch_size=2", "rollout.max_new_tokens=24"])
     saved = json.loads((in_tmp / result.run_dir / "eval.json").read_text())
     assert "before" in saved and "after" in saved
     assert result.metrics["step"] == 1

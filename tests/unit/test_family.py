@@ -12,18 +12,18 @@ import json
 import pytest
 import torch
 
-from grpokit.rl import update
-from grpokit.stages import grpo as trainer
 from grpokit.algo.advantages import process_advantages
 from grpokit.algo.losses import aggregate
-from grpokit.batch import ScoredBatch, TrainingBatch
 from grpokit.config import load_config
-from grpokit.groups import PromptGroups, sample_groups
-from grpokit.logprobs import completion_logprobs
 from grpokit.rewards.base import StepRewards
 from grpokit.rewards.registry import per_item
-from grpokit.session import build_session
-from grpokit.training import RunState, new_run_state
+from grpokit.rl import update
+from grpokit.stages import grpo as trainer
+from grpokit.training.batch import ScoredBatch, TrainingBatch
+from grpokit.training.groups import PromptGroups, sample_groups
+from grpokit.training.logprobs import completion_logprobs
+from grpokit.training.session import build_session
+from grpokit.training.state import RunState, new_run_state
 
 
 @per_item("family_tie_even")
@@ -67,6 +67,7 @@ def _session(model_dir, *extra, reward="[{name: family_parity}]"):
     session = build_session(cfg)
     groups = PromptGroups(session, session.task.train_rows)
     state = new_run_state("grpo", session.cfg, session.model, len(groups.rows),
+                          session.cfg.rollout.prompts_per_step,
                           trainer.total_updates(session.cfg))
     return session, groups, state
 
@@ -197,8 +198,8 @@ def test_overlong_shape_adds_the_overlong_reward(tiny_model_dir):
 
 
 def test_lora_reference_is_the_base_model_and_no_second_model_is_loaded(tiny_model_dir):
-    from grpokit import models
-    from grpokit.logprobs import batched_logprobs
+    from grpokit.runtime import models
+    from grpokit.training.logprobs import batched_logprobs
 
     session, rollouts, state = _session(tiny_model_dir, "model.lora.enabled=true",
                                         "model.lora.rank=4", "algo.beta=0.04", "train.lr=1e-2")
@@ -359,7 +360,7 @@ def test_top_entropy_fraction_trains_only_the_highest_entropy_tokens(tiny_model_
     import dataclasses
 
     from grpokit.algo.masks import top_entropy_mask
-    from grpokit.logprobs import batched_logprobs
+    from grpokit.training.logprobs import batched_logprobs
 
     session, rollouts, state = _session(tiny_model_dir, "algo.beta=0", "rollout.max_new_tokens=8")
     batch, _ = _collect(session, rollouts, state)

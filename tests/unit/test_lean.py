@@ -1,4 +1,4 @@
-"""The lean gated MLP (grpokit.lean): the same log-probs and gradients as the plain module, in
+"""The lean gated MLP (grpokit.runtime.lean): the same log-probs and gradients as the plain module, in
 fp32 and under bf16 autocast, through the training pass (shared prefix, checkpointing), with less
 kept for backward; calls without gradient and LoRA'd down projections take the module's own
 forward."""
@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from grpokit.lean import LEAN_MLP_CLASSES, use_lean_mlp
-from grpokit.logprobs import completion_logprobs
-from grpokit.models import apply_lora, keep_cache_under_checkpointing
+from grpokit.runtime.lean import LEAN_MLP_CLASSES, use_lean_mlp
+from grpokit.runtime.models import apply_lora, keep_cache_under_checkpointing
 from grpokit.testing import tiny_llama, uneven_batch
+from grpokit.training.logprobs import completion_logprobs
 
 
 def _batch(tok, pad_extra=0):

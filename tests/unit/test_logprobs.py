@@ -2,10 +2,10 @@
 
 import torch
 
-from grpokit.testing import tiny_llama
-from grpokit.logprobs import batched_logprobs, completion_logprobs
 from grpokit.rollout.base import SamplingParams
 from grpokit.rollout.hf import HFEngine
+from grpokit.testing import tiny_llama
+from grpokit.training.logprobs import batched_logprobs, completion_logprobs
 
 
 def _rollout(temperature=0.7):

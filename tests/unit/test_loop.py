@@ -1,4 +1,4 @@
-"""The one run loop (grpokit/loop.py) serves every stage alike: GRPO, PPO, SFT and DPO each resume
+"""The one run loop (grpokit/training/loop.py) serves every stage alike: GRPO, PPO, SFT and DPO each resume
 2 + 2 steps into the same bits as 4, apply a changed learning rate, refuse a frozen key, and write
 report.html and samples.jsonl, on a tiny random model."""
 
@@ -32,17 +32,17 @@ RL = ["rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tok
 STAGES = {
     "grpo": RL,
     "ppo": [*RL, "ppo.value_lr=1e-3"],
-    "sft": ["rollout.prompts_per_step=4", "train.micro_batch_size=2", "rollout.max_new_tokens=24"],
-    "dpo": ["rollout.prompts_per_step=4", "train.micro_batch_size=4", "rollout.max_new_tokens=24",
+    "sft": ["sft.batch_size=4", "train.micro_batch_size=2", "sft.max_target_length=24"],
+    "dpo": ["dpo.batch_size=4", "train.micro_batch_size=4", "dpo.max_completion_length=24",
             "eval.num_prompts=0"],
 }
 
 
 def _run(kind: str, model_dir, out, *extra: str, resume: bool = False) -> dict:
     from grpokit.stages.dpo import run_dpo
+    from grpokit.stages.grpo import train
     from grpokit.stages.ppo import train_ppo
     from grpokit.stages.sft import run_sft
-    from grpokit.stages.grpo import train
 
     cfg = load_config(overrides=[f"model.path={model_dir}", f"log.output_dir={out}", *COMMON,
                                  *STAGES[kind], *extra])

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpokit import models
-from grpokit.models import (
+from grpokit.errors import ConfigError
+from grpokit.runtime import models
+from grpokit.runtime.models import (
     apply_lora,
     disabled_adapter,
     load_policy,
@@ -21,7 +22,6 @@ from grpokit.models import (
     save_model,
 )
 from grpokit.testing import save_tiny_llama, tiny_llama
-from grpokit.typed_tree import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -282,8 +282,8 @@ def test_default_model_converts_and_chats() -> None:
 
 def test_out_of_memory_in_the_training_pass_names_step_micro_batch_and_tokens(
         tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from grpokit.rl import update as trainer
     from grpokit.cli import main
+    from grpokit.rl import update as trainer
 
     real, seen = trainer._micro_step, []
 

@@ -9,17 +9,16 @@ import pytest
 import torch
 
 from grpokit.algo.losses import LossKnobs, policy_loss
-from grpokit.batch import ScoredBatch, TrainingBatch, concat, select_groups
 from grpokit.config import ConfigError, load_config
-from grpokit.groups import make_samples
-from grpokit.logprobs import completion_logprobs
-from grpokit.metrics import tool_metrics
 from grpokit.rewards.overlong import overlong_penalty
+from grpokit.rl.metrics import tool_metrics
 from grpokit.rollout import HFEngine, SamplingParams
 from grpokit.rollout.base import EnvReply, EpisodeCounts, Episodes
 from grpokit.testing import tiny_llama
 from grpokit.tools import register_environment
-from grpokit.batch import loss_mask_of
+from grpokit.training.batch import ScoredBatch, TrainingBatch, concat, loss_mask_of, select_groups
+from grpokit.training.groups import make_samples
+from grpokit.training.logprobs import completion_logprobs
 
 PROMPTS = ["hello", "a longer prompt", "q"]
 ROWS = [{"prompt": p, "answer": "1"} for p in PROMPTS]

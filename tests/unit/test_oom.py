@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grpokit.config import load_config
-from grpokit.models import OutOfMemory
+from grpokit.runtime.models import OutOfMemory
 
 CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB\nmore"
 
@@ -27,7 +27,7 @@ def _second_call_runs_out(real):
 
 
 def test_a_no_grad_log_prob_pass_names_its_phase_step_and_micro_batch():
-    from grpokit.logprobs import batched_logprobs
+    from grpokit.training.logprobs import batched_logprobs
 
     def scorer(prompt_ids, prompt_mask, completion_ids, completion_mask, **kwargs):
         return torch.zeros(completion_ids.shape), None
@@ -46,9 +46,9 @@ def test_a_no_grad_log_prob_pass_names_its_phase_step_and_micro_batch():
 
 def test_generation_names_the_step_and_its_prompts():
     from grpokit.data.datasets import named_rows
-    from grpokit.groups import PromptGroups, sample_groups
     from grpokit.data.sampler import PromptSampler
     from grpokit.testing import tiny_tokenizer
+    from grpokit.training.groups import PromptGroups, sample_groups
 
     def generate(*args, **kwargs):
         raise torch.OutOfMemoryError(CUDA_OOM)
@@ -99,8 +99,8 @@ def test_the_sft_and_dpo_updates_name_step_micro_batch_and_tokens(
 def test_the_trainers_reference_pass_names_step_and_phase(tiny_model_dir, tmp_path, monkeypatch):
     """grpokit train with β > 0: an out-of-memory error in the reference forward names the
     training step it belongs to and that it was the reference pass."""
-    from grpokit import logprobs
     from grpokit.stages.grpo import train
+    from grpokit.training import logprobs
 
     real = logprobs.batched_logprobs
 

@@ -6,13 +6,18 @@ import json
 import pytest
 import torch
 
-from grpokit import precision
-from grpokit.logprobs import CompletionScorer, completion_logprobs
-from grpokit.precision import (
-    autocast, autocast_paused, bf16_decision, bf16_linear_weights, cpu_has_bf16, use_bf16,
+from grpokit.runtime import precision
+from grpokit.runtime.precision import (
+    autocast,
+    autocast_paused,
+    bf16_decision,
+    bf16_linear_weights,
+    cpu_has_bf16,
+    use_bf16,
     use_fp32_attention,
 )
 from grpokit.testing import tiny_llama
+from grpokit.training.logprobs import CompletionScorer, completion_logprobs
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from grpokit.cli import main
+from grpokit.errors import UserError
 from grpokit.report import write_report
 from grpokit.report.load import label_runs, load_run
 from grpokit.report.plots import PANELS, derive, figure
-from grpokit.typed_tree import UserError
 
 TINY = [
     "train.steps=3", "rollout.prompts_per_step=2", "rollout.group_size=4",

@@ -3,9 +3,9 @@ the step metrics as reward_error_frac/<name>."""
 
 import torch
 
-from grpokit.batch import ScoredBatch, TrainingBatch, concat, select_groups
-from grpokit.metrics import rollout_metrics
+from grpokit.rl.metrics import rollout_metrics
 from grpokit.rollout.base import RolloutBatch
+from grpokit.training.batch import ScoredBatch, TrainingBatch, concat, select_groups
 
 B, G, T = 2, 2, 3
 

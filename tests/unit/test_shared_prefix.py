@@ -6,12 +6,15 @@ the micro-batch, and under activation checkpointing."""
 import pytest
 import torch
 
-from grpokit.logprobs import (
-    PASS_OVERHEAD_TOKENS, completion_logprobs, distinct_prompts, plan_micro_batches,
+from grpokit.runtime.models import keep_cache_under_checkpointing
+from grpokit.testing import tiny_llama, uneven_batch
+from grpokit.training.logprobs import (
+    PASS_OVERHEAD_TOKENS,
+    completion_logprobs,
+    distinct_prompts,
+    plan_micro_batches,
     prefix_sharing_problem,
 )
-from grpokit.models import keep_cache_under_checkpointing
-from grpokit.testing import tiny_llama, uneven_batch
 
 
 def _batch(tok, pad_extra=0):

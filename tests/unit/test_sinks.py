@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from grpokit.config import load_config
-from grpokit.sinks import ConsoleSink, JsonlSink, TensorBoardSink, format_line, make_sinks
+from grpokit.training.sinks import ConsoleSink, JsonlSink, TensorBoardSink, format_line, make_sinks
 
 
 def test_jsonl_sink_appends_one_object_per_step(tmp_path):
@@ -25,7 +25,7 @@ def test_jsonl_sink_appends_one_object_per_step(tmp_path):
 
 
 def test_steps_past_the_resumed_step_are_dropped_once(tmp_path):
-    from grpokit.sinks import drop_after
+    from grpokit.training.sinks import drop_after
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in (1, 2, 3, 4)))

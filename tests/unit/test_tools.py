@@ -6,12 +6,19 @@ import time
 import pytest
 
 from grpokit.config import ConfigError, load_config
+from grpokit.config.tools import ToolsConfig
 from grpokit.rollout.base import ModelTurn
 from grpokit.sandbox import detect
-from grpokit.tool_config import ToolsConfig
 from grpokit.tools import (
-    TagEnvironment, Tool, ToolError, build_tools, calculate, call_tools, make_environment,
-    print_last_expression, register_tool,
+    TagEnvironment,
+    Tool,
+    ToolError,
+    build_tools,
+    calculate,
+    call_tools,
+    make_environment,
+    print_last_expression,
+    register_tool,
 )
 from grpokit.tools.env import clip
 
@@ -251,7 +258,7 @@ def shout(argument):
 
 @pytest.mark.parametrize("attr, kind", [("ECHO", "an object"), ("Echo", "a factory")])
 def test_an_environment_by_import_path(tmp_path, monkeypatch, attr, kind):
-    from grpokit.tool_config import ToolsConfig
+    from grpokit.config.tools import ToolsConfig
     from grpokit.tools.env import make_environment
 
     (tmp_path / "my_env.py").write_text(ENV_FILE)
@@ -265,7 +272,7 @@ def test_an_environment_by_import_path(tmp_path, monkeypatch, attr, kind):
 
 
 def test_a_tool_by_import_path_goes_by_its_function_name(tmp_path, monkeypatch):
-    from grpokit.tool_config import ToolsConfig
+    from grpokit.config.tools import ToolsConfig
     from grpokit.tools.env import make_environment
 
     (tmp_path / "my_env.py").write_text(ENV_FILE)

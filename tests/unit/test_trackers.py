@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from grpokit.config import ConfigError, load_config
-from grpokit.sinks import make_sinks
-from grpokit.typed_tree import UserError
+from grpokit.errors import UserError
+from grpokit.training.sinks import make_sinks
 
 RECORDS = [
     {"step": 2, "index": 0, "row": {"prompt": "1+1=", "answer": "2"}, "completion": "2 | two\n",
@@ -51,7 +51,7 @@ def test_every_tracker_name_has_a_sink_built_once(tmp_path):
     from dataclasses import fields
 
     from grpokit.config import LogConfig
-    from grpokit.sinks import _TRACKER_SINKS
+    from grpokit.training.sinks import _TRACKER_SINKS
 
     (report_to,) = [f for f in fields(LogConfig) if f.name == "report_to"]
     assert set(_TRACKER_SINKS) == set(report_to.metadata["choices"])
@@ -93,7 +93,7 @@ def test_a_missing_library_stops_the_start_before_anything_is_written(command, t
 def test_a_library_that_fails_to_import_is_named(tmp_path, monkeypatch):
     import importlib
 
-    from grpokit.sinks import check_trackers
+    from grpokit.training.sinks import check_trackers
 
     real = importlib.import_module
 

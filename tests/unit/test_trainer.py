@@ -103,16 +103,17 @@ def test_prompt_longer_than_max_prompt_length_is_an_error(tiny_model_dir, tmp_pa
 
 def test_non_finite_loss_stops_the_step_before_any_update(tiny_model_dir, tmp_path, monkeypatch):
     import grpokit.stages.grpo as trainer
-    from grpokit.groups import PromptGroups
-    from grpokit.session import build_session
-    from grpokit.training import NonFiniteError, new_run_state
+    from grpokit.training.groups import PromptGroups
+    from grpokit.training.session import build_session
+    from grpokit.training.state import NonFiniteError, new_run_state
 
     cfg = load_config(overrides=_overrides(tiny_model_dir, tmp_path / "o", "eval.before_and_after=false"))
     session = build_session(cfg)
     rollouts = PromptGroups(session, session.task.train_rows)
-    state = new_run_state("grpo", cfg, session.model, len(rollouts.rows), trainer.total_updates(cfg))
+    state = new_run_state("grpo", cfg, session.model, len(rollouts.rows),
+                          cfg.rollout.prompts_per_step, trainer.total_updates(cfg))
     before = [p.detach().clone() for p in session.model.parameters()]
-    import grpokit.logprobs as logprobs
+    import grpokit.training.logprobs as logprobs
 
     real = logprobs.completion_logprobs
 
@@ -187,9 +188,9 @@ def test_an_environments_rows_keep_their_file_and_line(tmp_path):
     from types import SimpleNamespace
 
     from grpokit.data.datasets import load_rows
-    from grpokit.groups import PromptGroups
+    from grpokit.errors import DataError
     from grpokit.testing import tiny_tokenizer
-    from grpokit.typed_tree import DataError
+    from grpokit.training.groups import PromptGroups
 
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["a", "b" * 40, "c"]))

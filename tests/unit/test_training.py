@@ -13,10 +13,10 @@ import sys
 import pytest
 import torch
 
-from grpokit import checkpoint as ckpt
 from grpokit.cli import main
 from grpokit.config import ConfigError, load_config
-from grpokit.training import RunFolder
+from grpokit.training import checkpoint as ckpt
+from grpokit.training.state import RunFolder
 
 TINY = [
     "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=6",
@@ -58,7 +58,7 @@ def test_a_claimed_folder_refuses_a_second_run_naming_the_holder(tiny_model_dir,
 
 def test_a_killed_holder_never_blocks_its_own_resume(tmp_path):
     out = tmp_path / "run"
-    code = (f"from grpokit.training import RunFolder; held = RunFolder({str(out)!r}); "
+    code = (f"from grpokit.training.state import RunFolder; held = RunFolder({str(out)!r}); "
             "import time; print('held', flush=True); time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"

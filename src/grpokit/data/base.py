@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from grpokit.rewards.user import is_import_path, load_object
 from grpokit.data.datasets import dataset_rows, named_rows, split_rows
+from grpokit.errors import DataError
 from grpokit.rewards.base import RewardSpec
-from grpokit.typed_tree import DataError
+from grpokit.rewards.user import is_import_path, load_object
 
 
 @dataclass

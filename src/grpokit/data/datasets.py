@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 from grpokit.data.memory import is_memory, memory_dataset
 from grpokit.data.render import prompt_messages
+from grpokit.errors import DataError, read_json, read_json_lines, read_text
 from grpokit.rewards.extract import boxed_contents
-from grpokit.typed_tree import DataError, read_json, read_json_lines, read_text
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # A dataset repository's name: `owner/name` or `name`.

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from grpokit.typed_tree import DataError
+from grpokit.errors import DataError
 
 SCHEME = "memory:"
 _ROWS: dict[str, list[dict[str, Any]]] = {}

@@ -14,7 +14,7 @@ from typing import Any
 from grpokit.config import Config
 from grpokit.data.base import Task
 from grpokit.data.supervised import encode_prompt, encode_target, load_split, task_rule
-from grpokit.typed_tree import DataError
+from grpokit.errors import DataError
 
 FIELDS = ("chosen", "rejected")
 
@@ -83,7 +83,8 @@ def encode_pair(row: dict[str, Any], tokenizer: Any, *, where: str, system_promp
     """Token ids of a row's prompt and of both completions + EOS; over a cap is an error."""
     chosen, rejected = split_pair(row, where, rule)
     target = lambda text, what: encode_target(text, tokenizer, where=where, what=what,
-                                              max_completion_length=max_completion_length)
+                                              max_completion_length=max_completion_length,
+                                              limit_key="dpo.max_completion_length")
     return PreferencePair(
         encode_prompt(row, tokenizer, where=where, system_prompt=system_prompt,
                       max_prompt_length=max_prompt_length),
@@ -100,5 +101,5 @@ def load_pairs(cfg: Config, tokenizer: Any
                                    "data.path")
     train, held_out = load_split(cfg, lambda row, where: encode_pair(
         row, tokenizer, where=where, system_prompt=system, max_prompt_length=d.max_prompt_length,
-        max_completion_length=cfg.rollout.max_new_tokens, rule=rule), task)
+        max_completion_length=cfg.dpo.max_completion_length, rule=rule), task)
     return train, held_out, task

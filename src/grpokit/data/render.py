@@ -18,7 +18,7 @@ import json
 import weakref
 from typing import Any
 
-from grpokit.typed_tree import DataError
+from grpokit.errors import DataError
 
 Messages = list[dict[str, str]]
 

@@ -15,7 +15,7 @@ from grpokit.config import Config, ConfigError
 from grpokit.data import render
 from grpokit.data.base import Task, load_task
 from grpokit.data.datasets import dataset_rows, split_rows
-from grpokit.typed_tree import DataError
+from grpokit.errors import DataError
 
 
 @dataclass
@@ -70,14 +70,14 @@ def encode_prompt(prompt_row: dict[str, Any], tokenizer: Any, *, where: str,
 
 
 def encode_target(target: str, tokenizer: Any, *, where: str, max_completion_length: int,
-                  what: str = "the target") -> list[int]:
+                  what: str = "the target", limit_key: str = "sft.max_target_length") -> list[int]:
     """Token ids of a completion followed by EOS; over the cap is a DataError (never cut)."""
     _require_eos(tokenizer)
     completion_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
     completion_ids.append(tokenizer.eos_token_id)
     if len(completion_ids) > max_completion_length:
         raise DataError(f"{where}: {what} is {len(completion_ids)} tokens with EOS, longer "
-                        f"than rollout.max_new_tokens={max_completion_length} (never cut); "
+                        f"than {limit_key}={max_completion_length} (never cut); "
                         "raise it or shorten it")
     return completion_ids
 

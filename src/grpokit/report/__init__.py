@@ -6,12 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grpokit.errors import UserError
 from grpokit.report.load import label_runs, load_eval_jsonl, load_run
-from grpokit.report.page import (eval_table, final_table, knobs_table, page, plots_section,
-                                 runs_table)
+from grpokit.report.page import (
+    eval_table,
+    final_table,
+    knobs_table,
+    page,
+    plots_section,
+    runs_table,
+)
 from grpokit.report.plots import derive, render
 from grpokit.report.samples import held_out_samples, training_samples
-from grpokit.typed_tree import UserError
 
 __all__ = ["write_report", "default_output", "add_commands"]
 

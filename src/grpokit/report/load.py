@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grpokit.typed_tree import UserError, flatten, read_json, read_json_lines, read_yaml
+from grpokit.config.typed import flatten
+from grpokit.errors import UserError, read_json, read_json_lines, read_yaml
 
 
 @dataclass

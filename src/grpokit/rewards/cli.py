@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from grpokit.errors import UserError, read_json_lines, read_yaml
 from grpokit.rewards.base import REWARD_TIMEOUT_S, RewardSpec, Sample
 from grpokit.rewards.user import note_config_dir
-from grpokit.typed_tree import UserError, read_json_lines, read_yaml
 
 if TYPE_CHECKING:  # the runner needs torch: imported when `grpokit score` runs, not to declare it
     from grpokit.rewards.audit import ScoreReport

@@ -9,8 +9,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from grpokit.errors import UserError
 from grpokit.rewards.base import RewardFailure, StepRewards
-from grpokit.typed_tree import UserError
 
 if TYPE_CHECKING:
     import torch

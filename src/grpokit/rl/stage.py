@@ -1,4 +1,4 @@
-"""An RL stage on the run loop (grpokit/loop.py): `RLStage` (GRPO's, and PPO's with its own
+"""An RL stage on the run loop (grpokit/training/loop.py): `RLStage` (GRPO's, and PPO's with its own
 step), the parts every RL stage builds (`rl_parts`), and the learning-rate schedule's horizon."""
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from typing import Any
 
 import torch
 
-from grpokit.batch import TrainingBatch
 from grpokit.config import Config
-from grpokit.evaluation import Greedy
-from grpokit.groups import PromptGroups
-from grpokit.metrics import sample_records
-from grpokit.session import Session, build_session
-from grpokit.training import RunState
+from grpokit.rl.metrics import sample_records
+from grpokit.training.batch import TrainingBatch
+from grpokit.training.evaluation import Greedy
+from grpokit.training.groups import PromptGroups
+from grpokit.training.session import Session, build_session
+from grpokit.training.state import RunState
 
 
 @dataclass
 class RLStage:
-    """GRPO (and PPO, with its own step) on the run loop (grpokit/loop.py): a session, the
+    """GRPO (and PPO, with its own step) on the run loop (grpokit/training/loop.py): a session, the
     training and held-out prompts, the run state, and the last step's batch for its samples."""
 
     session: Session

@@ -9,18 +9,23 @@ from typing import Any
 
 import torch
 
-from grpokit import distributed as dist
 from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.algo.masks import top_entropy_mask
-from grpokit.batch import TrainingBatch, batch_device
 from grpokit.config import Config, to_dict
-from grpokit.logprobs import batched_logprobs, padded_chunks, plan_micro_batches, shares_prefix
-from grpokit.metrics import reduce_metrics
-from grpokit.models import disabled_adapter, memory_named
-from grpokit.precision import autocast_paused
+from grpokit.rl.metrics import reduce_metrics
 from grpokit.rollout.base import sampling_seed
-from grpokit.session import Session, sampling_truncation
-from grpokit.training import NonFiniteError, RunState, optimizer_step
+from grpokit.runtime import distributed as dist
+from grpokit.runtime.models import disabled_adapter, memory_named
+from grpokit.runtime.precision import autocast_paused
+from grpokit.training.batch import TrainingBatch, batch_device
+from grpokit.training.logprobs import (
+    batched_logprobs,
+    padded_chunks,
+    plan_micro_batches,
+    shares_prefix,
+)
+from grpokit.training.session import Session, sampling_truncation
+from grpokit.training.state import NonFiniteError, RunState, optimizer_step
 
 
 def loss_knobs(cfg: Config) -> LossKnobs:

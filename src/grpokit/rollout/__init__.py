@@ -28,19 +28,16 @@ ENGINES = {"hf": HFEngine, "generate": GenerateEngine, "vllm": _vllm_engine}
 
 
 def vllm_options(options: RolloutConfig | None) -> dict[str, Any]:
-    """VLLMEngine's keyword arguments from the `rollout.vllm_*` fields, prefix dropped
-    (`vllm_block_size` -> `block_size`); none without a config (the engine's defaults)."""
-    if options is None:
-        return {}
-    return {f.name.removeprefix("vllm_"): getattr(options, f.name)
-            for f in dataclasses.fields(options) if f.name.startswith("vllm_")}
+    """VLLMEngine's keyword arguments: the `rollout.vllm` section's fields; none without a config
+    (the engine's defaults)."""
+    return {} if options is None else dataclasses.asdict(options.vllm)
 
 
 def make_engine(name: str, model: torch.nn.Module, tokenizer: Any, bf16: bool,
                 options: RolloutConfig | None = None) -> RolloutEngine:
     """The engine `rollout.engine` names, sampling from the policy module (or, for vllm, from a
     copy of its weights that `sync_weights` refreshes). `options`, the rollout config, sets the
-    vllm engine's `vllm_*` settings; the in-process engines have none and ignore it."""
+    vllm engine's `rollout.vllm` settings; the in-process engines have none and ignore it."""
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; valid engines: {', '.join(ENGINES)}")
     extra = vllm_options(options) if name == "vllm" else {}

@@ -11,12 +11,16 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from grpokit.precision import autocast
 from grpokit.rollout.base import Episodes, RolloutBatch, SamplingParams
 from grpokit.rollout.batching import (
-    EngineBase, assemble, check_prompts, concat_rollouts, single_turn_only,
+    EngineBase,
+    assemble,
+    check_prompts,
+    concat_rollouts,
+    single_turn_only,
 )
 from grpokit.rollout.sampling import check_params
+from grpokit.runtime.precision import autocast
 
 
 class GenerateEngine(EngineBase):

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from grpokit.models import cache_kwarg
-from grpokit.precision import autocast
 from grpokit.rollout.base import Episodes, RolloutBatch, SamplingParams
 from grpokit.rollout.batching import EngineBase, assemble, check_prompts, left_pad
 from grpokit.rollout.episodes import EpisodeDecoder
 from grpokit.rollout.sampling import check_params, prompt_uniforms, sample_next
+from grpokit.runtime.models import cache_kwarg
+from grpokit.runtime.precision import autocast
 
 
 class HFEngine(EngineBase):

@@ -17,8 +17,8 @@ import shutil
 import tempfile
 import time
 import weakref
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,11 +30,17 @@ from vllm.inputs import TokensPrompt  # noqa: E402
 
 from grpokit.rollout.base import RolloutBatch, SamplingParams  # noqa: E402
 from grpokit.rollout.batching import (  # noqa: E402
-    EngineBase, assemble, check_prompts, left_pad, single_turn_only,
+    EngineBase,
+    assemble,
+    check_prompts,
+    left_pad,
+    single_turn_only,
 )
 from grpokit.rollout.sampling import check_params  # noqa: E402
 from grpokit.rollout.vllm_weights import (  # noqa: E402
-    contiguous, policy_weights, shared_memory_dir,
+    contiguous,
+    policy_weights,
+    shared_memory_dir,
 )
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 12 + 30 = 42."
@@ -338,7 +344,7 @@ def _check_block_size(block_size: int, cpu: bool) -> None:
     "No common block size")."""
     unit = 32 if cpu else 16
     if block_size < unit or block_size % unit:
-        raise ValueError(f"rollout.vllm_block_size={block_size}: vLLM's {'CPU' if cpu else 'GPU'} "
+        raise ValueError(f"rollout.vllm.block_size={block_size}: vLLM's {'CPU' if cpu else 'GPU'} "
                          f"attention needs a positive multiple of {unit}")
 
 

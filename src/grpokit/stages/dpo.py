@@ -4,7 +4,7 @@ Rows come from the loaders `grpokit sft` uses (data/supervised.py: data.path wit
 mapping, or a built-in task whose rule writes the pair: arithmetic gives its answer against a
 wrong one). The prompt is rendered as `grpokit train` renders it; each completion is tokenized on
 its own and ends with EOS.
-A step draws `rollout.prompts_per_step` pairs with the seeded PromptSampler; the loss
+A step draws `dpo.batch_size` pairs with the seeded PromptSampler; the loss
 (algo/dpo.py) covers completion tokens only and is the mean over the step's pairs, so the
 micro-batch split leaves the gradient unchanged. Chosen and rejected run in one pass per
 micro-batch, their shared prompt once (train.shared_prefix). The reference (dpo.reference) is a
@@ -25,16 +25,16 @@ from typing import Any
 
 import torch
 
-from grpokit import models, precision
 from grpokit.algo.dpo import dpo_loss, preference_metrics, sequence_logprobs
 from grpokit.config import Config, ConfigError
 from grpokit.data.preference import PreferencePair, load_pairs
 from grpokit.data.supervised import SFTExample, collate, sized
-from grpokit.evaluation import Greedy, greedy_evaluation
-from grpokit.logprobs import CompletionScorer, length_sorted_chunks
-from grpokit.session import shared_prefix
-from grpokit.loop import run
-from grpokit.training import NonFiniteError, RunState, new_run_state, optimizer_step
+from grpokit.runtime import models, precision
+from grpokit.training.evaluation import Greedy, greedy_evaluation
+from grpokit.training.logprobs import CompletionScorer, length_sorted_chunks
+from grpokit.training.loop import run
+from grpokit.training.session import shared_prefix
+from grpokit.training.state import NonFiniteError, RunState, new_run_state, optimizer_step
 
 REF_CACHE = "ref_logprobs.pt"
 """The precomputed reference log-probs in the run folder (dpo.reference=precomputed)."""
@@ -204,7 +204,7 @@ def precompute_reference(policy: Policy, parts: dict[str, list[PreferencePair]],
 
 @dataclass
 class DPOStage:
-    """DPO on the run loop (grpokit/loop.py)."""
+    """DPO on the run loop (grpokit/training/loop.py)."""
 
     cfg: Config
     policy: Policy
@@ -283,9 +283,10 @@ def _start(cfg: Config, saved: dict[str, Any] | None) -> DPOStage:
     policy = Policy(model, CompletionScorer(model, share), cfg.dpo.reference, ref_scorer)
     bf16 = precision.use_bf16(cfg.model.autocast)
     greedy = greedy_evaluation(cfg, model, tokenizer, task, bf16)
-    state = new_run_state("dpo", cfg, model, len(train_pairs), cfg.train.steps)
+    state = new_run_state("dpo", cfg, model, len(train_pairs), cfg.dpo.batch_size,
+                          cfg.train.steps)
     notes = [f"[bold]grpokit dpo[/]: {len(train_pairs)} training pairs, {cfg.train.steps} steps "
-             f"of {cfg.rollout.prompts_per_step} pairs, {len(eval_pairs)} held out, reference "
+             f"of {cfg.dpo.batch_size} pairs, {len(eval_pairs)} held out, reference "
              f"{cfg.dpo.reference}", note]
     return DPOStage(cfg, policy, tokenizer, state, [n for n in notes if n], train_pairs,
                     eval_pairs, greedy, lambda: precision.autocast(bf16), saved is not None)

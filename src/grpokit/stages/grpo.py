@@ -13,17 +13,17 @@ from typing import Any
 
 import torch
 
-from grpokit import distributed as dist
 from grpokit.algo.advantages import batch_advantages
-from grpokit.batch import ScoredBatch, TrainingBatch, batch_device, loss_mask_of
 from grpokit.config import Config, to_dict
-from grpokit.groups import PromptGroups, check_world, sample_groups
-from grpokit.loop import run
-from grpokit.metrics import perf_metrics, rollout_metrics, sync_metrics
+from grpokit.rl.metrics import perf_metrics, rollout_metrics, sync_metrics
 from grpokit.rl.stage import RLStage, rl_parts, total_updates
 from grpokit.rl.update import update_policy
-from grpokit.session import Session
-from grpokit.training import RunState, new_run_state
+from grpokit.runtime import distributed as dist
+from grpokit.training.batch import ScoredBatch, TrainingBatch, batch_device, loss_mask_of
+from grpokit.training.groups import PromptGroups, check_world, sample_groups
+from grpokit.training.loop import run
+from grpokit.training.session import Session
+from grpokit.training.state import RunState, new_run_state
 
 
 def train_step(session: Session, groups: PromptGroups, state: RunState
@@ -89,7 +89,8 @@ def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dic
 def _start(cfg: Config, saved: dict[str, Any] | None) -> RLStage:
     session, groups, held_out = rl_parts(cfg, saved)
     cfg = session.cfg
-    state = new_run_state("grpo", cfg, session.model, len(groups.rows), total_updates(cfg),
+    state = new_run_state("grpo", cfg, session.model, len(groups.rows),
+                          cfg.rollout.prompts_per_step, total_updates(cfg),
                           session.reference if cfg.algo.ref_refresh_steps else None)
     notes = [f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)),
              session.precision_note, session.prefix_note]

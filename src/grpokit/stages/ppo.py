@@ -22,19 +22,19 @@ from typing import Any
 
 import torch
 
-from grpokit import distributed as dist
 from grpokit.algo.gae import gae, outcome_token_rewards, value_loss, whiten
-from grpokit.batch import TrainingBatch, batch_device, loss_mask_of
 from grpokit.config import Config, ConfigError
-from grpokit.groups import PromptGroups, sample_groups
-from grpokit.logprobs import position_ids, trim
-from grpokit.metrics import perf_metrics, rollout_metrics, sync_metrics
-from grpokit.precision import autocast_paused
-from grpokit.loop import run
-from grpokit.session import Session
+from grpokit.rl.metrics import perf_metrics, rollout_metrics, sync_metrics
 from grpokit.rl.stage import RLStage, rl_parts, total_updates
 from grpokit.rl.update import update_policy
-from grpokit.training import NonFiniteError, RunState, new_run_state
+from grpokit.runtime import distributed as dist
+from grpokit.runtime.precision import autocast_paused
+from grpokit.training.batch import TrainingBatch, batch_device, loss_mask_of
+from grpokit.training.groups import PromptGroups, sample_groups
+from grpokit.training.logprobs import position_ids, trim
+from grpokit.training.loop import run
+from grpokit.training.session import Session
+from grpokit.training.state import NonFiniteError, RunState, new_run_state
 
 
 class Critic(torch.nn.Module):
@@ -185,7 +185,8 @@ def _check(cfg: Config) -> None:
 def _start(cfg: Config, saved: dict[str, Any] | None) -> RLStage:
     session, groups, held_out = rl_parts(cfg, saved)
     cfg = session.cfg
-    base = new_run_state("ppo", cfg, session.model, len(groups.rows), total_updates(cfg),
+    base = new_run_state("ppo", cfg, session.model, len(groups.rows),
+                         cfg.rollout.prompts_per_step, total_updates(cfg),
                          session.reference if cfg.algo.ref_refresh_steps else None)
     critic = Critic(session.model, cfg.ppo.value_model)
     t = cfg.train
@@ -201,7 +202,7 @@ def _start(cfg: Config, saved: dict[str, Any] | None) -> RLStage:
 
 
 def train_ppo(cfg: Config, *, resume: str | Path | None = None, console=None) -> dict[str, Any]:
-    """Run PPO as the config says on the run loop of every stage (grpokit/loop.py): the run
+    """Run PPO as the config says on the run loop of every stage (grpokit/training/loop.py): the run
     folder, checkpoints, evaluations and report of `grpokit train`; returns the final
     evaluations and the checkpoint path."""
     _check(cfg)

@@ -7,10 +7,10 @@ as `grpokit train` renders it; the target is tokenized on its own and followed b
 model learns the token sequence it will later sample. The loss is the mean negative log-prob over
 the completion tokens of an optimizer step (token_mean); prompt and padding tokens carry none.
 
-Config mapping: `train.steps` optimizer steps of `rollout.prompts_per_step` rows each, drawn by
-the seeded PromptSampler; `train.micro_batch_size`, `train.lr`, the schedule, warm-up and
+Config mapping: `train.steps` optimizer steps of `sft.batch_size` rows each, drawn by the seeded
+PromptSampler; `train.micro_batch_size`, `train.lr`, the schedule, warm-up and
 clipping as in `grpokit train`. `data.max_prompt_length` caps the prompt and
-`rollout.max_new_tokens` caps the target (EOS included): a longer row is an error (DataError, exit
+`sft.max_target_length` caps the target (EOS included): a longer row is an error (DataError, exit
 2) naming the row by its file and line, or a built-in task's 1-based row; never cut. A prompt
 whose characters alone prove it too long is refused before it is tokenized. The rows and their
 encoding live in data/supervised.py (DPO shares them); here: the loss, the step and the stage.
@@ -27,15 +27,20 @@ from typing import Any
 
 import torch
 
-from grpokit import models, precision
 from grpokit.config import Config
 from grpokit.data.supervised import (
-    SFTExample, collate, encode_example, len_of, load_split, sized, task_rule,
+    SFTExample,
+    collate,
+    encode_example,
+    len_of,
+    load_split,
+    sized,
+    task_rule,
 )
-from grpokit.logprobs import completion_logprobs, length_sorted_chunks
-from grpokit.loop import run
-from grpokit.training import NonFiniteError, RunState, new_run_state, optimizer_step
-
+from grpokit.runtime import models, precision
+from grpokit.training.logprobs import completion_logprobs, length_sorted_chunks
+from grpokit.training.loop import run
+from grpokit.training.state import NonFiniteError, RunState, new_run_state, optimizer_step
 
 # ---------------------------------------------------------------- the loss (rows: data/supervised)
 
@@ -106,17 +111,17 @@ def load_examples(cfg: Config, tokenizer: Any) -> tuple[list[SFTExample], list[S
     return load_split(cfg, lambda row, where: encode_example(
         row, tokenizer, where=where, system_prompt=system,
         max_prompt_length=cfg.data.max_prompt_length,
-        max_completion_length=cfg.rollout.max_new_tokens, rule=rule), task)
+        max_completion_length=cfg.sft.max_target_length, rule=rule), task)
 
 
 def make_state(cfg: Config, model: torch.nn.Module, num_rows: int) -> RunState:
     """AdamW over the trainable weights, the warm-up + schedule of `train`, the seeded row order."""
-    return new_run_state("sft", cfg, model, num_rows, cfg.train.steps)
+    return new_run_state("sft", cfg, model, num_rows, cfg.sft.batch_size, cfg.train.steps)
 
 
 @dataclass
 class SFTStage:
-    """Supervised fine-tuning on the run loop (grpokit/loop.py)."""
+    """Supervised fine-tuning on the run loop (grpokit/training/loop.py)."""
 
     cfg: Config
     model: torch.nn.Module
@@ -179,6 +184,6 @@ def _start(cfg: Config, saved: dict[str, Any] | None) -> SFTStage:
                                   resume_from=None if saved is None else saved["path"] / "model")
     bf16 = precision.use_bf16(cfg.model.autocast)
     note = (f"[bold]grpokit sft[/]: {len(train_examples)} training rows, {cfg.train.steps} steps "
-            f"of {cfg.rollout.prompts_per_step} rows, {len(eval_examples)} held out")
+            f"of {cfg.sft.batch_size} rows, {len(eval_examples)} held out")
     return SFTStage(cfg, model, tokenizer, make_state(cfg, model, len(train_examples)), [note],
                     train_examples, eval_examples, lambda: precision.autocast(bf16))

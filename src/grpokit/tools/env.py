@@ -14,10 +14,10 @@ import re
 import textwrap
 from typing import Any, Callable
 
+from grpokit.config.tools import ToolsConfig
 from grpokit.data.render import prompt_messages
 from grpokit.rewards.user import is_import_path, load_object
-from grpokit.rollout.base import EnvReply, Environment, ModelTurn
-from grpokit.tool_config import ToolsConfig
+from grpokit.rollout.base import Environment, EnvReply, ModelTurn
 from grpokit.tools.builtin import calculator_tool, python_tool
 from grpokit.tools.registry import Tool, ToolResult, call_tools, registered_tool
 

@@ -29,8 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from grpokit.lean import use_lean_mlp
-from grpokit.typed_tree import ConfigError, UserError, read_json
+from grpokit.errors import ConfigError, UserError, read_json
+from grpokit.runtime.lean import use_lean_mlp
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def load_trainable(model_cfg: Any, model_path: Path, resume_from: Path | None = 
     policy_path = resume_from if resume_from is not None and not lora.enabled else model_path
     model = load_policy(policy_path, dtype=model_cfg.dtype)
     if model_cfg.gradient_checkpointing:
-        # Non-reentrant: the shared-prefix pass (logprobs.py) takes gradients through the keys
+        # Non-reentrant: the shared-prefix pass (training/logprobs.py) takes gradients through the keys
         # and values a layer leaves in its cache, which the reentrant variant would detach.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         keep_cache_under_checkpointing(model)

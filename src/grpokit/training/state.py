@@ -19,17 +19,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.distributed.tensor import DTensor
 import yaml
+from torch.distributed.tensor import DTensor
 
-from grpokit import checkpoint as ckpt
-from grpokit import distributed as dist
 from grpokit.config import Config, ConfigError, TrainConfig, to_dict
 from grpokit.data.sampler import PromptSampler
-from grpokit.models import save_model
-from grpokit.parallel import full_state_dict, is_sharded, load_sharded, save_sharded
-from grpokit.precision import cpu_name
-from grpokit.typed_tree import load_yaml
+from grpokit.errors import load_yaml
+from grpokit.runtime import distributed as dist
+from grpokit.runtime.models import save_model
+from grpokit.runtime.precision import cpu_name
+from grpokit.training import checkpoint as ckpt
+from grpokit.training.parallel import full_state_dict, is_sharded, load_sharded, save_sharded
 
 
 class NonFiniteError(RuntimeError):
@@ -131,9 +131,10 @@ class RunState:
         self.step = saved["step"]
 
 
-def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int,
+def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int, batch_size: int,
                   total_updates: int, reference: torch.nn.Module | None = None) -> RunState:
-    """AdamW over the trainable weights, warm-up + schedule and the seeded row order."""
+    """AdamW over the trainable weights, warm-up + schedule and the seeded order of `batch_size`
+    rows a step."""
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
     # The fused kernel: one pass per tensor and no whole-model temporaries (the default
@@ -143,7 +144,7 @@ def new_run_state(kind: str, cfg: Config, model: torch.nn.Module, num_rows: int,
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas),
                                   weight_decay=t.weight_decay, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, total_updates))
-    sampler = PromptSampler(num_rows, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
+    sampler = PromptSampler(num_rows, batch_size, seed=cfg.data.seed)
     return RunState(kind, 0, sampler, optimizer, scheduler, reference, model)
 
 

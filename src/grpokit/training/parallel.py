@@ -23,15 +23,18 @@ from typing import Any, Iterator
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from grpokit import distributed as dist
-from grpokit.logprobs import CompletionScorer
+from grpokit.runtime import distributed as dist
+from grpokit.training.logprobs import CompletionScorer
 
 PARALLEL = ("ddp", "fsdp")
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 from typing import Iterator
+
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from grpokit import distributed as dist
 from grpokit.algo.selective import selective_logprobs
 from grpokit.algo.support import Truncation
-from grpokit.models import cache_kwarg, memory_named
-from grpokit.precision import fp32_attention
+from grpokit.runtime import distributed as dist
+from grpokit.runtime.models import cache_kwarg, memory_named
+from grpokit.runtime.precision import fp32_attention
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from grpokit.models import cache_root
+from grpokit.runtime.models import cache_root
 
 AUTOCAST_MODES = ("auto", "bf16", "off")
 BF16_MIN_SPEEDUP = 1.2

@@ -1,17 +1,32 @@
-"""The config sections of the sibling stages: `grpokit dpo` (docs/dpo.md) and `grpokit ppo`
-(docs/ppo.md). `grpokit.config` puts them in the tree as `dpo` and `ppo` and re-exports them."""
+"""The config sections of the stages beside GRPO: `grpokit sft` (docs/sft.md), `grpokit dpo`
+(docs/dpo.md) and `grpokit ppo` (docs/ppo.md). `grpokit.config` puts them in the tree as `sft`,
+`dpo` and `ppo` and re-exports them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grpokit.typed_tree import choice
+from grpokit.config.typed import choice
 
 DPO_REFERENCES = ("copy", "adapter_off", "precomputed")
 
 
 @dataclass
+class SFTConfig:
+    batch_size: int = 8
+    """Rows per optimizer step (drawn by the seeded, resumable row order)."""
+    max_target_length: int = 512
+    """The longest target in tokens, EOS included: a longer row is an error naming it, never
+    cut."""
+
+
+@dataclass
 class DPOConfig:
+    batch_size: int = 8
+    """Pairs per optimizer step (drawn by the seeded, resumable row order)."""
+    max_completion_length: int = 512
+    """The longest chosen or rejected completion in tokens, EOS included: a longer pair is an
+    error naming it, never cut."""
     beta: float = 0.1
     """β: a completion's implicit reward is β · Σ_t (log π − log π_ref) over its tokens."""
     label_smoothing: float = 0.0
@@ -39,9 +54,15 @@ class PPOConfig:
     """Normalize the GAE advantages to mean 0, std 1 over the step's completion tokens."""
 
 
-def stage_checks(dpo: DPOConfig, ppo: PPOConfig, lora: bool) -> list[tuple[bool, str]]:
-    """Cross-field checks of the dpo and ppo sections (config.validate runs them)."""
+def stage_checks(sft: SFTConfig, dpo: DPOConfig, ppo: PPOConfig,
+                 lora: bool) -> list[tuple[bool, str]]:
+    """Cross-field checks of the sft, dpo and ppo sections (config.validate runs them)."""
     return [
+        (min(sft.batch_size, sft.max_target_length, dpo.batch_size,
+             dpo.max_completion_length) >= 1,
+         f"sft.batch_size, sft.max_target_length, dpo.batch_size and dpo.max_completion_length "
+         f"must be >= 1, got {sft.batch_size}, {sft.max_target_length}, {dpo.batch_size}, "
+         f"{dpo.max_completion_length}"),
         (dpo.beta > 0, f"dpo.beta must be > 0, got {dpo.beta}"),
         (0 <= dpo.label_smoothing < 0.5,
          f"dpo.label_smoothing must be in [0, 0.5), got {dpo.label_smoothing}"),

@@ -12,18 +12,18 @@ from typing import Any
 
 import torch
 
-from grpokit import distributed as dist
-from grpokit import models, precision
 from grpokit.algo.support import Truncation
 from grpokit.config import Config, ConfigError
 from grpokit.data.base import Task, load_data
-from grpokit.logprobs import CompletionScorer, prefix_sharing_problem
-from grpokit.parallel import GenerationCopy, Layout, SyncedEngine, lay_out
 from grpokit.rewards.base import RewardSpec
 from grpokit.rollout import RolloutEngine, make_engine
 from grpokit.rollout.base import Environment
+from grpokit.runtime import distributed as dist
+from grpokit.runtime import models, precision
 from grpokit.sandbox import SandboxUnavailable
 from grpokit.tools import make_environment
+from grpokit.training.logprobs import CompletionScorer, prefix_sharing_problem
+from grpokit.training.parallel import GenerationCopy, Layout, SyncedEngine, lay_out
 
 
 @dataclass

@@ -19,14 +19,20 @@ from typing import Any, Protocol
 
 import torch
 
-from grpokit import distributed as dist
-from grpokit.allocator import keep_freed_memory
 from grpokit.config import Config
 from grpokit.report import write_report
-from grpokit.sinks import check_trackers, make_sinks, print_eval
-from grpokit.training import (
-    RunState, apply_learning_rate, claimed, load_resume, resume_changes, save_run,
-    seed_everything, write_config,
+from grpokit.runtime import distributed as dist
+from grpokit.runtime.allocator import keep_freed_memory
+from grpokit.training.sinks import check_trackers, make_sinks, print_eval
+from grpokit.training.state import (
+    RunState,
+    apply_learning_rate,
+    claimed,
+    load_resume,
+    resume_changes,
+    save_run,
+    seed_everything,
+    write_config,
 )
 
 
@@ -118,7 +124,7 @@ def _print_start(console: Any, stage: Stage, notes: list[str | None],
 
 
 def _keep_freed_memory(cfg: Config) -> str | None:
-    """Apply train.keep_freed_memory (grpokit/allocator.py); what to print about it."""
+    """Apply train.keep_freed_memory (grpokit/runtime/allocator.py); what to print about it."""
     if not cfg.train.keep_freed_memory:
         return None
     reason = keep_freed_memory()

@@ -4,15 +4,14 @@ a few sample completions, and the step's timing and weight-sync metrics."""
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from typing import Any
 
 import torch
 
-from grpokit import distributed as dist
-from grpokit.batch import TrainingBatch
 from grpokit.rollout.base import RolloutBatch, is_truncated
+from grpokit.runtime import distributed as dist
+from grpokit.training.batch import TrainingBatch
 
 
 def reduce_metrics(parts: list[dict[str, float]]) -> dict[str, float]:

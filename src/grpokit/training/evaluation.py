@@ -14,18 +14,18 @@ from typing import Any, Sequence
 
 import torch
 
-from grpokit import distributed as dist
-from grpokit.config import Config
+from grpokit.config import Config, ConfigError, EvalConfig
 from grpokit.data.base import Task, load_data
-from grpokit.groups import PromptGroups
-from grpokit.logprobs import CompletionScorer
-from grpokit.parallel import Layout
+from grpokit.errors import UserError
 from grpokit.rewards.extract import extract_answers, normalize
 from grpokit.rollout import make_engine
 from grpokit.rollout.base import SamplingParams, sampling_seed
-from grpokit.session import Session, build_session, reward_specs
-from grpokit.sinks import print_eval
-from grpokit.typed_tree import UserError
+from grpokit.runtime import distributed as dist
+from grpokit.training.groups import PromptGroups
+from grpokit.training.logprobs import CompletionScorer
+from grpokit.training.parallel import Layout
+from grpokit.training.session import Session, build_session, reward_specs
+from grpokit.training.sinks import print_eval
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -98,6 +98,17 @@ def correctness(values: list[float | None], threshold: float) -> list[bool]:
 
 
 
+def correct_reward_index(names: Sequence[str], e: EvalConfig) -> int:
+    """The position among the run's reward functions of the one that decides correctness
+    (eval.correct_reward; null: the first); a name the run does not have is an error."""
+    if e.correct_reward is None:
+        return 0
+    if e.correct_reward not in names:
+        raise ConfigError(f"eval.correct_reward={e.correct_reward!r} is not one of the run's "
+                          f"reward functions: {', '.join(names)}")
+    return list(names).index(e.correct_reward)
+
+
 def evaluate(session: Session, held_out: PromptGroups, seed: int,
              records: list[dict[str, Any]] | None = None) -> dict[str, float]:
     """Mean reward per function, pass@k and maj@k over eval.samples_per_prompt samples of each
@@ -109,9 +120,10 @@ def evaluate(session: Session, held_out: PromptGroups, seed: int,
                             temperature=e.temperature, top_p=held_out.params.top_p,
                             top_k=held_out.params.top_k)
     names = held_out.names
+    judge = names[correct_reward_index(names, e)]
     per_fn: dict[str, list[list[float | None]]] = {name: [] for name in names}
     correct, answers = [], []
-    chunk = max(session.cfg.rollout.prompts_per_step * session.cfg.rollout.group_size // n, 1)
+    chunk = max(e.batch_size // n, 1)
     for start in range(0, len(held_out.rows), chunk):
         sub = list(range(start, min(start + chunk, len(held_out.rows))))
         scored = held_out.score(sub, n, [sampling_seed(seed, "eval", k) for k in sub], params)
@@ -119,9 +131,9 @@ def evaluate(session: Session, held_out: PromptGroups, seed: int,
             block = scored.rewards[g * n:(g + 1) * n]  # (n, K)
             for k, name in enumerate(names):
                 per_fn[name].append([None if math.isnan(v) else v for v in block[:, k].tolist()])
-            correct.append(correctness(per_fn[names[0]][-1], 1.0))
+            correct.append(correctness(per_fn[judge][-1], e.correct_threshold))
             texts = scored.rollout.completions[g * n:(g + 1) * n]
-            found = [extract_answers(t, ("answer_tag", "boxed", "last_number")) for t in texts]
+            found = [extract_answers(t, tuple(e.answer_extractors)) for t in texts]
             answers.append([normalize(f[-1]) if f else None for f in found])
             if records is not None:
                 records.append({"kind": "prompt", "index": sub[g], "row": held_out.rows[sub[g]],
@@ -180,6 +192,9 @@ class Greedy:
     session: Session
     held_out: PromptGroups
     seed: int
+
+    def __post_init__(self) -> None:
+        correct_reward_index(self.held_out.names, self.session.cfg.eval)  # refused at start
 
     def __call__(self, jsonl: Path | None) -> dict[str, float]:
         records: list[dict[str, Any]] = []

@@ -4,29 +4,29 @@ sampling (drop tied groups, refill with fresh prompts) when it is on."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from grpokit import distributed as dist
 from grpokit.algo.advantages import combine_rewards
 from grpokit.algo.masks import is_tied
-from grpokit.batch import ScoredBatch, concat, select_groups
 from grpokit.config import AlgoConfig, Config, ConfigError
 from grpokit.data.datasets import Row
 from grpokit.data.render import encode_prompts, render_prompt
 from grpokit.data.sampler import PromptSampler
-from grpokit.models import memory_named
 from grpokit.rewards.base import Sample, StepRewards
 from grpokit.rewards.runner import RewardError, RewardRunner
 from grpokit.rollout.base import Episodes, RolloutBatch, SamplingParams, sampling_seed
+from grpokit.runtime import distributed as dist
+from grpokit.runtime.models import memory_named
 from grpokit.sandbox import SandboxUnavailable
-from grpokit.session import Session
+from grpokit.training.batch import ScoredBatch, concat, select_groups
+from grpokit.training.session import Session
 
 GENERATION_REMEDY = ("lower rollout.prompts_per_step, rollout.group_size or rollout.max_new_tokens "
-                     "(with rollout.engine=vllm: rollout.vllm_kv_cache_gib)")
+                     "(with rollout.engine=vllm: rollout.vllm.kv_cache_gib)")
 
 
 def make_samples(rollout: RolloutBatch, prompts: list[str], max_tokens: int) -> list[Sample]:

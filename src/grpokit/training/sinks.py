@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rich.console import Console
-from rich.table import Table
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 
-from grpokit import distributed as dist
 from grpokit.config import to_dict
+from grpokit.config.typed import flatten
+from grpokit.errors import UserError, read_json_lines, read_text
 from grpokit.rewards.user import is_import_path, load_object
-from grpokit.typed_tree import UserError, flatten, read_json_lines, read_text
+from grpokit.runtime import distributed as dist
 
 # Metrics shown on the compact console line, in order, with their short labels.
 CONSOLE_KEYS = (
