@@ -230,18 +230,179 @@ CASES: list[dict[str, Any]] = [
                     "only the mismatch metrics are added.",
      "knobs": {"beta": 0.04, **correction("none", "token", 2.0)},
      "inputs": {**AGG_INPUTS, "sampler_shift": 0.5}},
+    # --- the policy-loss and estimator family: cispo, sapo, gmpo, sequence_token, reinforce_pp,
+    # --- whiten, gdpo (knobs a case leaves out keep the defaults above: loss clip)
+    {"name": "loss_cispo_clamped_both_sides",
+     "description": "CISPO p = -sg(clamp(rho, 0.8, 1.28))*A*logp with token_mean: token weights "
+                    "clamped above 1.28 and below 0.8 for positive and negative advantages; the "
+                    "gradient -clamp(rho)*A/num_tokens flows at every token, clamped or not.",
+     "knobs": {"loss": "cispo", "clip_low": 0.2, "clip_high": 0.28, "aggregation": "token_mean"},
+     "requires": ["cispo_above_pos", "cispo_below_pos", "cispo_above_neg", "cispo_below_neg",
+                  "cispo_inside_pos", "cispo_inside_neg"],
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "old_max": -0.01, "shift": 0.7, "seed": 41,
+                **outcome([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0])}},
+    {"name": "loss_cispo_preset_cap5_negative_advantages",
+     "description": "The cispo preset's band: clip_low 1.0 (lower bound 0, no lower clamp) and "
+                    "clip_high 4.0 (weight cap 5), token_mean over uneven lengths; one correct "
+                    "answer of four per group, so most advantages are negative, and some of their "
+                    "weights are capped at 5.",
+     "knobs": {"loss": "cispo", "clip_low": 1.0, "clip_high": 4.0, "aggregation": "token_mean"},
+     "requires": ["cispo_above_neg", "cispo_inside_neg", "cispo_inside_pos"],
+     "inputs": {"group_size": 4, "mask": UNEVEN_MASK_8x5, "old_max": -0.01, "shift": 2.0,
+                "seed": 44,
+                **outcome([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])}},
+    {"name": "loss_cispo_step_rewards_kl",
+     "description": "CISPO with per-token advantages from step rewards (clip 0.2 / 0.28), beta "
+                    "0.04 k3, seq_mean_token_mean: each token's weight clamp(rho) multiplies its "
+                    "own advantage; the KL term is added as for the clipped surrogate.",
+     "knobs": {"loss": "cispo", "clip_low": 0.2, "clip_high": 0.28, "beta": 0.04},
+     "requires": ["cispo_above_pos", "cispo_below_neg", "cispo_inside_pos", "cispo_inside_neg"],
+     "inputs": {"group_size": 3, "mask": [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0],
+                                          [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]],
+                "old_max": -0.01, "shift": 0.5, "seed": 43,
+                "step_rewards": [[[0.0, 1], [1.0, 4]], [[1.0, 2], [0.5, 3]], [[0.0, 0], [0.0, 2]],
+                                 [[1.0, 1], [0.0, 3], [1.0, 4]], None, [[0.5, 3]]]}},
+    {"name": "loss_sapo_preset_pos_neg",
+     "description": "SAPO p = -sigmoid(tau (rho - 1)) 4/tau A with the preset's tau_pos 1.0 "
+                    "(A > 0) and tau_neg 1.05 (A < 0), token_mean; ratios above and below 1 for "
+                    "both signs; dp/dlogp = -A 4 sigma (1 - sigma) rho.",
+     "knobs": {"loss": "sapo", "sapo_tau_pos": 1.0, "sapo_tau_neg": 1.05,
+               "aggregation": "token_mean"},
+     "requires": ["sapo_above_pos", "sapo_below_pos", "sapo_above_neg", "sapo_below_neg"],
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "old_max": -0.01, "shift": 0.6, "seed": 44,
+                **outcome([1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 1.0, 0.25])}},
+    {"name": "loss_sapo_far_taus_kl_uneven",
+     "description": "SAPO with tau_pos 0.5 and tau_neg 3.0 (the negative side's gate narrower), "
+                    "beta 0.04 k3, seq_mean_token_mean over uneven lengths with an empty "
+                    "completion.",
+     "knobs": {"loss": "sapo", "sapo_tau_pos": 0.5, "sapo_tau_neg": 3.0, "beta": 0.04},
+     "requires": ["sapo_above_pos", "sapo_below_pos", "sapo_above_neg", "sapo_below_neg"],
+     "inputs": {**AGG_INPUTS, "old_max": -0.01, "shift": 0.8, "seed": 45}},
+    {"name": "loss_gmpo_preset_clip_both_sides_uneven",
+     "description": "GMPO g_i = exp(mean_t clip(log rho_t)) with the preset's log-space band 0.4 / "
+                    "0.4: log-ratios above 0.4 in A > 0 sequences and below -0.4 in A < 0 "
+                    "sequences are clipped and pass no gradient; seq_mean_token_mean over uneven "
+                    "lengths (an empty completion too): each sequence's -A g counts once.",
+     "knobs": {"loss": "gmpo", "clip_low": 0.4, "clip_high": 0.4},
+     "requires": ["gmpo_clipped_pos", "gmpo_clipped_neg", "gmpo_inside_pos", "gmpo_inside_neg"],
+     "inputs": {**AGG_INPUTS, "old_max": -0.01, "shift": 0.8, "seed": 46}},
+    {"name": "loss_gmpo_token_mean_kl",
+     "description": "GMPO with clip_low 0.2 / clip_high 0.3 (log space), token_mean and beta 0.04 "
+                    "k3: the sequence term -A g_i sits on each of its tokens, so a sequence weighs "
+                    "its length over the batch's token count.",
+     "knobs": {"loss": "gmpo", "clip_low": 0.2, "clip_high": 0.3, "beta": 0.04,
+               "aggregation": "token_mean"},
+     "requires": ["gmpo_clipped_pos", "gmpo_clipped_neg", "gmpo_inside_pos", "gmpo_inside_neg"],
+     "inputs": {"group_size": 4, "mask": UNEVEN_MASK_8x5, "old_max": -0.01, "shift": 0.5,
+                "seed": 48,
+                **outcome([0.0, 1.0, 0.0, 1.0, 1.0, 0.5, 0.0, 0.0])}},
+    {"name": "loss_gmpo_tis_token",
+     "description": "GMPO under truncated IS per token (C = 2): each token's copy of the "
+                    "sequence term -A g_i is weighted by min(exp(old - sampler), 2), so the "
+                    "gradient of sequence i is (sum_t w_t c_t) (-A_i) dg_i/dlogp.",
+     "knobs": {"loss": "gmpo", "clip_low": 0.4, "clip_high": 0.4,
+               **correction("tis", "token", 2.0)},
+     "requires": ["gmpo_clipped_pos", "gmpo_inside_neg", "corr_kept", "corr_over"],
+     "inputs": {**CORRECTION_INPUTS, "old_max": -0.01, "shift": 0.6, "seed": 48,
+                "sampler_shift": 1.0}},
+    {"name": "ratio_sequence_token_step_rewards_clip",
+     "description": "GSPO-token: every token carries the sequence ratio s_i (clip 3e-4 / 4e-4) but "
+                    "its own advantage from step rewards, so one sequence above the band is "
+                    "clipped at its A > 0 tokens and unclipped at its A < 0 tokens; "
+                    "d rho_t / d logp_t = s_i, d rho_t / d logp_u = 0.",
+     "knobs": {"ratio": "sequence_token", "clip_low": 3e-4, "clip_high": 4e-4},
+     "requires": ["inside", "clipped_pos", "clipped_neg", "unclipped_pos_low",
+                  "unclipped_neg_high"],
+     "inputs": {"group_size": 3, "mask": [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0],
+                                          [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]],
+                "shift": 0.002, "seed": 49,
+                "step_rewards": [[[0.0, 1], [1.0, 4]], [[1.0, 2], [0.5, 3]], [[0.0, 0], [0.0, 2]],
+                                 [[1.0, 1], [0.0, 3], [1.0, 4]], [[0.0, 1]], [[0.5, 3]]]}},
+    {"name": "ratio_sequence_token_step_rewards_kl",
+     "description": "GSPO-token with step rewards, clip 0.2 / 0.2, beta 0.04 k3: the surrogate's "
+                    "gradient at a token is w A_t s_i (not spread over the sequence as GSPO's), "
+                    "the KL gradient stays per token.",
+     "knobs": {"ratio": "sequence_token", "beta": 0.04},
+     "requires": ["inside", "clipped_pos", "unclipped_neg_high"],
+     "inputs": {"group_size": 2, "mask": [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]],
+                "shift": 0.3, "seed": 52,
+                "step_rewards": [[[1.0, 1], [0.0, 3]], [[0.0, 0], [1.0, 2]],
+                                 [[0.2, 0], [0.9, 3]], [[0.4, 1]]]}},
+    {"name": "ratio_sequence_token_outcome_equals_gspo",
+     "description": "GSPO-token on the inputs of gspo_sequence_ratio_with_kl (outcome advantages, "
+                    "clip 0.2, beta 0.05 k3, token_mean): with one advantage per sequence "
+                    "GSPO-token's loss and gradient equal GSPO's, so every number is that file's.",
+     "knobs": {"ratio": "sequence_token", "beta": 0.05, "aggregation": "token_mean"},
+     "inputs": {"group_size": 4, "mask": UNEVEN_MASK_8x5, "shift": 0.3, "seed": 16,
+                **outcome([0.0, 1.0, 0.0, 1.0, 1.0, 0.5, 0.0, 0.0])}},
+    {"name": "adv_reinforce_pp_tied_group_batch_scale",
+     "description": "REINFORCE++ (the reinforce_pp preset): baseline the mean of all 8 rewards of "
+                    "the batch, divided by their Bessel std + eps; the tied group 1, 1, 1, 1 is "
+                    "not zeroed, it sits above the batch mean.",
+     "knobs": {"estimator": "reinforce_pp", "scale": "batch"},
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "shift": 0.3, "seed": 51,
+                **outcome([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.5])}},
+    {"name": "adv_reinforce_pp_unscorable",
+     "description": "REINFORCE++ with unscorable members, groups of 2, scale batch: the unscorable "
+                    "completions get 0 and leave the batch mean and std; a group with one "
+                    "scorable member still gets r - batch mean (no tie rule).",
+     "knobs": {"estimator": "reinforce_pp", "scale": "batch", "beta": 0.04},
+     "inputs": {"group_size": 2, "mask": UNEVEN_MASK_8x5, "shift": 0.3, "seed": 52,
+                **outcome([1.0, None, 0.0, 0.5, 0.25, 1.0, None, None])}},
+    {"name": "adv_whiten_grpo_tied_and_unscorable",
+     "description": "REINFORCE++-baseline (estimator grpo, scale whiten): c = r - group mean, then "
+                    "(c - mean_batch c) / (std_batch c + eps) over the 7 scorable completions, the "
+                    "tied group's c = 0 among them; the tied group is then set to exactly 0.",
+     "knobs": {"estimator": "grpo", "scale": "whiten"},
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "shift": 0.3, "seed": 53,
+                **outcome([1.0, 0.0, 0.25, None, 1.0, 1.0, 1.0, 1.0])}},
+    {"name": "adv_whiten_rloo",
+     "description": "RLOO baseline whitened over the batch: c = r - mean of the other members, "
+                    "then (c - mean_batch c) / (std_batch c + eps); beta 0.04 k3.",
+     "knobs": {"estimator": "rloo", "scale": "whiten", "beta": 0.04},
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "shift": 0.3, "seed": 54,
+                **outcome([1.0, 0.0, 0.0, 0.0, 0.2, 0.9, 0.4, 0.4])}},
+    {"name": "adv_gdpo_distinct_combinations",
+     "description": "GDPO with two reward functions of different scales (0/1 and 0..4, weights 1 "
+                    "and 0.25): in group 1 the rewards (1, 0) and (0, 4) both combine to 1, so "
+                    "GRPO gives completions 0, 1 and 2 the same advantage 0.5; GDPO normalizes "
+                    "each function in its group first and tells them apart.",
+     "knobs": {"estimator": "gdpo", "scale": "group"},
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "shift": 0.3, "seed": 55,
+                **outcome([[1.0, 0.0], [0.0, 4.0], [1.0, 0.0], [0.0, 0.0],
+                           [1.0, 2.0], [1.0, 0.0], [0.0, 2.0], [0.0, 0.0]], [1.0, 0.25])}},
+    {"name": "adv_gdpo_null_entries",
+     "description": "GDPO with null entries in the second reward function: its group statistics "
+                    "run over the scored entries only; in group 2 it scores one completion, so "
+                    "its term there is 0; completion 6 is unscorable (both null) and gets 0.",
+     "knobs": {"estimator": "gdpo", "scale": "group", "beta": 0.04},
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "shift": 0.3, "seed": 56,
+                **outcome([[1.0, None], [0.0, 1.0], [1.0, 0.0], [0.0, None],
+                           [1.0, None], [0.0, None], [None, None], [1.0, 0.5]], [1.0, 0.5])}},
+    {"name": "adv_gdpo_tied_combined_batch_scale",
+     "description": "GDPO with scale batch (each function divided by its batch std): group 1's "
+                    "rewards (1, 0), (0, 1), (1, 0), (0, 1) tie in the combined reward, so its "
+                    "advantages are exactly 0, though its per-function sums s_i are not 0 and "
+                    "take part in the batch mean and std of s.",
+     "knobs": {"estimator": "gdpo", "scale": "batch"},
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "shift": 0.3, "seed": 57,
+                **outcome([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0],
+                           [1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]], [1.0, 1.0])}},
 ]
 
 
 def draw_logprobs(spec: dict[str, Any]) -> dict[str, list[list[float]]]:
-    """logprobs in [-2.2, -0.3]; old and ref shifted by up to ±shift and ±0.3; 4 decimals."""
+    """logprobs in [-2.2, -0.3]; old and ref shifted by up to ±shift and ±0.3; 4 decimals. With
+    `old_max` in the spec, old log-probs above it are set to it (large shifts stay log-probs)."""
     rng = random.Random(spec["seed"])
+    ceiling = spec.get("old_max", math.inf)
     rows, cols = len(spec["mask"]), len(spec["mask"][0])
     logprobs, old, ref = [], [], []
     for i in range(rows):
         lp = [round(rng.uniform(-2.2, -0.3), 4) for _ in range(cols)]
         logprobs.append(lp)
-        old.append([round(x + rng.uniform(-spec["shift"], spec["shift"]), 4) for x in lp])
+        old.append([round(min(x + rng.uniform(-spec["shift"], spec["shift"]), ceiling), 4)
+                    for x in lp])
         ref.append([round(x + rng.uniform(-0.3, 0.3), 4) for x in lp])
     for (i, t), log_ratio in spec.get("old_overrides", {}).items():
         old[i][t] = round(logprobs[i][t] - log_ratio, 4)
@@ -277,6 +438,8 @@ def build_case(entry: dict[str, Any]) -> dict[str, Any]:
 def regimes(case: dict[str, Any]) -> set[str]:
     """Which branches of the surrogate the unmasked tokens of a case hit; fails near a kink."""
     knobs, inputs = case["knobs"], case["inputs"]
+    if knobs.get("loss", "clip") != "clip":
+        return family_regimes(case)
     adv = reference.token_advantages(case["expected"]["advantages"], len(inputs["logprobs"][0]))
     raw = reference.log_ratios(inputs["logprobs"], inputs["old_logprobs"],
                                inputs["completion_mask"], knobs["ratio"])
@@ -295,6 +458,38 @@ def regimes(case: dict[str, Any]) -> set[str]:
                     ("clipped_pos" if rho > high else "unclipped_pos_low") if a > 0 else
                     "clipped_neg" if rho < low else
                     "dual_clip" if dual and rho > dual else "unclipped_neg_high")
+    return hit
+
+
+def family_regimes(case: dict[str, Any]) -> set[str]:
+    """Regimes of loss cispo, sapo or gmpo, named <loss>_<where>_<sign of A>: cispo's weight above
+    1+clip_high, below 1-clip_low or inside; sapo's ratio above or below 1; gmpo's log-ratio
+    clipped (above clip_high with A > 0, below -clip_low with A < 0) or inside. Fails when a
+    cispo ratio or a gmpo log-ratio sits within KINK_MARGIN of its bound."""
+    knobs, inputs = case["knobs"], case["inputs"]
+    loss, mask = knobs["loss"], inputs["completion_mask"]
+    adv = reference.token_advantages(case["expected"]["advantages"], len(mask[0]))
+    level = "token" if loss == "gmpo" else knobs["ratio"]
+    raw = reference.log_ratios(inputs["logprobs"], inputs["old_logprobs"], mask, level)
+    low, high = 1 - knobs["clip_low"], 1 + knobs["clip_high"]
+    hit = set()
+    for i, row in enumerate(raw):
+        for t, x in enumerate(row):
+            a = adv[i][t]
+            if not mask[i][t] or a == 0:
+                continue
+            sign, rho = "pos" if a > 0 else "neg", math.exp(reference.clamp(x, -20.0, 20.0))
+            if loss == "gmpo":
+                bound = knobs["clip_high"] if a > 0 else -knobs["clip_low"]
+                kinks, where = [abs(x - bound)], "clipped" if (x - bound) * a > 0 else "inside"
+            elif loss == "cispo":
+                kinks = [abs(rho - low), abs(rho - high)]
+                where = "above" if rho > high else "below" if rho < low else "inside"
+            else:
+                kinks, where = [1.0], "above" if rho > 1 else "below"
+            if min(kinks) < KINK_MARGIN:
+                raise ValueError(f"{case['name']}: ratio {rho} at ({i}, {t}) sits on a kink")
+            hit.add(f"{loss}_{where}_{sign}")
     return hit
 
 

@@ -6,12 +6,30 @@ with respect to the log-probs is derived by hand; the formulas are written out n
 
 Lists stand in for tensors: a (N,) vector is `list[float]`, a (N, T) matrix is
 `list[list[float]]`. `None` marks a reward that is "not applicable / could not score".
+
+The policy losses cispo, sapo and gmpo and the estimators reinforce_pp, gdpo and the whiten scale
+live in reference_family.py beside this file (loaded by path, so this module also works when it is
+itself loaded by path, as tests/unit/test_conformance.py does). A knob a vector leaves out keeps the
+old behaviour: loss clip, no whitening.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 from typing import Any
+
+
+def _load_family() -> Any:
+    path = Path(__file__).resolve().with_name("reference_family.py")
+    spec = importlib.util.spec_from_file_location("grpokit_conformance_reference_family", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+family = _load_family()
 
 LOG_RATIO_CLAMP = 20.0
 """The log importance ratio is clamped to ±20 before exp (DESIGN.md §3)."""
@@ -104,18 +122,28 @@ def clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-def log_ratios(logprobs: Matrix, old_logprobs: Matrix, mask: Matrix, level: str) -> Matrix:
+def log_ratios(logprobs: Matrix, old_logprobs: Matrix, mask: Matrix, level: str,
+               sg_logprobs: Matrix | None = None) -> Matrix:
     """Unclamped log importance ratio per token: logp - old ("token"), or for "sequence" (GSPO)
-    the mean of logp - old over the completion's tokens, repeated at every token."""
+    the mean of logp - old over the completion's tokens, repeated at every token.
+
+    "sequence_token" (GSPO-token): x_t = sg(x_seq) + logp_t - sg(logp_t), so ρ_t = exp(x_t) has
+    the sequence ratio's value and dρ_t/dlogp_t = ρ_t = s_i, dρ_t/dlogp_u = 0 for u != t.
+    `sg_logprobs` are the log-probs where the stop-gradient is taken (default: `logprobs`); a
+    finite-difference check moves `logprobs` and keeps them to see the detached gradient."""
     diffs = [[lp - old for lp, old in zip(row, old_row)]
              for row, old_row in zip(logprobs, old_logprobs)]
     if level == "token":
         return diffs
+    sg = logprobs if sg_logprobs is None or level == "sequence" else sg_logprobs
     result = []
-    for diff_row, mask_row in zip(diffs, mask):
+    for row, old_row, lp_row, mask_row in zip(sg, old_logprobs, logprobs, mask):
         length = max(sum(mask_row), 1)
-        seq = sum(d * m for d, m in zip(diff_row, mask_row)) / length
-        result.append([seq] * len(diff_row))
+        seq = sum((lp - old) * m for lp, old, m in zip(row, old_row, mask_row)) / length
+        if level == "sequence":
+            result.append([seq] * len(row))
+        else:
+            result.append([seq + (lp - g) for lp, g in zip(lp_row, row)])
     return result
 
 
@@ -244,82 +272,63 @@ def token_advantages(advantages: list[float] | Matrix, num_tokens: int) -> Matri
     return [list(a) if isinstance(a, list) else [a] * num_tokens for a in advantages]
 
 
-def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix) -> dict[str, Any]:
+def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix,
+               sg_logprobs: Matrix | None = None) -> dict[str, Any]:
     """Per-token loss, aggregated loss and d loss / d logprobs for one case.
 
-    With x the clamped log-ratio (per token, or the per-sequence mean), ρ = exp(x), c_{i,t} the
-    rollout-correction weight from `correction_weights` (1 without correction), s_{i,t} =
-    c_{i,t} · dl^sur_{i,t}/dρ from `surrogate`, k'_{i,t} from `kl_estimator`, w from
-    `aggregation_weights` and p = 1 when the unclamped log-ratio lies strictly inside ±20 (the clamp
-    passes no gradient outside):
-
-    token ratio:     dL/dlogp_{i,t} = w_{i,t} (s_{i,t} ρ_{i,t} p_{i,t} + β k'_{i,t})
-    sequence ratio:  dL/dlogp_{i,t} = m_{i,t} / max(Σ_t m_i, 1) · p_i ρ_i Σ_{t'} w_{i,t'} s_{i,t'}
-                                      + w_{i,t} β k'_{i,t}
-    because dx_i/dlogp_{i,t} = m_{i,t} / max(Σ_t m_i, 1) and x_i enters every token of sequence i.
+    Per token: c·p + β·KL on the mask (0 off it), with p the policy term of `knobs.loss` (clip by
+    default), c the rollout-correction weight (1 without correction) and KL from `kl_estimator`;
+    loss = Σ w·(c·p + β·KL) with w from `aggregation_weights`. dL/dlogp = (policy part from
+    `family.policy_grad`, or `family.gmpo_terms`) + w·β·k'. `sg_logprobs`: where detached quantities
+    (the CISPO weight, GSPO-token's sequence ratio) are evaluated; default the log-probs.
     """
     knobs, inputs = case["knobs"], case["inputs"]
     logprobs, old, mask = inputs["logprobs"], inputs["old_logprobs"], inputs["completion_mask"]
-    ref = inputs.get("ref_logprobs")
+    sg = logprobs if sg_logprobs is None else sg_logprobs
     num_seq, num_tok = len(logprobs), len(logprobs[0])
     adv = token_advantages(advantages, num_tok)
-    raw = log_ratios(logprobs, old, mask, knobs["ratio"])
     num_tokens = int(sum(sum(row) for row in mask))
     weights = aggregation_weights(mask, knobs["aggregation"], num_seq, num_tokens,
                                   knobs["max_completion_length"])
     beta = knobs["beta"]
     correction = correction_weights(knobs, inputs)
-    per_token, slopes, kl_slopes = _per_token(knobs, raw, adv, logprobs, ref, mask, beta,
-                                              correction)
-    loss = sum(w * l for w_row, l_row in zip(weights, per_token) for w, l in zip(w_row, l_row))
-    grad = []
+    if knobs.get("loss", "clip") == "gmpo":
+        diffs = log_ratios(logprobs, old, mask, "token")
+        policy, policy_grad = family.gmpo_terms(diffs, advantages, mask, weights, correction, knobs)
+    else:
+        raw = log_ratios(logprobs, old, mask, knobs["ratio"], sg)
+        raw_sg = log_ratios(sg, old, mask, knobs["ratio"])
+        policy, slopes, direct = family.policy_terms(knobs, raw, raw_sg, adv, logprobs,
+                                                     correction, surrogate)
+        policy_grad = family.policy_grad(knobs["ratio"], raw, weights, slopes, direct, mask)
+    per_token, grad = [], []
     for i in range(num_seq):
-        ratio_grad = [math.exp(clamp(x, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-                      * (1.0 if abs(x) < LOG_RATIO_CLAMP else 0.0) for x in raw[i]]
-        if knobs["ratio"] == "token":
-            sur = [weights[i][t] * slopes[i][t] * ratio_grad[t] for t in range(num_tok)]
-        else:
-            through_mean = sum(weights[i][t] * slopes[i][t] for t in range(num_tok)) * ratio_grad[0]
-            length = max(sum(mask[i]), 1)
-            sur = [mask[i][t] / length * through_mean for t in range(num_tok)]
-        grad.append([sur[t] + weights[i][t] * beta * kl_slopes[i][t] for t in range(num_tok)])
+        kl = [kl_estimator(logprobs[i][t], inputs["ref_logprobs"][i][t], knobs["kl"])
+              if beta != 0.0 else (0.0, 0.0) for t in range(num_tok)]
+        per_token.append([(policy[i][t] + beta * kl[t][0]) if mask[i][t] else 0.0
+                          for t in range(num_tok)])
+        grad.append([policy_grad[i][t] + weights[i][t] * beta * kl[t][1]
+                     for t in range(num_tok)])
+    loss = sum(w * l for w_row, l_row in zip(weights, per_token) for w, l in zip(w_row, l_row))
     return {"per_token_loss": per_token, "loss": loss, "grad_logprobs": grad}
 
 
-def _per_token(knobs: dict[str, Any], raw: Matrix, adv: Matrix, logprobs: Matrix,
-               ref: Matrix | None, mask: Matrix, beta: float,
-               correction: Matrix) -> tuple[Matrix, Matrix, Matrix]:
-    """(per-token loss c·surrogate + β·KL, 0 off the mask; c·dl^sur/dρ; dKL/dlogp) as three
-    (N, T) lists; the correction weight c scales the surrogate only, never the KL term."""
-    per_token, slopes, kl_slopes = [], [], []
-    for i, raw_row in enumerate(raw):
-        loss_row, slope_row, kl_row = [], [], []
-        for t, x in enumerate(raw_row):
-            ratio = math.exp(clamp(x, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-            sur, slope = surrogate(ratio, adv[i][t], knobs["clip_low"], knobs["clip_high"],
-                                   knobs.get("dual_clip"))
-            sur, slope = correction[i][t] * sur, correction[i][t] * slope
-            kl, kl_slope = (0.0, 0.0)
-            if beta != 0.0:
-                kl, kl_slope = kl_estimator(logprobs[i][t], ref[i][t], knobs["kl"])
-            loss_row.append((sur + beta * kl) if mask[i][t] else 0.0)
-            slope_row.append(slope)
-            kl_row.append(kl_slope)
-        per_token.append(loss_row)
-        slopes.append(slope_row)
-        kl_slopes.append(kl_row)
-    return per_token, slopes, kl_slopes
-
-
 def advantages_for(case: dict[str, Any]) -> list[float] | Matrix:
-    """Outcome advantages (N,) from `rewards`, or process advantages (N, T) from `step_rewards`."""
+    """Outcome advantages (N,) from `rewards`, or process advantages (N, T) from `step_rewards`.
+    Estimators reinforce_pp and gdpo and the scale whiten come from reference_family.py."""
     knobs, inputs = case["knobs"], case["inputs"]
     eps = knobs.get("adv_eps", 1e-6)
     if "step_rewards" in inputs:
         num_tokens = len(inputs["old_logprobs"][0])
         return process_advantages(inputs["step_rewards"], inputs["group_size"], num_tokens, eps)
+    estimator, scale = knobs["estimator"], knobs["scale"]
+    if estimator == "gdpo":
+        return family.gdpo_advantages(inputs["rewards"], inputs["reward_weights"],
+                                      inputs["group_size"], scale, eps)
     reward = combine_rewards(inputs["rewards"], inputs["reward_weights"])
-    return outcome_advantages(reward, inputs["group_size"], knobs["estimator"], knobs["scale"], eps)
+    if estimator == "reinforce_pp" or scale == "whiten":
+        return family.family_advantages(reward, inputs["group_size"], estimator, scale, eps)
+    return outcome_advantages(reward, inputs["group_size"], estimator, scale, eps)
 
 
 def kept_set(z: list[float], top_k: int, top_p: float) -> list[bool]:
