@@ -25,18 +25,17 @@ from rich.table import Table
 
 from grpokit.algo import (
     LossKnobs,
-    combine_rewards,
-    compute_advantages,
     per_token_loss,
     policy_loss,
     process_advantages,
     rollout_correction_weights,
 )
-from grpokit.algo.advantages import ESTIMATORS, SCALES
+from grpokit.algo.advantages import BUILT_IN_ESTIMATORS, SCALES, outcome_advantages
 from grpokit.algo.correction import CORRECTION_LEVELS, CORRECTIONS, MISMATCH_METRICS
 from grpokit.algo.losses import AGGREGATIONS, KL_ESTIMATORS, RATIO_LEVELS
 from grpokit.algo.selective import logprobs_from_logits
 from grpokit.algo.support import SAMPLING_SUPPORTS, Truncation
+from grpokit.algo.surrogates import BUILT_IN_LOSSES
 from grpokit.errors import UserError, read_json
 from grpokit.rewards.base import StepRewards
 
@@ -46,10 +45,10 @@ RTOL, ATOL = 1e-5, 1e-7
 float32 math lands within 6e-7 absolute and 1e-5 + 4e-8 of the suite's numbers (cancellation in
 ref − logp costs relative precision on the small KL terms), so this leaves some room and still
 fails a 1% error on a 2.7e-5 gradient, which an absolute 1e-5 alone lets through."""
-_CHOICES = {"estimator": ESTIMATORS, "scale": SCALES, "ratio": RATIO_LEVELS, "kl": KL_ESTIMATORS,
+_CHOICES = {"estimator": BUILT_IN_ESTIMATORS, "scale": SCALES, "ratio": RATIO_LEVELS, "kl": KL_ESTIMATORS,
             "aggregation": AGGREGATIONS}
 _NUMBERS = ("clip_low", "clip_high", "beta", "max_completion_length")
-_OPTIONAL_CHOICES = {"rollout_correction": CORRECTIONS,
+_OPTIONAL_CHOICES = {"loss": BUILT_IN_LOSSES, "rollout_correction": CORRECTIONS,
                      "rollout_correction_level": CORRECTION_LEVELS,
                      "sampling_support": SAMPLING_SUPPORTS}
 LOGITS_FIELDS = ("logprobs", "grad_logits")
@@ -104,7 +103,7 @@ def _check_knobs(knobs: Any) -> None:
         if name in knobs and knobs[name] not in choices:
             raise ValueError(f"knobs.{name}: expected one of {choices}, got {knobs[name]!r}")
     for name in ("adv_eps", "dual_clip", "rollout_correction_threshold", "temperature", "top_k",
-                 "top_p"):
+                 "top_p", "sapo_tau_pos", "sapo_tau_neg"):
         if knobs.get(name) is not None:
             _shape(knobs[name], f"knobs.{name}")
 
@@ -220,8 +219,8 @@ def _advantages(case: dict[str, Any]) -> torch.Tensor:
         num_tokens = len(inputs["old_logprobs"][0])
         return process_advantages(steps, inputs["group_size"], num_tokens, eps=eps)
     rows = [[math.nan if r is None else float(r) for r in row] for row in inputs["rewards"]]
-    reward = combine_rewards(torch.tensor(rows, dtype=torch.float64), inputs["reward_weights"])
-    return compute_advantages(reward, inputs["group_size"], estimator=knobs["estimator"],
+    return outcome_advantages(torch.tensor(rows, dtype=torch.float64), inputs["reward_weights"],
+                              inputs["group_size"], estimator=knobs["estimator"],
                               scale=knobs["scale"], eps=eps)
 
 

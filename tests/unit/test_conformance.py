@@ -104,9 +104,12 @@ def test_committed_vectors_match_reference(path):
 
 
 def _reference_loss(case, logprobs):
+    """The loss at `logprobs`, its detached parts (CISPO's weight, GSPO-token's sequence ratio)
+    held at the case's own log-probs, as autograd holds them."""
     trial = copy.deepcopy(case)
     trial["inputs"]["logprobs"] = logprobs
-    return reference.loss_terms(trial, reference.advantages_for(case))["loss"]
+    return reference.loss_terms(trial, reference.advantages_for(case),
+                                case["inputs"]["logprobs"])["loss"]
 
 
 @pytest.mark.parametrize("path", OWN_FILES, ids=lambda p: p.stem)

@@ -68,7 +68,10 @@ def _one_update(model_dir, groups: list[int], parallel: str = "ddp", *extra: str
     from grpokit.training.session import Session
     from grpokit.training.state import RunState
 
+    from grpokit.rl.stage import register_user_algo
+
     cfg = _config(model_dir, f"train.parallel={parallel}", *extra)
+    register_user_algo(cfg)  # a loss or estimator given by import path, in this process too
     torch.manual_seed(0)
     model = models.load_policy(model_dir, dtype="float32")
     reference = models.load_reference(model_dir, dtype="float32")
@@ -129,6 +132,36 @@ def test_two_ranks_update_equals_the_single_process_update(tiny_model_dir, tmp_p
     for key in ("__loss/policy", "__loss/kl", "__loss/clip_frac", "__loss/advantage_mean"):
         for r in ranks:  # the step's metrics, not one rank's share of them
             torch.testing.assert_close(r[key], single[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+USER_LOSS = """
+import torch
+
+
+def squared_loss(logprobs, old_logprobs, advantages, mask, knobs, sequence_mask=None):
+    adv = advantages.unsqueeze(1) if advantages.ndim == 1 else advantages
+    return -adv * torch.exp(logprobs - old_logprobs) + 0.5 * (logprobs - old_logprobs) ** 2
+"""
+
+
+def test_a_user_loss_over_two_ranks_equals_the_single_process_update(tiny_model_dir, tmp_path):
+    """A user's policy term returns per-token values and never normalizes: the step's global
+    counts do, so two gloo ranks apply the one process's update."""
+    import torch.multiprocessing as mp
+
+    path = tmp_path / "user_loss.py"
+    path.write_text(USER_LOSS)
+    extra = [f"algo.loss={path}:squared_loss", "algo.beta=0"]
+    single = _one_update(tiny_model_dir, list(range(B)), "ddp", *extra)
+    mp.spawn(_worker, args=(2, _free_port(), tiny_model_dir, str(tmp_path), "ddp", B, *extra),
+             nprocs=2, join=True)
+    before = _fresh_params(tiny_model_dir)
+    for r in [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]:
+        for key, value in single.items():
+            if key.startswith("__") or key == "lm_head.weight":
+                continue
+            assert not torch.equal(value, before[key]) or key.endswith("norm.weight"), key
+            torch.testing.assert_close(r[key], value, rtol=0, atol=1e-6, msg=key)
 
 
 @pytest.mark.parametrize("minibatches", [2, 4, 8])

@@ -6,12 +6,13 @@ contiguous: completions g*G .. g*G+G-1 answer prompt g.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
-ESTIMATORS = ("grpo", "rloo")
-SCALES = ("group", "batch", "none")
+SCALES = ("group", "batch", "whiten", "none")
+GROUP_BASELINES = ("grpo", "rloo")
+"""The estimators whose tied groups get exactly 0 (their centred rewards are all 0)."""
 
 
 def combine_rewards(rewards: torch.Tensor, weights: torch.Tensor | Sequence[float]) -> torch.Tensor:
@@ -46,7 +47,10 @@ def _masked_mean_std(values: torch.Tensor, present: torch.Tensor, dim: int | Non
 
 
 def _baseline(rewards: torch.Tensor, present: torch.Tensor, estimator: str) -> torch.Tensor:
-    """The per-completion baseline: group mean (GRPO) or leave-one-out mean (RLOO)."""
+    """The per-completion baseline: group mean (GRPO), leave-one-out mean (RLOO), or the mean
+    over the whole batch (REINFORCE++)."""
+    if estimator == "reinforce_pp":
+        return _masked_mean_std(rewards, present, dim=None)[0].expand_as(rewards)
     mean, _, count = _masked_mean_std(rewards, present, dim=1)  # (B, 1)
     if estimator == "grpo":
         return mean.expand_as(rewards)
@@ -54,15 +58,19 @@ def _baseline(rewards: torch.Tensor, present: torch.Tensor, estimator: str) -> t
     return (total - torch.where(present, rewards, 0.0)) / (count - 1).clamp(min=1)  # (B, G)
 
 
-def _divisor(reward: torch.Tensor, grouped: torch.Tensor, present: torch.Tensor, scale: str,
-             eps: float) -> torch.Tensor:
-    """The std the centred rewards are divided by, plus eps (1 for scale="none")."""
+def _scaled(centred: torch.Tensor, grouped: torch.Tensor, present: torch.Tensor, scale: str,
+            eps: float) -> torch.Tensor:
+    """The centred rewards (B, G) divided by the std of `scale` plus eps: of the group's rewards,
+    of the batch's rewards, or (whiten: REINFORCE++-baseline) re-centred on and divided by the
+    batch's own mean and std of the centred rewards; none leaves them as they are."""
     if scale == "none":
-        return torch.ones(1, dtype=grouped.dtype)
+        return centred
     if scale == "group":
-        return _masked_mean_std(grouped, present, dim=1)[1] + eps  # (B, 1)
-    flat_present = ~torch.isnan(reward.to(torch.float64))
-    return _masked_mean_std(reward.to(torch.float64), flat_present, dim=None)[1] + eps
+        return centred / (_masked_mean_std(grouped, present, dim=1)[1] + eps)  # (B, G)
+    if scale == "batch":
+        return centred / (_masked_mean_std(grouped, present, dim=None)[1] + eps)
+    mean, std, _ = _masked_mean_std(centred, present, dim=None)
+    return (centred - mean) / (std + eps)
 
 
 def compute_advantages(
@@ -73,24 +81,26 @@ def compute_advantages(
     scale: str = "group",
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Outcome advantages, one per completion (N,).
+    """Outcome advantages from the combined reward, one per completion (N,).
 
-    The estimator picks the baseline (group mean, or leave-one-out mean for RLOO); the scale picks
-    the divisor (group std, batch std, or none). Unscorable completions (NaN) get 0 and are left out
-    of every statistic; a group with fewer than two scorable members gets 0; a tied group gets 0
-    exactly because its centred rewards are exactly 0.
+    The estimator picks the baseline (group mean; leave-one-out mean for RLOO; batch mean for
+    REINFORCE++); the scale picks the divisor (group std, batch std, batch whitening, or none).
+    Unscorable completions (NaN) get 0 and are left out of every statistic. With a group
+    baseline, a group with fewer than two scorable members, or tied, gets exactly 0.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator not in ("grpo", "rloo", "reinforce_pp"):
+        raise ValueError(f"estimator must be grpo, rloo or reinforce_pp, got {estimator!r}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     grouped = _grouped(reward, group_size)  # (B, G)
     present = ~torch.isnan(grouped)  # (B, G)
     centred = grouped - _baseline(grouped, present, estimator)  # (B, G)
-    advantages = centred / _divisor(reward, grouped, present, scale, eps)  # (B, G)
-    # Tied groups are zeroed explicitly: a float mean of equal values need not equal them exactly.
-    informative = ~tied_groups(reward, group_size).unsqueeze(1)  # (B, 1)
-    advantages = torch.where(present & informative, advantages, 0.0)
+    advantages = _scaled(torch.where(present, centred, 0.0), grouped, present, scale, eps)
+    keep = present
+    if estimator in GROUP_BASELINES:
+        # Tied groups are zeroed explicitly: a float mean of equal values need not equal them.
+        keep = keep & ~tied_groups(reward, group_size).unsqueeze(1)  # (B, G)
+    advantages = torch.where(keep, advantages, 0.0)
     return advantages.view(-1).to(torch.float32)  # (N,)
 
 
@@ -129,15 +139,93 @@ def process_advantages(step_rewards, group_size: int, num_tokens: int, *,
     return advantages.to(torch.float32)
 
 
-def batch_advantages(reward: torch.Tensor, step_rewards, group_size: int, num_tokens: int, *,
-                     estimator: str, scale: str, eps: float) -> torch.Tensor:
-    """The advantages a batch trains on: outcome (N,), or, when a reward function returned step
-    rewards, process advantages (N, T) plus the outcome advantage broadcast over the tokens
-    (DeepSeekMath §4.1.3). With step rewards alone (every outcome NaN) the outcome term is 0."""
-    outcome = compute_advantages(reward, group_size, estimator=estimator, scale=scale, eps=eps)
+def gdpo_advantages(rewards: torch.Tensor, weights: torch.Tensor | Sequence[float],
+                    group_size: int, *, scale: str = "group", eps: float = 1e-6) -> torch.Tensor:
+    """GDPO (arXiv 2601.05242): each reward function normalized within its group on its own,
+    d_k = (r_k − mean_g r_k) / (std_g r_k + eps) (0 for a group where r_k ties or has fewer than
+    two scores; `scale` batch or none as for GRPO), then s = Σ_k w_k d_k over the scored terms,
+    whitened over the batch, (s − mean s) / (std s + eps). Unscorable completions and groups tied
+    in the combined reward get exactly 0. rewards (N, K), NaN = not scored; returns (N,)."""
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"estimator gdpo takes scale group, batch or none, got {scale!r}")
+    rewards = rewards.to(torch.float64)  # (N, K)
+    weights = torch.as_tensor(weights, dtype=torch.float64)  # (K,)
+    parts = []
+    for k in range(rewards.shape[1]):
+        grouped = _grouped(rewards[:, k], group_size)  # (B, G)
+        present = ~torch.isnan(grouped)
+        centred = torch.where(present, grouped - _baseline(grouped, present, "grpo"), 0.0)
+        normal = _scaled(centred, grouped, present, scale, eps)
+        tied = tied_groups(rewards[:, k], group_size).unsqueeze(1)  # (B, 1)
+        parts.append(torch.where(present & ~tied, normal, 0.0).view(-1))  # (N,)
+    scored = ~torch.isnan(rewards)  # (N, K)
+    total = (torch.stack(parts, dim=1) * weights).where(scored, 0.0).sum(dim=1)  # (N,)
+    present = scored.any(dim=1)  # (N,)
+    mean, std, _ = _masked_mean_std(total, present, dim=None)
+    whitened = (total - mean) / (std + eps)
+    combined = combine_rewards(rewards, weights)  # (N,)
+    tied = tied_groups(combined, group_size).repeat_interleave(group_size)  # (N,)
+    return torch.where(present & ~tied, whitened, 0.0).to(torch.float32)
+
+
+Estimator = Callable[..., torch.Tensor]
+"""(rewards (N, K) float64 with NaN for unscored, weights (K,), group_size, *, scale, eps) -> (N,)
+outcome advantages: 0 for an unscorable completion. Groups are contiguous."""
+
+
+def _on_combined(estimator: str) -> Estimator:
+    def outcome(rewards, weights, group_size, *, scale="group", eps=1e-6):
+        return compute_advantages(combine_rewards(rewards, weights), group_size,
+                                  estimator=estimator, scale=scale, eps=eps)
+    outcome.__doc__ = f"compute_advantages(estimator={estimator!r}) of the combined reward."
+    return outcome
+
+
+ESTIMATORS: dict[str, Estimator] = {name: _on_combined(name)
+                                    for name in ("grpo", "rloo", "reinforce_pp")}
+ESTIMATORS["gdpo"] = gdpo_advantages
+BUILT_IN_ESTIMATORS = tuple(ESTIMATORS)
+
+
+def register_estimator(name: str, estimator: Estimator) -> None:
+    """Make `estimator` (the `Estimator` protocol) the one `algo.estimator: name` selects."""
+    if not callable(estimator):
+        raise TypeError(f"register_estimator({name!r}): expected a function, got {estimator!r}")
+    if name in BUILT_IN_ESTIMATORS:
+        raise ValueError(f"register_estimator: {name!r} is a built-in estimator; choose another")
+    ESTIMATORS[name] = estimator
+
+
+def outcome_advantages(rewards: torch.Tensor, weights: torch.Tensor | Sequence[float],
+                       group_size: int, *, estimator: str, scale: str,
+                       eps: float) -> torch.Tensor:
+    """The registered estimator's advantages (N,), float32; a wrong shape or a non-finite value
+    from it is an error naming the estimator."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"algo.estimator={estimator!r} is not a registered estimator; known: "
+                         f"{', '.join(ESTIMATORS)} (or an import path module:function)")
+    out = ESTIMATORS[estimator](rewards.to(torch.float64), weights, group_size, scale=scale,
+                                eps=eps)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (rewards.shape[0],):
+        raise ValueError(f"algo.estimator={estimator!r} returned {getattr(out, 'shape', out)!r}; "
+                         f"an estimator returns one advantage per completion, ({rewards.shape[0]},)")
+    if not torch.isfinite(out).all():
+        raise ValueError(f"algo.estimator={estimator!r} returned a NaN or infinite advantage")
+    return out.to(torch.float32)
+
+
+def batch_advantages(rewards: torch.Tensor, weights: Sequence[float], step_rewards,
+                     group_size: int, num_tokens: int, *, estimator: str, scale: str,
+                     eps: float) -> torch.Tensor:
+    """The advantages a batch trains on: outcome (N,) from the rewards (N, K), or, when a reward
+    function returned step rewards, process advantages (N, T) plus the outcome advantage
+    broadcast over the tokens (DeepSeekMath §4.1.3). With step rewards alone (every outcome NaN)
+    the outcome term is 0."""
+    outcome = outcome_advantages(rewards, weights, group_size, estimator=estimator, scale=scale,
+                                 eps=eps)
     if step_rewards is None:
         return outcome  # (N,)
     process = process_advantages(step_rewards, group_size, num_tokens, eps=eps)  # (N, T)
-    if torch.isnan(reward).all():
+    if torch.isnan(combine_rewards(rewards, weights)).all():
         return process
     return process + outcome.unsqueeze(1)  # (N, T)

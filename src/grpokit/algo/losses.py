@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 
-from grpokit.algo.correction import LOG_RATIO_CLAMP, rollout_correction_weights
+from grpokit.algo.correction import rollout_correction_weights
+from grpokit.algo.surrogates import (  # noqa: F401  (clipped_surrogate: re-exported)
+    RATIO_LEVELS, clipped_surrogate, importance_ratio, policy_term,
+)
 
-RATIO_LEVELS = ("token", "sequence")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_sum_norm")
 
@@ -22,8 +24,12 @@ AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_sum_norm")
 class LossKnobs:
     """The independent knobs of the policy loss; presets are values of these."""
 
+    loss: str = "clip"
+    """The per-token policy term (algo/surrogates.py): clip, cispo, sapo, gmpo, or a registered
+    one."""
     ratio: str = "token"
-    """Importance ratio level: "token" (PPO/GRPO) or "sequence" (GSPO)."""
+    """Importance ratio level: "token" (PPO/GRPO), "sequence" (GSPO) or "sequence_token"
+    (GSPO-token)."""
     clip_low: float = 0.2
     """ε_low: the ratio is clipped below at 1 - clip_low."""
     clip_high: float = 0.2
@@ -40,6 +46,10 @@ class LossKnobs:
     """The constant length of seq_sum_norm (Dr. GRPO); the sampler's max_new_tokens."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient: the loss subtracts entropy_coef · entropy per token."""
+    sapo_tau_pos: float = 1.0
+    """SAPO's gate temperature for positive advantages."""
+    sapo_tau_neg: float = 1.05
+    """SAPO's gate temperature for negative advantages."""
     rollout_correction: str = "none"
     """Train–inference mismatch correction of the surrogate: none, tis (truncated IS) or mis
     (masked IS), with ρ = π_old / π_sampler (algo/correction.py)."""
@@ -59,36 +69,6 @@ class LossKnobs:
                 cast = float if f.default is None else type(f.default)  # dual_clip: float | None
                 kwargs[f.name] = cast(values[f.name])
         return cls(**kwargs)
-
-
-def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
-                     completion_mask: torch.Tensor, *, level: str = "token",
-                     sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """ρ (N, T): per token exp(logp - old); per sequence (GSPO) exp(mean_t(logp - old)) over the
-    completion's sampled tokens `sequence_mask` (default: completion_mask; never a loss mask
-    narrowed by token selection, or the ratio stops being the completion's likelihood ratio), for
-    every token, the gradient flowing through the mean. Log-ratios are clamped to ±20."""
-    mask = completion_mask.bool() if sequence_mask is None else sequence_mask.bool()
-    log_ratio = torch.where(mask, logprobs.float() - old_logprobs.float(), 0.0)  # (N, T)
-    if level == "sequence":
-        lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (N, 1)
-        log_ratio = (log_ratio.sum(dim=1, keepdim=True) / lengths).expand_as(log_ratio)  # (N, T)
-    elif level != "token":
-        raise ValueError(f"ratio level must be one of {RATIO_LEVELS}, got {level!r}")
-    return torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-
-
-def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, *, clip_low: float,
-                      clip_high: float, dual_clip: float | None = None) -> torch.Tensor:
-    """Per-token loss −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A), with the dual clip cap −c·A for A < 0."""
-    adv = advantages if advantages.ndim == 2 else advantages.unsqueeze(1)  # (N, T) or (N, 1)
-    adv = adv.float()
-    unclipped = ratio * adv  # (N, T)
-    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv  # (N, T)
-    loss = -torch.minimum(unclipped, clipped)  # (N, T)
-    if dual_clip is not None:
-        loss = torch.where(adv < 0, torch.minimum(loss, -dual_clip * adv), loss)
-    return loss
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, *, kind: str = "k3") -> torch.Tensor:
@@ -126,15 +106,19 @@ def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
                    entropy: torch.Tensor | None = None,
                    correction: torch.Tensor | None = None,
                    sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """w·surrogate + β·KL − entropy_coef·entropy at each token (N, T); 0 where the mask is 0.
+    """w·policy term + β·KL − entropy_coef·entropy at each token (N, T); 0 where the mask is 0.
 
+    The policy term is `knobs.loss`'s (algo/surrogates.py: the clipped surrogate by default).
     `correction` holds the detached rollout-correction weights w (N, T) of
-    `rollout_correction_weights`; None (mode none) leaves the surrogate untouched.
-    `sequence_mask` (the sampled tokens) is what a sequence-level ratio averages over."""
-    ratio = importance_ratio(logprobs, old_logprobs, completion_mask, level=knobs.ratio,
-                             sequence_mask=sequence_mask)
-    loss = clipped_surrogate(ratio, advantages, clip_low=knobs.clip_low,
-                             clip_high=knobs.clip_high, dual_clip=knobs.dual_clip)  # (N, T)
+    `rollout_correction_weights`; None (mode none) leaves the policy term untouched.
+    `sequence_mask` (the sampled tokens) is what sequence-level quantities average over."""
+    mask = completion_mask.bool()
+    term = policy_term(knobs.loss)
+    loss = term(logprobs, old_logprobs, advantages, mask, knobs,
+                sequence_mask=mask if sequence_mask is None else sequence_mask.bool())  # (N, T)
+    if loss.shape != mask.shape:
+        raise ValueError(f"algo.loss={knobs.loss!r} returned shape {tuple(loss.shape)}; a policy "
+                         f"term returns one value per token, {tuple(mask.shape)}")
     if correction is not None:
         loss = loss * correction  # (N, T) TIS / MIS weight on the policy term only
     if knobs.beta != 0.0:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-_COMMON = dict(estimator="grpo", scale="group", ratio="token", clip_low=0.2, clip_high=0.2,
-               aggregation="seq_mean_token_mean", beta=0.0, kl="k3", dynamic_sampling=False,
-               exclude_tied=False, mask_truncated=False, overlong_penalty=False)
+_COMMON = dict(estimator="grpo", scale="group", loss="clip", ratio="token", clip_low=0.2,
+               clip_high=0.2, aggregation="seq_mean_token_mean", beta=0.0, kl="k3",
+               dynamic_sampling=False, exclude_tied=False, mask_truncated=False,
+               overlong_penalty=False, sapo_tau_pos=1.0, sapo_tau_neg=1.05)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # DeepSeekMath (Shao et al., 2024), eq. 3 with the k3 KL of eq. 4.
@@ -22,6 +23,23 @@ PRESETS: dict[str, dict[str, Any]] = {
                  overlong_penalty=True),
     # GSPO (Zheng et al., 2025): sequence-level ratio with tight clipping, no KL.
     "gspo": dict(_COMMON, ratio="sequence", clip_low=3e-4, clip_high=4e-4),
+    # GSPO-token (Zheng et al., 2025, §4.3): GSPO's ratio value with each token's own gradient,
+    # for per-token advantages.
+    "gspo_token": dict(_COMMON, ratio="sequence_token", clip_low=3e-4, clip_high=4e-4),
+    # CISPO (MiniMax-M1, 2025, eq. 4): the clipped weight held fixed, no lower bound, token mean;
+    # the paper tunes the cap, grpokit takes 1 + 4 = 5.
+    "cispo": dict(_COMMON, loss="cispo", clip_low=1.0, clip_high=4.0, aggregation="token_mean"),
+    # SAPO (Gao et al., 2025): soft gate, τ_pos = 1.0, τ_neg = 1.05, token mean.
+    "sapo": dict(_COMMON, loss="sapo", aggregation="token_mean"),
+    # GMPO (Zhao et al., 2025): geometric mean of the token ratios, log-space band (−0.4, 0.4).
+    "gmpo": dict(_COMMON, loss="gmpo", clip_low=0.4, clip_high=0.4),
+    # REINFORCE++ (Hu et al., 2025): the batch mean as baseline, normalized over the batch (the
+    # paper's KL-in-reward is not built: a KL term goes through algo.beta).
+    "reinforce_pp": dict(_COMMON, estimator="reinforce_pp", scale="batch"),
+    # REINFORCE++-baseline: the group mean as baseline, then whitened over the batch.
+    "reinforce_pp_baseline": dict(_COMMON, scale="whiten"),
+    # GDPO (Liu et al., 2026): each reward function normalized in its group, summed, whitened.
+    "gdpo": dict(_COMMON, estimator="gdpo"),
 }
 
 

@@ -137,7 +137,13 @@ def validate(cfg: Config) -> None:
          "train.logprob_chunk_size and data.max_prompt_length must be >= 1, rollout.top_k >= 0"),
         (cfg.model.lora.rank >= 1 and 0 <= cfg.model.lora.dropout < 1 and a.adv_eps >= 0,
          "model.lora.rank must be >= 1, model.lora.dropout in [0, 1), algo.adv_eps >= 0"),
-        (0 <= a.clip_low < 1, "algo.clip_low must be in [0, 1)"),
+        (0 <= a.clip_low <= 1, "algo.clip_low must be in [0, 1] (1: no lower bound)"),
+        (a.sapo_tau_pos > 0 and a.sapo_tau_neg > 0,
+         f"algo.sapo_tau_pos and algo.sapo_tau_neg must be > 0, got {a.sapo_tau_pos}, "
+         f"{a.sapo_tau_neg}"),
+        (a.estimator != "gdpo" or a.scale != "whiten",
+         "algo.estimator=gdpo whitens the summed advantages itself; take algo.scale group, batch "
+         "or none (the per-reward divisor)"),
         (a.clip_high >= 0, "algo.clip_high must be >= 0"),
         (a.dual_clip is None or a.dual_clip > 1, "algo.dual_clip must be > 1 (or null: off)"),
         (a.beta >= 0, "algo.beta must be >= 0"),

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from grpokit.algo.advantages import BUILT_IN_ESTIMATORS, SCALES
 from grpokit.algo.presets import PRESETS, preset_values
+from grpokit.algo.surrogates import BUILT_IN_LOSSES, RATIO_LEVELS
 from grpokit.config.typed import choice
 
 LEFT_OUT: Any = None
@@ -14,10 +16,12 @@ LEFT_OUT: Any = None
 never left in a built config."""
 
 
-def preset_knob(*choices: Any) -> Any:
+def preset_knob(*choices: Any, import_paths: bool = False) -> Any:
     """An algo knob whose value the preset gives unless the config sets it (`choices`: the valid
-    values, when the knob takes a name). Null is not a value of it."""
-    return field(default=LEFT_OUT, metadata={"choices": choices} if choices else {})
+    values, when the knob takes a name; `import_paths`: or a user's own, `module:function`).
+    Null is not a value of it."""
+    metadata = {"choices": choices, "import_paths": import_paths} if choices else {}
+    return field(default=LEFT_OUT, metadata=metadata)
 
 
 @dataclass
@@ -132,18 +136,27 @@ class AlgoConfig:
     preset: str = choice("grpo", *PRESETS)
     """Fills every knob below marked "preset" that the config leaves out (explicit values win);
     the built config holds concrete values only (null is not a value of these knobs)."""
-    estimator: str = preset_knob("grpo", "rloo")
-    """Preset. Advantage baseline: group mean (grpo) or leave-one-out mean (rloo)."""
-    scale: str = preset_knob("group", "batch", "none")
-    """Preset. Advantage divisor: group std, batch std, or none (Dr. GRPO)."""
+    estimator: str = preset_knob(*BUILT_IN_ESTIMATORS, import_paths=True)
+    """Preset. Advantages: group-mean baseline (grpo), leave-one-out mean (rloo), batch mean
+    (reinforce_pp), each reward normalized in its group then whitened (gdpo), or a user's own
+    estimator by import path (module:function; algo/advantages.py, the Estimator protocol)."""
+    scale: str = preset_knob(*SCALES)
+    """Preset. Advantage divisor: group std, batch std, whiten (re-centred on the batch, divided
+    by its std: REINFORCE++-baseline), or none (Dr. GRPO)."""
+    loss: str = preset_knob(*BUILT_IN_LOSSES, import_paths=True)
+    """Preset. The per-token policy term: clip (PPO's clipped surrogate: GRPO, DAPO, GSPO),
+    cispo, sapo, gmpo, or a user's own by import path (module:function; algo/surrogates.py)."""
     adv_eps: float = 1e-6
     """eps added to the std in the advantage denominator."""
-    ratio: str = preset_knob("token", "sequence")
-    """Preset. Importance ratio level: token (GRPO) or sequence (GSPO)."""
+    ratio: str = preset_knob(*RATIO_LEVELS)
+    """Preset. Importance ratio level: token (GRPO), sequence (GSPO) or sequence_token
+    (GSPO-token: the sequence ratio's value with each token's own gradient)."""
     clip_low: float = preset_knob()
-    """Preset. ε_low of the clipped surrogate."""
+    """Preset. ε_low of the clip band, in [0, 1] (1: no lower bound). gmpo: the band is in log
+    space, log ρ ≥ −clip_low."""
     clip_high: float = preset_knob()
-    """Preset. ε_high of the clipped surrogate (DAPO clip-higher: 0.28)."""
+    """Preset. ε_high of the clip band (DAPO clip-higher: 0.28; cispo: the weight's cap is
+    1 + clip_high). gmpo: log ρ ≤ clip_high."""
     dual_clip: float | None = None
     """Dual-clip constant c > 1 for negative advantages (null disables)."""
     beta: float = preset_knob()
@@ -154,6 +167,11 @@ class AlgoConfig:
     """Preset. How per-token losses are averaged over an optimizer step."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient."""
+    sapo_tau_pos: float = preset_knob()
+    """Preset. loss=sapo: the soft gate's temperature for positive advantages."""
+    sapo_tau_neg: float = preset_knob()
+    """Preset. loss=sapo: the soft gate's temperature for negative advantages (SAPO: ≥ tau_pos,
+    so that negative updates far from the old policy fade faster)."""
     dynamic_sampling: bool = preset_knob()
     """Preset. DAPO dynamic sampling: drop groups whose rewards tie and refill with fresh prompts."""
     max_refill_rounds: int = 3

@@ -10,7 +10,10 @@ from typing import Any
 
 import torch
 
-from grpokit.config import Config
+from grpokit.algo.advantages import register_estimator
+from grpokit.algo.surrogates import register_loss
+from grpokit.config import Config, ConfigError
+from grpokit.rewards.user import is_import_path, load_object
 from grpokit.rl.metrics import sample_records
 from grpokit.training.batch import TrainingBatch
 from grpokit.training.evaluation import Greedy
@@ -69,6 +72,7 @@ def rl_parts(cfg: Config, saved: dict[str, Any] | None
              ) -> tuple[Session, PromptGroups, PromptGroups | None]:
     """The session (weights from the checkpoint when resuming), the training prompts and the
     held-out prompts of an RL stage: every check of rewards and prompts runs here."""
+    register_user_algo(cfg)
     session = build_session(cfg, resume_from=None if saved is None else saved["path"] / "model")
     cfg = session.cfg
     groups = PromptGroups(session, session.task.train_rows)
@@ -76,6 +80,23 @@ def rl_parts(cfg: Config, saved: dict[str, Any] | None
     held_out = PromptGroups(session, rows, runner=groups.runner) if rows else None
     return session, groups, held_out
 
+
+
+def register_user_algo(cfg: Config) -> None:
+    """A loss or estimator the config gives by import path (`algo.loss: my_losses:my_loss`),
+    loaded as user reward functions are (rewards/user.py) and registered under that path, so
+    that the math finds it by name; a path that does not load is a ConfigError naming the key."""
+    for key, register in (("loss", register_loss), ("estimator", register_estimator)):
+        entry = getattr(cfg.algo, key)
+        if not is_import_path(entry):
+            continue
+        try:
+            found = load_object(entry, f"algo.{key}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not callable(found):
+            raise ConfigError(f"algo.{key}={entry!r} names {type(found).__name__}, not a function")
+        register(entry, found)
 
 
 def total_updates(cfg: Config) -> int:

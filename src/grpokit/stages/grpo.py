@@ -53,26 +53,38 @@ def train_step(session: Session, groups: PromptGroups, state: RunState
 
 
 def advantages_of(scored: ScoredBatch, cfg: Config) -> torch.Tensor:
-    """Group-relative advantages (DESIGN.md §3), per sequence or, with step rewards, per token.
-    The batch std (scale=batch) is the whole step's: over several ranks, every rank computes the
-    advantages of the gathered batch and keeps its own rows."""
+    """Advantages (DESIGN.md §3) of `algo.estimator` (algo/advantages.py), per sequence or, with
+    step rewards, per token. Statistics beyond a group (the batch std, REINFORCE++'s batch mean,
+    GDPO's whitening, a user's estimator) are the whole step's: over several ranks, every rank
+    computes the advantages of the gathered batch and keeps its own rows."""
     a, r = cfg.algo, scored.rollout
-    reward, steps, width = scored.reward, scored.step_rewards, r.completion_ids.shape[1]
-    gather = a.scale == "batch" and dist.world_size() > 1
+    rewards, weights = reward_columns(scored, cfg)
+    steps, width = scored.step_rewards, r.completion_ids.shape[1]
+    gather = dist.world_size() > 1
     if gather:
-        parts = dist.all_gather_rows(reward)
+        parts = dist.all_gather_rows(rewards)
         offset = sum(len(p) for p in parts[: dist.rank()])
-        reward = torch.cat(parts)  # (N over every rank,)
+        rewards = torch.cat(parts)  # (N over every rank, K)
         if steps is not None:
             steps = [s for part in dist.all_gather_object(steps) for s in part]
             width = int(dist.all_reduce_max(torch.tensor(width)))
-    advantages = batch_advantages(reward, steps, r.group_size, width, estimator=a.estimator,
-                                  scale=a.scale, eps=a.adv_eps)
+    advantages = batch_advantages(rewards, weights, steps, r.group_size, width,
+                                  estimator=a.estimator, scale=a.scale, eps=a.adv_eps)
     if not gather:
         return advantages
     mine = advantages[offset: offset + len(scored.reward)]
     return mine[:, : r.completion_ids.shape[1]] if steps is not None else mine
 
+
+def reward_columns(scored: ScoredBatch, cfg: Config) -> tuple[torch.Tensor, list[float]]:
+    """The reward matrix (N, K) and its weights. A config built without a session (no resolved
+    `rewards`) has only the combined reward: one column of weight 1, which is exact for every
+    estimator that reads the combined reward; gdpo, which reads each function's, needs them."""
+    if cfg.rewards:
+        return scored.rewards, [s.weight for s in cfg.rewards]
+    if cfg.algo.estimator == "gdpo":
+        raise ValueError("algo.estimator=gdpo needs the run's reward functions (config.rewards)")
+    return scored.reward.unsqueeze(1), [1.0]
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dict[str, Any]:
