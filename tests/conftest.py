@@ -11,6 +11,14 @@ def tiny_model_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory):
+    """Another tiny random model with the same tokenizer: a teacher for distillation tests."""
+    from grpokit.testing import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("teacher") / "model", seed=1)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread(request):
     """Tiny matrices: one intra-op thread avoids thread-pool spinning, most of all on a busy

@@ -388,6 +388,71 @@ CASES: list[dict[str, Any]] = [
      "inputs": {"group_size": 4, "mask": FULL_8x4, "shift": 0.3, "seed": 57,
                 **outcome([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0],
                            [1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]], [1.0, 1.0])}},
+    # --- pg (no clip), Clip-Cov / KL-Cov (tokens chosen from the old log-probs) and on-policy
+    # --- distillation (teacher_logprobs; the student's are the old log-probs)
+    {"name": "loss_pg_unclipped_both_signs",
+     "description": "pg p = -rho*A with no clip, token_mean: ratios far outside 0.8..1.2 for "
+                    "both signs keep the gradient -rho*A/num_tokens that the clip would cut.",
+     "knobs": {"loss": "pg", "aggregation": "token_mean"},
+     "requires": ["pg_above_pos", "pg_below_pos", "pg_above_neg", "pg_below_neg"],
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "old_max": -0.01, "shift": 0.7, "seed": 61,
+                **outcome([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.5, 0.0])}},
+    {"name": "loss_pg_uneven_kl",
+     "description": "pg with beta 0.04 k3 and seq_mean_token_mean over uneven lengths (an empty "
+                    "completion too).",
+     "knobs": {"loss": "pg", "beta": 0.04},
+     "requires": ["pg_above_pos", "pg_below_neg"],
+     "inputs": {**AGG_INPUTS, "old_max": -0.01, "shift": 0.5, "seed": 62}},
+    {"name": "cov_kl_cov_pg_top_tokens",
+     "description": "KL-Cov on pg, token_mean, cov_ratio 0.1: n = floor(0.1*32) = 3 tokens of "
+                    "largest c = (A - mean A)(old - mean old) over the 32 tokens gain "
+                    "1.0*|logp - old|, with gradient sign(logp - old).",
+     "knobs": {"loss": "pg", "aggregation": "token_mean", "cov_control": "kl_cov",
+               "cov_ratio": 0.1, "kl_cov_coef": 1.0},
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "old_max": -0.01, "shift": 0.5, "seed": 63,
+                **outcome([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.5, 0.0])}},
+    {"name": "cov_kl_cov_clip_uneven_kl",
+     "description": "KL-Cov on the clipped surrogate (0.2 / 0.28), beta 0.04 k3, "
+                    "seq_mean_token_mean over uneven lengths, cov_ratio 0.2 and coef 0.5: the "
+                    "covariance runs over the unmasked tokens only.",
+     "knobs": {"clip_high": 0.28, "beta": 0.04, "cov_control": "kl_cov", "cov_ratio": 0.2,
+               "kl_cov_coef": 0.5},
+     "inputs": {**AGG_INPUTS, "old_max": -0.01, "shift": 0.4, "seed": 64}},
+    {"name": "cov_clip_cov_band",
+     "description": "Clip-Cov on the clipped surrogate, token_mean: every token with covariance "
+                    "in (0.33, 0.7) (7 of them, fewer than n = floor(0.25*32) = 8; one above the "
+                    "band) has its policy term and gradient set to 0; it still counts in the "
+                    "token mean.",
+     "knobs": {"aggregation": "token_mean", "cov_control": "clip_cov", "cov_ratio": 0.25,
+               "clip_cov_low": 0.33, "clip_cov_high": 0.7},
+     "inputs": {"group_size": 4, "mask": FULL_8x4, "old_max": -0.01, "shift": 0.3, "seed": 65,
+                **outcome([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0])}},
+    {"name": "cov_clip_cov_step_rewards_sequence",
+     "description": "Clip-Cov with per-token advantages from step rewards and the GSPO sequence "
+                    "ratio (clip 3e-4 / 4e-4): a zeroed token also leaves its sequence's shared "
+                    "ratio gradient; band (0.05, 0.6) holds 6 of the 23 tokens (one above it), "
+                    "n = floor(0.3*23) = 6.",
+     "knobs": {"ratio": "sequence", "clip_low": 3e-4, "clip_high": 4e-4,
+               "cov_control": "clip_cov", "cov_ratio": 0.3, "clip_cov_low": 0.05,
+               "clip_cov_high": 0.6},
+     "inputs": {"group_size": 3, "mask": [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0],
+                                          [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]],
+                "old_max": -0.01, "shift": 0.0005, "seed": 66,
+                "step_rewards": [[[0.0, 1], [1.0, 4]], [[1.0, 2], [0.5, 3]], [[0.0, 0], [0.0, 2]],
+                                 [[1.0, 1], [0.0, 3], [1.0, 4]], None, [[0.5, 3]]]}},
+    {"name": "distill_pure_reverse_kl",
+     "description": "On-policy distillation alone (estimator none, teacher_coef 1, token_mean): "
+                    "A_t = teacher_t - old_t on each loss token, through the clipped surrogate.",
+     "knobs": {"estimator": "none", "aggregation": "token_mean", "teacher_coef": 1.0},
+     "inputs": {"group_size": 4, "mask": UNEVEN_MASK_8x5, "old_max": -0.01, "shift": 0.3,
+                "teacher_shift": 0.8, "seed": 67,
+                **outcome([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.5, 0.0])}},
+    {"name": "distill_with_outcome_and_kl",
+     "description": "The teacher term (coef 0.5) added to GRPO's group advantages, with beta "
+                    "0.04 k3 to the reference and seq_mean_token_mean over uneven lengths.",
+     "knobs": {"beta": 0.04, "teacher_coef": 0.5},
+     "inputs": {**AGG_INPUTS, "old_max": -0.01, "shift": 0.3, "teacher_shift": 0.6,
+                "seed": 68}},
 ]
 
 
@@ -409,6 +474,11 @@ def draw_logprobs(spec: dict[str, Any]) -> dict[str, list[list[float]]]:
     drawn = {"logprobs": logprobs, "old_logprobs": old, "ref_logprobs": ref}
     if "sampler_shift" in spec:
         drawn["sampler_logprobs"] = draw_sampler(old, spec["seed"], spec["sampler_shift"])
+    if "teacher_shift" in spec:  # from their own generator, as the sampler's
+        rng = random.Random(spec["seed"] + 20_000)
+        drawn["teacher_logprobs"] = [[round(min(x + rng.uniform(-spec["teacher_shift"],
+                                                                spec["teacher_shift"]), -1e-4), 4)
+                                      for x in row] for row in old]
     return drawn
 
 

@@ -292,7 +292,10 @@ def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix,
                                   knobs["max_completion_length"])
     beta = knobs["beta"]
     correction = correction_weights(knobs, inputs)
+    cov = knobs.get("cov_control", "none")
     if knobs.get("loss", "clip") == "gmpo":
+        if cov != "none":
+            raise ValueError("the reference has no cov_control for gmpo")
         diffs = log_ratios(logprobs, old, mask, "token")
         policy, policy_grad = family.gmpo_terms(diffs, advantages, mask, weights, correction, knobs)
     else:
@@ -300,6 +303,10 @@ def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix,
         raw_sg = log_ratios(sg, old, mask, knobs["ratio"])
         policy, slopes, direct = family.policy_terms(knobs, raw, raw_sg, adv, logprobs,
                                                      correction, surrogate)
+        if cov != "none":  # chosen from the old log-probs, as at a step's start
+            selected = family.cov_selection(adv, old, mask, knobs)
+            policy, slopes, direct = family.cov_adjust(knobs, logprobs, old, selected,
+                                                       correction, policy, slopes, direct)
         policy_grad = family.policy_grad(knobs["ratio"], raw, weights, slopes, direct, mask)
     per_token, grad = [], []
     for i in range(num_seq):
@@ -314,14 +321,29 @@ def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix,
 
 
 def advantages_for(case: dict[str, Any]) -> list[float] | Matrix:
+    """The advantages of `rewards_advantages`, plus with `teacher_logprobs` the distillation
+    term teacher_coef·(teacher − old) on each loss token (reference_family.py)."""
+    advantages, inputs = rewards_advantages(case), case["inputs"]
+    if "teacher_logprobs" not in inputs:
+        return advantages
+    adv = token_advantages(advantages, len(inputs["old_logprobs"][0]))
+    return family.distill_advantages(adv, inputs["teacher_logprobs"], inputs["old_logprobs"],
+                                     inputs["completion_mask"],
+                                     case["knobs"].get("teacher_coef", 1.0))
+
+
+def rewards_advantages(case: dict[str, Any]) -> list[float] | Matrix:
     """Outcome advantages (N,) from `rewards`, or process advantages (N, T) from `step_rewards`.
-    Estimators reinforce_pp and gdpo and the scale whiten come from reference_family.py."""
+    Estimators reinforce_pp and gdpo and the scale whiten come from reference_family.py; none is
+    0 for every completion."""
     knobs, inputs = case["knobs"], case["inputs"]
     eps = knobs.get("adv_eps", 1e-6)
     if "step_rewards" in inputs:
         num_tokens = len(inputs["old_logprobs"][0])
         return process_advantages(inputs["step_rewards"], inputs["group_size"], num_tokens, eps)
     estimator, scale = knobs["estimator"], knobs["scale"]
+    if estimator == "none":
+        return [0.0] * len(inputs["rewards"])
     if estimator == "gdpo":
         return family.gdpo_advantages(inputs["rewards"], inputs["reward_weights"],
                                       inputs["group_size"], scale, eps)

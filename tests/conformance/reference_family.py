@@ -230,6 +230,8 @@ def policy_terms(knobs: dict[str, Any], raw: Matrix, raw_sg: Matrix, adv: Matrix
             elif loss == "cispo":
                 ratio_sg = math.exp(_clamp(raw_sg[i][t], -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
                 terms = cispo_term(ratio_sg, adv[i][t], logprobs[i][t], low, high)
+            elif loss == "pg":
+                terms = pg_term(ratio, adv[i][t])
             elif loss == "sapo":
                 terms = sapo_term(ratio, adv[i][t], knobs.get("sapo_tau_pos", 1.0),
                                   knobs.get("sapo_tau_neg", 1.05))
@@ -282,3 +284,71 @@ def gmpo_terms(diffs: Matrix, advantages: list[float], mask: Matrix, weights: Ma
         weight = sum(w * c for w, c in zip(weights[i], correction[i]))
         grads.append([weight * -a * x for x in dg])
     return terms, grads
+
+
+# --- the unclipped term, Clip-Cov / KL-Cov and on-policy distillation ---------------------
+
+
+def pg_term(ratio: float, advantage: float) -> tuple[float, float, float]:
+    """pg: p = −ρ·A with no clip, so dp/dρ = −A everywhere. Returns (p, dp/dρ, 0)."""
+    return -ratio * advantage, -advantage, 0.0
+
+
+def distill_advantages(advantages: Matrix, teacher: Matrix, old: Matrix, mask: Matrix,
+                       coef: float) -> Matrix:
+    """On-policy distillation: A_t + coef·(log π_teacher,t − log π_old,t) on the mask, 0 off
+    it (`advantages` already per token)."""
+    return [[(a + coef * (te - o)) if m else 0.0 for a, te, o, m in zip(*rows)]
+            for rows in zip(advantages, teacher, old, mask)]
+
+
+def cov_selection(adv: Matrix, old: Matrix, mask: Matrix, knobs: dict[str, Any],
+                  margin: float = 1e-6) -> Matrix:
+    """The tokens of cov_control (1.0 selected, 0.0 not) over the mask's M tokens in row order:
+    c_k = (A_k − mean A)(old_k − mean old), n = max(floor(cov_ratio·M), 1); kl_cov takes the n
+    largest c (ties by position), clip_cov every candidate low < c < high, which needs at most n
+    candidates (a random draw among more is not derivable by hand). Fails when a c sits within
+    `margin` of a bound, or the n-th and (n+1)-th largest are that close."""
+    tokens = [(i, t) for i, row in enumerate(mask) for t, m in enumerate(row) if m]
+    a = [adv[i][t] for i, t in tokens]
+    lp = [old[i][t] for i, t in tokens]
+    mean_a, mean_lp = mean(a), mean(lp)
+    cov = [(x - mean_a) * (y - mean_lp) for x, y in zip(a, lp)]
+    count = max(int(knobs.get("cov_ratio", 2e-4) * len(tokens)), 1)
+    if knobs["cov_control"] == "kl_cov":
+        order = sorted(range(len(cov)), key=lambda k: (-cov[k], k))
+        if count < len(cov) and cov[order[count - 1]] - cov[order[count]] < margin:
+            raise ValueError("kl_cov: the n-th and (n+1)-th covariances nearly tie")
+        chosen = set(order[:count])
+    else:
+        low, high = knobs.get("clip_cov_low", 1.0), knobs.get("clip_cov_high", 5.0)
+        if any(min(abs(c - low), abs(c - high)) < margin for c in cov):
+            raise ValueError("clip_cov: a covariance sits on a bound of the band")
+        chosen = {k for k, c in enumerate(cov) if low < c < high}
+        if len(chosen) > count:
+            raise ValueError(f"clip_cov: {len(chosen)} candidates for {count} tokens: a draw")
+    selected = [[0.0] * len(row) for row in mask]
+    for k in chosen:
+        selected[tokens[k][0]][tokens[k][1]] = 1.0
+    return selected
+
+
+def cov_adjust(knobs: dict[str, Any], logprobs: Matrix, old: Matrix, selected: Matrix,
+               correction: Matrix, values: Matrix, slopes: Matrix, direct: Matrix
+               ) -> tuple[Matrix, Matrix, Matrix]:
+    """(c·p, c·dp/dρ, c·dp/dlogp directly) with cov_control applied at the selected tokens:
+    clip_cov: all three 0 (no value, no gradient); kl_cov: p gains coef·|d| with d = logp − old,
+    so the value gains c·coef·|d| and the direct derivative c·coef·sign(d) (0 at d = 0)."""
+    coef = knobs.get("kl_cov_coef", 1.0)
+    for i, row in enumerate(selected):
+        for t, chosen in enumerate(row):
+            if not chosen:
+                continue
+            if knobs["cov_control"] == "clip_cov":
+                values[i][t] = slopes[i][t] = direct[i][t] = 0.0
+                continue
+            d = logprobs[i][t] - old[i][t]
+            sign = 1.0 if d > 0 else -1.0 if d < 0 else 0.0
+            values[i][t] += correction[i][t] * coef * abs(d)
+            direct[i][t] += correction[i][t] * coef * sign
+    return values, slopes, direct

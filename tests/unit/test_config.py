@@ -38,7 +38,8 @@ def test_presets_leave_no_placeholder_in_the_resolved_config():
 
     for preset in ("grpo", "dr_grpo", "dapo", "gspo"):
         algo = load_config(overrides=[f"algo.preset={preset}"]).algo
-        assert all(v is not None for k, v in vars(algo).items() if k != "dual_clip"), preset
+        assert all(v is not None for k, v in vars(algo).items()
+                   if k not in ("dual_clip", "teacher")), preset
     assert AlgoConfig(preset="dapo").dynamic_sampling is True  # resolved when built, also in code
     assert load_config(overrides=["rollout.max_new_tokens=40"]).algo.overlong_buffer == 10
 
@@ -170,11 +171,11 @@ def test_the_flat_vllm_keys_of_earlier_releases_name_their_nested_key(field, tmp
 
 @pytest.mark.parametrize("preset", ["grpo", "dr_grpo", "dapo", "gspo"])
 def test_a_built_algo_section_holds_concrete_values_only(preset):
-    """Only dual_clip may be null, and there null is a value: off."""
+    """Only dual_clip and teacher may be null, and there null is a value: off."""
     algo = load_config(overrides=[f"algo.preset={preset}"]).algo
     left = [f.name for f in dataclasses.fields(algo)
-            if getattr(algo, f.name) is None and f.name != "dual_clip"]
-    assert not left and algo.dual_clip is None
+            if getattr(algo, f.name) is None and f.name not in ("dual_clip", "teacher")]
+    assert not left and algo.dual_clip is None and algo.teacher is None
     assert load_config(overrides=["rollout.max_new_tokens=40"]).algo.overlong_buffer == 10
 
 

@@ -32,7 +32,8 @@ def _config(model_dir, *extra):
     return load_config(overrides=[
         f"model.path={model_dir}", "model.autocast='off'", f"rollout.prompts_per_step={B}",
         f"rollout.group_size={G}", f"rollout.max_new_tokens={T}", "train.micro_batch_size=3",
-        "train.max_grad_norm=0", "algo.beta=0.04", "algo.exclude_tied=true", *extra])
+        "train.max_grad_norm=0", "algo.beta=0.04", "algo.exclude_tied=true", f"train.lr={LR}",
+        *extra])
 
 
 def _scored_batch(cfg, groups: list[int]) -> TrainingBatch:
@@ -61,7 +62,7 @@ def _scored_batch(cfg, groups: list[int]) -> TrainingBatch:
 
 def _one_update(model_dir, groups: list[int], parallel: str = "ddp", *extra: str
                 ) -> dict[str, torch.Tensor]:
-    """One update_policy on `groups` with SGD(lr=LR); returns the updated parameters, the
+    """One update_policy on `groups` with SGD at train.lr; returns the updated parameters, the
     step's token count and how many optimizer steps it ran."""
     from grpokit.data.sampler import PromptSampler
     from grpokit.runtime import models
@@ -75,14 +76,17 @@ def _one_update(model_dir, groups: list[int], parallel: str = "ddp", *extra: str
     torch.manual_seed(0)
     model = models.load_policy(model_dir, dtype="float32")
     reference = models.load_reference(model_dir, dtype="float32")
-    session = Session(cfg, model, None, reference, None, [], None)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    teacher = None if cfg.algo.teacher is None else models.load_reference(cfg.algo.teacher)
+    session = Session(cfg, model, None, reference, None, [], None, teacher=teacher)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
+                                lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     state = RunState("grpo", 0, PromptSampler(B, B), optimizer, scheduler)
     metrics = trainer.update_policy(session, state, _scored_batch(cfg, groups))
     params = {k: v.detach().clone() for k, v in full_state_dict(model).items()}
     params["__tokens"] = torch.tensor(metrics["train/tokens"])
-    for key in ("loss/policy", "loss/kl", "loss/clip_frac", "loss/advantage_mean"):
+    for key in ("loss/policy", "loss/kl", "loss/clip_frac", "loss/advantage_mean",
+                "distill/reverse_kl", "loss/cov_selected_frac"):
         if key in metrics:  # loss/kl only with β > 0
             params[f"__{key}"] = torch.tensor(metrics[key], dtype=torch.float64)
     params["__optimizer_steps"] = torch.tensor(scheduler.last_epoch)
@@ -162,6 +166,43 @@ def test_a_user_loss_over_two_ranks_equals_the_single_process_update(tiny_model_
                 continue
             assert not torch.equal(value, before[key]) or key.endswith("norm.weight"), key
             torch.testing.assert_close(r[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+STEP_INPUTS = {
+    "clip_cov": ["algo.cov_control=clip_cov", "algo.cov_ratio=0.2", "algo.clip_cov_low=-100",
+                 "algo.clip_cov_high=100", "algo.beta=0"],
+    # SGD at lr 0.1 moves log π by hundreds, where |log ρ|'s gradient saturates the softmax
+    "kl_cov": ["algo.loss=pg", "algo.cov_control=kl_cov", "algo.cov_ratio=0.2",
+               "train.minibatches=2", "algo.beta=0", "train.lr=0.002"],
+    "distill": ["algo.teacher={teacher}", "algo.beta=0.04"],
+}
+"""Inputs a step fixes over the whole batch before its updates: the Clip-Cov / KL-Cov tokens
+(drawn or ranked over every rank's tokens) and the teacher's per-token advantages."""
+WITHOUT = {"clip_cov": "algo.cov_control=none", "kl_cov": "algo.cov_control=none",
+           "distill": "algo.teacher=null"}
+
+
+@pytest.mark.parametrize("method", sorted(STEP_INPUTS))
+def test_cov_control_and_distillation_are_exact_over_uneven_ranks_and_micro_batches(
+        method, tiny_model_dir, tiny_teacher_dir, tmp_path):
+    """3 kept groups over 2 ranks (2 and 4 rows) apply the one process's update, as one process
+    does with one sequence per micro-batch; and the method changes that update."""
+    import torch.multiprocessing as mp
+
+    extra = [x.format(teacher=tiny_teacher_dir) for x in STEP_INPUTS[method]]
+    single = _one_update(tiny_model_dir, [0, 1, 2], "ddp", *extra)
+    small = _one_update(tiny_model_dir, [0, 1, 2], "ddp", *extra, "train.micro_batch_size=1")
+    plain = _one_update(tiny_model_dir, [0, 1, 2], "ddp", *extra, WITHOUT[method])
+    weights = [k for k in single if not k.startswith("__") and k != "lm_head.weight"]
+    assert any(not torch.allclose(single[k], plain[k], atol=1e-5) for k in weights)
+    mp.spawn(_worker, args=(2, _free_port(), tiny_model_dir, str(tmp_path), "ddp", 3, *extra),
+             nprocs=2, join=True)
+    for r in [small] + [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]:
+        for key in weights:
+            torch.testing.assert_close(r[key], single[key], rtol=0, atol=1e-6, msg=key)
+        for key in ("__distill/reverse_kl", "__loss/cov_selected_frac"):
+            if key in single:
+                torch.testing.assert_close(r[key], single[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
 @pytest.mark.parametrize("minibatches", [2, 4, 8])

@@ -21,7 +21,11 @@ TINY = [
     "data.task_args={digits: 1, ops: '+', train_size: 20, eval_size: 4, style: short}",
     "rewards=[{name: math}, {name: format, weight: 0.5}]",
 ]
-NEW = ["cispo", "sapo", "gmpo", "gspo_token", "reinforce_pp", "reinforce_pp_baseline", "gdpo"]
+NEW = ["cispo", "sapo", "gmpo", "gspo_token", "reinforce_pp", "reinforce_pp_baseline", "gdpo",
+       "clip_cov", "kl_cov", "distill"]
+NEEDS = {"distill": "algo.teacher={teacher}", "kl_cov": "train.minibatches=2"}
+"""What a preset needs beyond the defaults: distill a teacher; kl_cov acts from a step's second
+update, so the tests give it two minibatches."""
 LOSSES = '''
 import torch
 
@@ -55,19 +59,27 @@ def _write_losses(tmp_path):
 
 @pytest.mark.parametrize("preset", NEW)
 def test_each_new_preset_trains_and_prints_and_saves_its_resolved_knobs(
-        preset, tiny_model_dir, tmp_path, capsys):
+        preset, tiny_model_dir, tiny_teacher_dir, tmp_path, capsys):
     out = tmp_path / "run"
+    need = NEEDS.get(preset, "train.seed=0").format(teacher=tiny_teacher_dir)
     assert main(["train", f"model.path={tiny_model_dir}", f"log.output_dir={out}", *TINY,
-                 f"algo.preset={preset}"]) == 0
+                 f"algo.preset={preset}", need]) == 0
     printed = capsys.readouterr().out
     saved = yaml.safe_load((out / "config.yaml").read_text())["algo"]
     assert saved["preset"] == preset and f"grpokit {preset}:" in printed
-    assert all(value is not None for key, value in saved.items() if key != "dual_clip")
+    assert all(value is not None for key, value in saved.items()
+               if key not in ("dual_clip", "teacher"))  # null: off
     for key in ("loss", "estimator", "scale", "ratio", "aggregation"):  # printed, maybe wrapped
         assert re.search(rf'"{key}":\s*"{saved[key]}"', printed), key
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2]
     assert all(abs(r["loss/policy"]) < 1e6 for r in lines)
+    if preset == "distill":  # a teacher with other weights: a non-zero gap, logged and printed
+        assert all(r["distill/reverse_kl"] != 0 for r in lines) and "teacher kl" in printed
+    if preset == "kl_cov":  # the top covariances: at least one token every step
+        assert all(r["loss/cov_selected_frac"] > 0 for r in lines)
+    if preset == "clip_cov":  # only tokens with covariance in (1, 5): maybe none
+        assert all(r["loss/cov_selected_frac"] >= 0 for r in lines)
 
 
 def test_a_user_loss_and_estimator_from_a_file_train_from_the_command_line(tiny_model_dir,
@@ -109,8 +121,10 @@ def test_each_new_preset_runs_the_default_task_for_three_steps(preset, tmp_path)
     """The embedded SmolLM2-135M-Instruct on the built-in arithmetic task, as `make train` runs
     it, 3 steps of each new preset (about 1 minute each on 2 cores)."""
     out = tmp_path / "run"
+    # distill: the default model as its own teacher (no second model ships with grpokit)
+    need = NEEDS.get(preset, "train.seed=0").format(teacher="smollm2-135m-instruct")
     assert main(["train", f"algo.preset={preset}", "train.steps=3", "eval.num_prompts=0",
-                 f"log.output_dir={out}", "log.report_to=[]", "log.report=false"]) == 0
+                 f"log.output_dir={out}", "log.report_to=[]", "log.report=false", need]) == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
     assert all(abs(r["loss/policy"]) < 1e6 and r["optim/grad_norm"] < 1e6 for r in lines)

@@ -184,6 +184,15 @@ def _on_combined(estimator: str) -> Estimator:
 ESTIMATORS: dict[str, Estimator] = {name: _on_combined(name)
                                     for name in ("grpo", "rloo", "reinforce_pp")}
 ESTIMATORS["gdpo"] = gdpo_advantages
+
+
+def no_outcome_advantages(rewards, weights, group_size, *, scale="group", eps=1e-6):
+    """0 for every completion: the rewards are scored and logged, and only a per-token term
+    trains (on-policy distillation, `distill_advantages`)."""
+    return torch.zeros(rewards.shape[0], dtype=torch.float64)
+
+
+ESTIMATORS["none"] = no_outcome_advantages
 BUILT_IN_ESTIMATORS = tuple(ESTIMATORS)
 
 
@@ -229,3 +238,16 @@ def batch_advantages(rewards: torch.Tensor, weights: Sequence[float], step_rewar
     if torch.isnan(combine_rewards(rewards, weights)).all():
         return process
     return process + outcome.unsqueeze(1)  # (N, T)
+
+
+def distill_advantages(advantages: torch.Tensor, teacher_logprobs: torch.Tensor,
+                       student_logprobs: torch.Tensor, mask: torch.Tensor,
+                       coef: float) -> torch.Tensor:
+    """On-policy distillation (docs/papers.md): per-token advantages (N, T)
+    A_t + coef·(log π_teacher(y_t) − log π_old(y_t)) on the loss tokens `mask` (0 elsewhere), the
+    outcome advantages A (N,) or (N, T) broadcast over the tokens. With the policy gradient the
+    teacher term descends the reverse KL(π ‖ π_teacher) on the student's own samples; both
+    log-probs are fixed numbers of the step (no gradient)."""
+    outcome = advantages if advantages.ndim == 2 else advantages.unsqueeze(1)  # (N, T) or (N, 1)
+    gap = teacher_logprobs.float() - student_logprobs.float()  # (N, T)
+    return torch.where(mask.bool(), outcome.float() + coef * gap, 0.0).detach()

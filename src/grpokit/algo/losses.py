@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from grpokit.algo.correction import rollout_correction_weights
+from grpokit.algo.covariance import cov_adjusted
 from grpokit.algo.surrogates import (  # noqa: F401  (clipped_surrogate: re-exported)
     RATIO_LEVELS, clipped_surrogate, importance_ratio, policy_term,
 )
@@ -25,8 +26,8 @@ class LossKnobs:
     """The independent knobs of the policy loss; presets are values of these."""
 
     loss: str = "clip"
-    """The per-token policy term (algo/surrogates.py): clip, cispo, sapo, gmpo, or a registered
-    one."""
+    """The per-token policy term (algo/surrogates.py): clip, pg, cispo, sapo, gmpo, or a
+    registered one."""
     ratio: str = "token"
     """Importance ratio level: "token" (PPO/GRPO), "sequence" (GSPO) or "sequence_token"
     (GSPO-token)."""
@@ -50,6 +51,17 @@ class LossKnobs:
     """SAPO's gate temperature for positive advantages."""
     sapo_tau_neg: float = 1.05
     """SAPO's gate temperature for negative advantages."""
+    cov_control: str = "none"
+    """Clip-Cov / KL-Cov on the step's highest-covariance tokens (algo/covariance.py): none,
+    clip_cov or kl_cov."""
+    cov_ratio: float = 2e-4
+    """The share of the step's loss tokens cov_control acts on (at least one token)."""
+    clip_cov_low: float = 1.0
+    """clip_cov: only tokens with covariance above this are candidates."""
+    clip_cov_high: float = 5.0
+    """clip_cov: only tokens with covariance below this are candidates."""
+    kl_cov_coef: float = 1.0
+    """kl_cov: the coefficient of |log π − log π_old| on the selected tokens."""
     rollout_correction: str = "none"
     """Train–inference mismatch correction of the surrogate: none, tis (truncated IS) or mis
     (masked IS), with ρ = π_old / π_sampler (algo/correction.py)."""
@@ -105,10 +117,12 @@ def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
                    ref_logprobs: torch.Tensor | None = None,
                    entropy: torch.Tensor | None = None,
                    correction: torch.Tensor | None = None,
-                   sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
+                   sequence_mask: torch.Tensor | None = None,
+                   selected: torch.Tensor | None = None) -> torch.Tensor:
     """w·policy term + β·KL − entropy_coef·entropy at each token (N, T); 0 where the mask is 0.
 
-    The policy term is `knobs.loss`'s (algo/surrogates.py: the clipped surrogate by default).
+    The policy term is `knobs.loss`'s (algo/surrogates.py: the clipped surrogate by default),
+    with `knobs.cov_control` applied on the `selected` tokens (N, T) bool (algo/covariance.py).
     `correction` holds the detached rollout-correction weights w (N, T) of
     `rollout_correction_weights`; None (mode none) leaves the policy term untouched.
     `sequence_mask` (the sampled tokens) is what sequence-level quantities average over."""
@@ -119,6 +133,7 @@ def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
     if loss.shape != mask.shape:
         raise ValueError(f"algo.loss={knobs.loss!r} returned shape {tuple(loss.shape)}; a policy "
                          f"term returns one value per token, {tuple(mask.shape)}")
+    loss = cov_adjusted(loss, logprobs, old_logprobs, selected, knobs)
     if correction is not None:
         loss = loss * correction  # (N, T) TIS / MIS weight on the policy term only
     if knobs.beta != 0.0:
@@ -137,7 +152,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
                 ref_logprobs: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
                 sampler_logprobs: torch.Tensor | None = None, num_sequences: int | None = None,
                 num_tokens: int | None = None, sequence_mask: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                selected: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The aggregated loss of one micro-batch and its metrics.
 
     completion_mask holds the loss tokens; sequence_mask (N, T) the completion's sampled tokens,
@@ -145,7 +160,8 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     are the counts of the whole optimizer step (all micro-batches and ranks); they default to
     this batch's own counts. sampler_logprobs (N, T) are the rollout engine's log-probs: with
     them the metrics include the sampler–trainer mismatch, and knobs.rollout_correction tis / mis
-    (which need them) weight the surrogate.
+    (which need them) weight the surrogate. `selected` (N, T) holds the tokens of
+    knobs.cov_control, chosen over the whole step (algo/covariance.py).
     """
     mask = completion_mask.bool()
     num_sequences = mask.shape[0] if num_sequences is None else num_sequences
@@ -155,13 +171,15 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
         knobs.rollout_correction_level, knobs.rollout_correction_threshold, sequence_mask)
     per_token = per_token_loss(logprobs, old_logprobs, advantages, mask, knobs,
                                ref_logprobs=ref_logprobs, entropy=entropy, correction=weights,
-                               sequence_mask=sequence_mask)
+                               sequence_mask=sequence_mask, selected=selected)
     loss = aggregate(per_token, mask, mode=knobs.aggregation, num_sequences=num_sequences,
                      num_tokens=num_tokens, max_completion_length=knobs.max_completion_length)
     with torch.no_grad():
         metrics = loss_metrics(logprobs, old_logprobs, advantages, mask, knobs,
                                ref_logprobs=ref_logprobs, entropy=entropy,
                                sequence_mask=sequence_mask)
+        if selected is not None and knobs.cov_control != "none" and mask.any():
+            metrics["cov_selected_frac"] = selected[mask].float().mean().item()
     return loss, {**metrics, **mismatch}
 
 

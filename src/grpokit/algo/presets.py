@@ -11,7 +11,8 @@ from typing import Any
 _COMMON = dict(estimator="grpo", scale="group", loss="clip", ratio="token", clip_low=0.2,
                clip_high=0.2, aggregation="seq_mean_token_mean", beta=0.0, kl="k3",
                dynamic_sampling=False, exclude_tied=False, mask_truncated=False,
-               overlong_penalty=False, sapo_tau_pos=1.0, sapo_tau_neg=1.05)
+               overlong_penalty=False, sapo_tau_pos=1.0, sapo_tau_neg=1.05, cov_control="none",
+               cov_ratio=2e-4)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # DeepSeekMath (Shao et al., 2024), eq. 3 with the k3 KL of eq. 4.
@@ -40,6 +41,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reinforce_pp_baseline": dict(_COMMON, scale="whiten"),
     # GDPO (Liu et al., 2026): each reward function normalized in its group, summed, whitened.
     "gdpo": dict(_COMMON, estimator="gdpo"),
+    # Clip-Cov (Cui et al., 2025, §4): the clipped surrogate with the gradient of a random 0.02%
+    # of the tokens whose covariance lies in (1, 5) taken away.
+    "clip_cov": dict(_COMMON, cov_control="clip_cov", cov_ratio=2e-4, aggregation="token_mean"),
+    # KL-Cov (same paper): the unclipped policy gradient, |log ρ| on the top 0.2% covariance
+    # tokens (the paper's 7B setting).
+    "kl_cov": dict(_COMMON, loss="pg", cov_control="kl_cov", cov_ratio=2e-3,
+                   aggregation="token_mean"),
+    # On-policy distillation: no outcome advantage, the per-token reverse-KL advantage
+    # log π_teacher − log π_old on the student's samples (needs algo.teacher).
+    "distill": dict(_COMMON, estimator="none", aggregation="token_mean"),
 }
 
 

@@ -16,7 +16,8 @@ split. The protocol, in order:
   would change a sequence's likelihood ratio);
 - `knobs`: the `LossKnobs` of the run (clip band, ratio level, SAPO temperatures, ...).
 
-Built-ins: `clip` (PPO's clipped surrogate: GRPO, DAPO, GSPO, Dr. GRPO), `cispo`, `sapo`, `gmpo`.
+Built-ins: `clip` (PPO's clipped surrogate: GRPO, DAPO, GSPO, Dr. GRPO), `pg` (the importance-
+weighted policy gradient without a clip), `cispo`, `sapo`, `gmpo`.
 `register_loss` adds one; the config names it, or gives an import path `module:function`.
 """
 
@@ -82,6 +83,15 @@ def clip_term(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs,
                              clip_high=knobs.clip_high, dual_clip=knobs.dual_clip)
 
 
+def pg_term(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs,
+            sequence_mask=None) -> torch.Tensor:
+    """−ρ·A: the importance-weighted policy gradient with no clip (KL-Cov's objective, and
+    on-policy distillation's importance-sampling loss). At ρ = 1 it equals `clip`."""
+    ratio = importance_ratio(logprobs, old_logprobs, mask, level=knobs.ratio,
+                             sequence_mask=sequence_mask)
+    return -ratio * _per_token(advantages)
+
+
 def cispo_term(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs,
                sequence_mask=None) -> torch.Tensor:
     """CISPO (MiniMax-M1, eq. 4): −sg(clip(ρ, 1−ε_low, 1+ε_high))·A·log π. The weight is clipped
@@ -122,7 +132,7 @@ def gmpo_term(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs,
     return (-adv * geometric).expand_as(log_ratio)  # (N, T)
 
 
-POLICY_LOSSES: dict[str, PolicyTerm] = {"clip": clip_term, "cispo": cispo_term,
+POLICY_LOSSES: dict[str, PolicyTerm] = {"clip": clip_term, "pg": pg_term, "cispo": cispo_term,
                                         "sapo": sapo_term, "gmpo": gmpo_term}
 BUILT_IN_LOSSES = tuple(POLICY_LOSSES)
 

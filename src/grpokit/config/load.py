@@ -111,6 +111,22 @@ def _rollout_checks(cfg: Config) -> list[tuple[bool, str]]:
     return _vllm_checks(cfg.rollout.vllm) + tool_checks(cfg.tools, cfg.rollout.engine)
 
 
+def _teacher_and_cov_checks(a: Any) -> list[tuple[bool, str]]:
+    """On-policy distillation (algo.teacher) and Clip-Cov / KL-Cov."""
+    return [
+        (0 < a.cov_ratio <= 1 and a.clip_cov_low < a.clip_cov_high and a.kl_cov_coef >= 0,
+         f"algo.cov_ratio must be in (0, 1], algo.clip_cov_low < algo.clip_cov_high and "
+         f"algo.kl_cov_coef >= 0; got {a.cov_ratio}, [{a.clip_cov_low}, {a.clip_cov_high}], "
+         f"{a.kl_cov_coef}"),
+        (a.teacher_coef > 0, f"algo.teacher_coef must be > 0, got {a.teacher_coef}"),
+        (a.estimator != "none" or a.teacher is not None,
+         "algo.estimator=none trains on nothing without algo.teacher (preset distill): set "
+         "algo.teacher to the teacher model's folder or hub name"),
+        (a.teacher is None or a.loss != "gmpo",
+         "algo.loss=gmpo takes one advantage per completion; algo.teacher makes them per token"),
+    ]
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that a single field's type cannot express."""
     r, t, a = cfg.rollout, cfg.train, cfg.algo
@@ -161,7 +177,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.task is not None or cfg.data.path is not None,
          "data: set either data.task (a built-in task) or data.path (a dataset file)"),
         (0 <= cfg.data.eval_fraction < 1, "data.eval_fraction must be in [0, 1)"),
-    ] + _rollout_checks(cfg) + run_checks(cfg.eval, cfg.log, cfg.checkpoint, cfg.reward_runner) \
+    ] + _rollout_checks(cfg) + _teacher_and_cov_checks(cfg.algo) + run_checks(cfg.eval, cfg.log, cfg.checkpoint, cfg.reward_runner) \
         + stage_checks(cfg.sft, cfg.dpo, cfg.ppo, cfg.model.lora.enabled)
     for ok, message in checks:
         if not ok:

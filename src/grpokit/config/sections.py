@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpokit.algo.advantages import BUILT_IN_ESTIMATORS, SCALES
+from grpokit.algo.covariance import COV_CONTROLS
 from grpokit.algo.presets import PRESETS, preset_values
 from grpokit.algo.surrogates import BUILT_IN_LOSSES, RATIO_LEVELS
 from grpokit.config.typed import choice
@@ -138,14 +139,16 @@ class AlgoConfig:
     the built config holds concrete values only (null is not a value of these knobs)."""
     estimator: str = preset_knob(*BUILT_IN_ESTIMATORS, import_paths=True)
     """Preset. Advantages: group-mean baseline (grpo), leave-one-out mean (rloo), batch mean
-    (reinforce_pp), each reward normalized in its group then whitened (gdpo), or a user's own
-    estimator by import path (module:function; algo/advantages.py, the Estimator protocol)."""
+    (reinforce_pp), each reward normalized in its group then whitened (gdpo), none (0: only the
+    teacher's per-token term trains, with algo.teacher), or a user's own estimator by import path
+    (module:function; algo/advantages.py, the Estimator protocol)."""
     scale: str = preset_knob(*SCALES)
     """Preset. Advantage divisor: group std, batch std, whiten (re-centred on the batch, divided
     by its std: REINFORCE++-baseline), or none (Dr. GRPO)."""
     loss: str = preset_knob(*BUILT_IN_LOSSES, import_paths=True)
-    """Preset. The per-token policy term: clip (PPO's clipped surrogate: GRPO, DAPO, GSPO),
-    cispo, sapo, gmpo, or a user's own by import path (module:function; algo/surrogates.py)."""
+    """Preset. The per-token policy term: clip (PPO's clipped surrogate: GRPO, DAPO, GSPO), pg
+    (−ρ·A, no clip), cispo, sapo, gmpo, or a user's own by import path (module:function;
+    algo/surrogates.py)."""
     adv_eps: float = 1e-6
     """eps added to the std in the advantage denominator."""
     ratio: str = preset_knob(*RATIO_LEVELS)
@@ -172,6 +175,22 @@ class AlgoConfig:
     sapo_tau_neg: float = preset_knob()
     """Preset. loss=sapo: the soft gate's temperature for negative advantages (SAPO: ≥ tau_pos,
     so that negative updates far from the old policy fade faster)."""
+    cov_control: str = preset_knob(*COV_CONTROLS)
+    """Preset. Entropy-collapse control on the step's highest-covariance tokens (Clip-Cov,
+    KL-Cov; algo/covariance.py): none, clip_cov or kl_cov. Costs one no-grad forward per step."""
+    cov_ratio: float = preset_knob()
+    """Preset. The share of the step's loss tokens cov_control acts on (at least one), in (0, 1]."""
+    clip_cov_low: float = 1.0
+    """clip_cov: the lower bound of a candidate token's covariance."""
+    clip_cov_high: float = 5.0
+    """clip_cov: the upper bound of a candidate token's covariance."""
+    kl_cov_coef: float = 1.0
+    """kl_cov: the coefficient of |log π − log π_old| on the selected tokens."""
+    teacher: str | None = None
+    """On-policy distillation: the teacher model (a folder or hub name, the policy's tokenizer).
+    Each token's advantage gains teacher_coef·(log π_teacher − log π_old) (preset distill)."""
+    teacher_coef: float = 1.0
+    """The weight of the teacher's per-token term in the advantage (> 0)."""
     dynamic_sampling: bool = preset_knob()
     """Preset. DAPO dynamic sampling: drop groups whose rewards tie and refill with fresh prompts."""
     max_refill_rounds: int = 3

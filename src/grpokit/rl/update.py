@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from grpokit.algo.advantages import distill_advantages
+from grpokit.algo.covariance import cov_selection
 from grpokit.algo.losses import LossKnobs, policy_loss
 from grpokit.algo.masks import top_entropy_mask
 from grpokit.config import Config, to_dict
@@ -38,13 +40,16 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
     cfg, t = session.cfg, session.cfg.train
     knobs = loss_knobs(cfg)
     session.model.train()
-    batch, old = _old_logprobs(session, batch, state.step + 1)
+    batch, old, step_metrics = _step_inputs(session, batch, state.step + 1)
     ref = _reference_logprobs(session, batch, state.step + 1)
     r, parts, optim = batch.rollout, [], []
     rows = 0 if batch.scored.ghost else len(r.completion_ids)  # a stand-in holds no row of the step
     for epoch in range(t.epochs_per_batch):
-        for mb in _minibatches(rows, t.minibatches, (t.seed, state.step, epoch)):
+        for i, mb in enumerate(_minibatches(rows, t.minibatches, (t.seed, state.step, epoch))):
             counts = _global_counts(batch, mb)
+            # The step's first update runs on the weights that sampled: its old log-probs are
+            # the pass's own, detached, as on-policy (exactly ρ = 1, no rounding noise).
+            mb_old = None if epoch == 0 and i == 0 else old
             chunks = padded_chunks(plan_micro_batches(
                 r.prompt_ids, r.prompt_mask, r.completion_mask, mb, max_seqs=t.micro_batch_size,
                 max_tokens=t.max_tokens_per_micro_batch,
@@ -57,7 +62,8 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
                     idx = torch.tensor([0]) if padding else chunk
                     with session.layout.accumulating(last=k == len(chunks) - 1), \
                             memory_named(state.step + 1, k, len(chunks), r, idx):
-                        part = _micro_step(session, batch, idx, old, ref, knobs, counts, padding)
+                        part = _micro_step(session, batch, idx, mb_old, ref, knobs, counts,
+                                           padding)
                     parts += [part] if part else []
             optim.append(optimizer_step(session.model, state.optimizer, state.scheduler,
                                         t.max_grad_norm))
@@ -70,7 +76,7 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
     metrics.update({k: sum(o[k] for o in optim) / len(optim) for k in optim[0]})
     metrics["optim/lr"] = optim[-1]["optim/lr"]
     metrics["train/tokens"] = float(sum(p.get("tokens", 0.0) for p in parts))
-    return metrics
+    return {**metrics, **step_metrics}
 
 
 def _logprob_args(session: Session, step: int, phase: str) -> dict[str, Any]:
@@ -82,23 +88,74 @@ def _logprob_args(session: Session, step: int, phase: str) -> dict[str, Any]:
                 phase=phase)
 
 
+def _step_inputs(session: Session, batch: TrainingBatch, step: int
+                 ) -> tuple[TrainingBatch, torch.Tensor | None, dict[str, float]]:
+    """What the step's updates hold fixed beyond the rollout: the old log-probs (None on-policy),
+    the batch with the teacher's per-token advantages (algo.teacher) and the tokens of
+    algo.cov_control, and the metrics of these."""
+    batch, start, old = _old_logprobs(session, batch, step)
+    metrics: dict[str, float] = {}
+    if session.layout.teacher is not None:
+        batch, metrics["distill/reverse_kl"] = _distilled(session, batch, start, step)
+    if session.cfg.algo.cov_control != "none":
+        batch = dataclasses.replace(batch, cov_mask=_cov_selected(session, batch, start, step))
+    return batch, old, metrics
+
+
 def _old_logprobs(session: Session, batch: TrainingBatch, step: int
-                  ) -> tuple[TrainingBatch, torch.Tensor | None]:
-    """The sampling policy's log-probs: None on-policy (μ = 1, one minibatch), where the loss uses
-    logp.detach() and no extra forward pass runs (DESIGN.md §3); unless top-entropy selection
-    needs the batch's entropies before the first update, which also narrows the loss mask."""
+                  ) -> tuple[TrainingBatch, torch.Tensor | None, torch.Tensor | None]:
+    """The batch, the policy's log-probs at the step's start (computed only when something
+    needs them before the first update), and the old log-probs of the ratio. These are None
+    on-policy (μ = 1, one minibatch), where the loss uses logp.detach() and no extra forward
+    pass runs (DESIGN.md §3). Top-entropy selection needs the batch's entropies, and narrows
+    the loss mask; distillation and Clip-Cov / KL-Cov need the step-start log-probs."""
     a, t = session.cfg.algo, session.cfg.train
     on_policy = t.epochs_per_batch == 1 and t.minibatches == 1
     select = a.top_entropy_fraction < 1.0
-    if on_policy and not select:
-        return batch, None
-    old, entropy = batched_logprobs(session.layout.scorer, batch.rollout, with_entropy=select,
-                                    truncation=sampling_truncation(session.cfg),
-                                    **_logprob_args(session, step, "the old log-probs"))
+    if on_policy and not select and a.teacher is None and a.cov_control == "none":
+        return batch, None, None
+    start, entropy = batched_logprobs(session.layout.scorer, batch.rollout, with_entropy=select,
+                                      truncation=sampling_truncation(session.cfg),
+                                      **_logprob_args(session, step, "the old log-probs"))
     if select:
         batch = dataclasses.replace(batch, loss_mask=top_entropy_mask(
             entropy, batch.loss_mask, a.top_entropy_fraction))
-    return batch, None if on_policy else old
+    return batch, start, None if on_policy else start
+
+
+def _distilled(session: Session, batch: TrainingBatch, student: torch.Tensor, step: int
+               ) -> tuple[TrainingBatch, float]:
+    """The batch with the advantages plus algo.teacher_coef·(log π_teacher − log π_old) at each
+    loss token, and the reverse KL(π ‖ π_teacher) estimated on them (token mean over every
+    rank, k1). The teacher's log-probs are over its whole vocabulary, as the reference's."""
+    teacher = batched_logprobs(session.layout.teacher, batch.rollout,
+                               **_logprob_args(session, step, "the teacher log-probs"))[0]
+    mask = batch.loss_mask.bool()
+    gap = torch.where(mask, student.float() - teacher.float(), 0.0)  # (N, T)
+    sums = dist.all_reduce_sum(torch.stack([gap.sum(), mask.sum().float()]).cpu())
+    advantages = distill_advantages(batch.advantages, teacher, student, mask,
+                                    session.cfg.algo.teacher_coef)  # (N, T)
+    return dataclasses.replace(batch, advantages=advantages), float(sums[0] / sums[1].clamp(min=1))
+
+
+def _cov_selected(session: Session, batch: TrainingBatch, start: torch.Tensor, step: int
+                  ) -> torch.Tensor:
+    """(N, T) bool: this rank's tokens of algo.cov_control, chosen over the loss tokens of every
+    rank in row order (algo/covariance.py) with a generator of (seed, step): the same tokens
+    whatever the rank and micro-batch split."""
+    a, mask = session.cfg.algo, batch.loss_mask.bool()
+    adv = batch.advantages if batch.advantages.ndim == 2 else \
+        batch.advantages.unsqueeze(1).expand_as(mask)
+    mine = torch.stack([adv[mask].float(), start[mask].float()], dim=1)  # (M_rank, 2)
+    parts = [p.cpu() for p in dist.all_gather_rows(mine)]
+    offset = sum(len(p) for p in parts[: dist.rank()])
+    flat = torch.cat(parts)  # (M, 2)
+    generator = torch.Generator().manual_seed(sampling_seed(session.cfg.train.seed, step, "cov"))
+    chosen = cov_selection(flat[:, 0], flat[:, 1], mode=a.cov_control, ratio=a.cov_ratio,
+                           low=a.clip_cov_low, high=a.clip_cov_high, generator=generator)
+    selected = torch.zeros_like(mask)
+    selected[mask] = chosen[offset: offset + len(mine)].to(mask.device)
+    return selected
 
 
 def _reference_logprobs(session: Session, batch: TrainingBatch, step: int
@@ -151,7 +208,8 @@ def _micro_step(session, batch, idx, old, ref, knobs, counts, padding=False
                                 knobs, ref_logprobs=None if ref is None else ref[idx],
                                 entropy=entropy, sampler_logprobs=sampler,
                                 num_sequences=counts[0], num_tokens=counts[1],
-                                sequence_mask=r.generated_mask[idx])
+                                sequence_mask=r.generated_mask[idx],
+                                selected=None if batch.cov_mask is None else batch.cov_mask[idx])
     if not torch.isfinite(loss):
         raise NonFiniteError(f"non-finite loss {loss.item()} in a micro-batch of sequences "
                              f"{idx.tolist()[:8]}...")

@@ -88,12 +88,13 @@ def _inner_model(path: Path) -> str:
     return ""
 
 
-def resolve_model_path(name_or_path: str) -> Path:
-    """resolve_model for the config's `model.path`: a ConfigError naming the field when it fails."""
+def resolve_model_path(name_or_path: str, key: str = "model.path") -> Path:
+    """resolve_model for a model the config names (`key`: model.path, algo.teacher): a
+    ConfigError naming the key when it fails."""
     try:
         return resolve_model(name_or_path)
     except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(f"model.path: {exc}") from exc
+        raise ConfigError(f"{key}: {exc}") from exc
 
 
 def _from_hf_cache(repo_id: str, cache_dir: str | None) -> Path | None:

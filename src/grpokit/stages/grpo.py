@@ -87,6 +87,16 @@ def reward_columns(scored: ScoredBatch, cfg: Config) -> tuple[torch.Tensor, list
     return scored.reward.unsqueeze(1), [1.0]
 
 
+def kl_cov_note(cfg: Config) -> str | None:
+    """Why KL-Cov leaves a run with one update per step unchanged, or None."""
+    t = cfg.train
+    if cfg.algo.cov_control != "kl_cov" or t.epochs_per_batch > 1 or t.minibatches > 1:
+        return None
+    return ("algo.cov_control=kl_cov: with one update per step (train.minibatches=1, "
+            "train.epochs_per_batch=1) |log π − log π_old| is 0 with its gradient, so KL-Cov "
+            "acts only from a step's second update; set train.minibatches > 1 for it to act")
+
+
 def train(cfg: Config, *, resume: str | Path | None = None, console=None) -> dict[str, Any]:
     """Run GRPO as the config says; returns the final evaluations and the checkpoint path.
 
@@ -105,5 +115,5 @@ def _start(cfg: Config, saved: dict[str, Any] | None) -> RLStage:
                           cfg.rollout.prompts_per_step, total_updates(cfg),
                           session.reference if cfg.algo.ref_refresh_steps else None)
     notes = [f"[bold]grpokit[/] {cfg.algo.preset}: " + json.dumps(to_dict(cfg.algo)),
-             session.precision_note, session.prefix_note]
+             session.precision_note, session.prefix_note, kl_cov_note(cfg)]
     return RLStage(session, groups, held_out, state, [n for n in notes if n], train_step)

@@ -180,6 +180,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError("tools.environment: grpokit ppo samples single-turn completions (its "
                           "GAE runs over contiguous completion tokens, and tool output would cut "
                           "them); use grpokit train for tool episodes")
+    if cfg.algo.teacher is not None or cfg.algo.cov_control != "none":
+        raise ConfigError("algo.teacher and algo.cov_control: grpokit ppo trains on GAE "
+                          "advantages alone; use grpokit train for distillation, Clip-Cov and "
+                          "KL-Cov")
 
 
 def _start(cfg: Config, saved: dict[str, Any] | None) -> RLStage:

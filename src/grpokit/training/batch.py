@@ -43,6 +43,7 @@ class TrainingBatch:
     advantages: torch.Tensor  # (N,) or (N, T)
     loss_mask: torch.Tensor  # (N, T) bool: sampled completion tokens that enter the loss
     included: torch.Tensor  # (N,) bool: sequences counted by the loss normalizer
+    cov_mask: torch.Tensor | None = None  # (N, T) bool: the tokens of algo.cov_control
 
     @property
     def rollout(self) -> RolloutBatch:

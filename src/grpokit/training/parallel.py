@@ -49,6 +49,8 @@ class Layout:
     """The policy's training pass: (prompt ids, masks, completion ids) -> log-probs, entropies."""
     reference: torch.nn.Module | None
     """The frozen reference's pass, laid out like the policy; None without a reference model."""
+    teacher: torch.nn.Module | None = None
+    """The frozen teacher's pass (algo.teacher), laid out like the reference; None without one."""
 
     @property
     def loss_scale(self) -> float:
@@ -71,19 +73,22 @@ class Layout:
 
 
 def lay_out(model: torch.nn.Module, reference: torch.nn.Module | None, parallel: str,
-            bf16: bool, share_prefix: bool = False) -> Layout:
-    """Wrap the policy (and reference) for this world size; call before building the optimizer.
-    `share_prefix`: both passes run each distinct prompt once (logprobs.py)."""
+            bf16: bool, share_prefix: bool = False,
+            teacher: torch.nn.Module | None = None) -> Layout:
+    """Wrap the policy (and the frozen reference and teacher) for this world size; call before
+    building the optimizer. `share_prefix`: every pass runs each distinct prompt once
+    (logprobs.py)."""
     if parallel not in PARALLEL:
         raise ValueError(f"train.parallel must be one of {PARALLEL}, got {parallel!r}")
-    ref = None if reference is None else CompletionScorer(reference, share_prefix)
+    ref, tea = (None if m is None else CompletionScorer(m, share_prefix)
+                for m in (reference, teacher))
     if dist.world_size() == 1:
-        return Layout("single", CompletionScorer(model, share_prefix), ref)
+        return Layout("single", CompletionScorer(model, share_prefix), ref, tea)
     if parallel == "ddp":
         device = _device_ids(model)
         scorer = DistributedDataParallel(CompletionScorer(model, share_prefix), device_ids=device,
                                          broadcast_buffers=False)
-        return Layout("ddp", scorer, ref)
+        return Layout("ddp", scorer, ref, tea)
     mesh = init_device_mesh(_device_type(model), (dist.world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if bf16 else MixedPrecisionPolicy()
@@ -92,7 +97,8 @@ def lay_out(model: torch.nn.Module, reference: torch.nn.Module | None, parallel:
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # a sum over ranks (see the module docstring)
             module.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
-    return Layout("fsdp", scorer, None if ref is None else _shard(ref, mesh, policy))
+    return Layout("fsdp", scorer, *(None if m is None else _shard(m, mesh, policy)
+                                    for m in (ref, tea)))
 
 
 def _shard(scorer: CompletionScorer, mesh, policy: MixedPrecisionPolicy) -> CompletionScorer:

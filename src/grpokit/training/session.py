@@ -52,12 +52,14 @@ class Session:
     """The bf16 decision and why (printed at start)."""
     env: Environment | None = None
     """The environment of multi-turn episodes (tools.environment); None: single-turn."""
+    teacher: torch.nn.Module | None = None
+    """The frozen teacher of on-policy distillation (algo.teacher); None without one."""
 
     def __post_init__(self) -> None:
         if self.layout is None:  # a session built by hand (tests): the plain layout
             share, self.prefix_note = shared_prefix(self.cfg, self.model)
             self.layout = lay_out(self.model, self.reference, self.cfg.train.parallel, self.bf16,
-                                  share)
+                                  share, self.teacher)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return precision.autocast(self.bf16, next(self.model.parameters()).device)
@@ -105,17 +107,34 @@ def build_session(cfg: Config, *, resume_from: Path | None = None,
     reference = None
     if training and not cfg.model.lora.enabled and cfg.algo.beta > 0:
         reference = models.load_reference(path, dtype=cfg.model.dtype).to(dist.device())
+    teacher = load_teacher(cfg, tokenizer) if training else None
     model = model.to(dist.device())  # this rank's GPU, or the CPU
     bf16, note = precision.bf16_decision(cfg.model.autocast, dist.device())
     if training and bf16:
-        _bf16_training_side(cfg, model, reference)
+        _bf16_training_side(cfg, model, reference, teacher)
     if not training:
         engine = make_engine(cfg.rollout.engine, model, tokenizer, bf16, cfg.rollout)
         return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16,
                        Layout("single", CompletionScorer(model), None), env=env)
-    engine, layout, prefix = _engine_and_layout(cfg, model, reference, tokenizer, bf16)
+    engine, layout, prefix = _engine_and_layout(cfg, model, (reference, teacher), tokenizer,
+                                                bf16)
     return Session(cfg, model, tokenizer, reference, task, specs, engine, bf16, layout, prefix,
-                   note, env)
+                   note, env, teacher)
+
+
+def load_teacher(cfg: Config, tokenizer: Any) -> torch.nn.Module | None:
+    """The frozen teacher of `algo.teacher` on this rank's device, or None. Distillation compares
+    log-probs of the same token ids, so the teacher's tokenizer must be the policy's: a teacher
+    with another vocabulary is a ConfigError naming both sizes."""
+    if cfg.algo.teacher is None:
+        return None
+    path = models.resolve_model_path(cfg.algo.teacher, "algo.teacher")
+    vocab = models.load_tokenizer(path).get_vocab()
+    if vocab != tokenizer.get_vocab():
+        raise ConfigError(f"algo.teacher={cfg.algo.teacher!r}: its tokenizer differs from the "
+                          f"policy's ({len(vocab)} vs {len(tokenizer.get_vocab())} tokens); "
+                          f"on-policy distillation needs the same token ids")
+    return models.load_reference(path, dtype=cfg.model.dtype).to(dist.device())
 
 
 def environment(cfg: Config, task: Task) -> Environment | None:
@@ -129,15 +148,17 @@ def environment(cfg: Config, task: Task) -> Environment | None:
         raise ConfigError(f"tools: {exc}") from exc
 
 
-def _bf16_training_side(cfg: Config, model, reference) -> None:
-    """Under bf16 autocast: the frozen reference keeps its Linear weights in bf16 (the same
-    forward, half the memory, no casts; not when FSDP shards it), and on the CPU the training
-    passes run attention in fp32, where its backward is faster (precision.use_fp32_attention)."""
+def _bf16_training_side(cfg: Config, model, reference, teacher=None) -> None:
+    """Under bf16 autocast: the frozen reference and teacher keep their Linear weights in bf16
+    (the same forward, half the memory, no casts; not when FSDP shards them), and on the CPU the
+    training passes run attention in fp32, where its backward is faster
+    (precision.use_fp32_attention)."""
     sharded = cfg.train.parallel == "fsdp" and dist.world_size() > 1
-    if reference is not None and not sharded and cfg.model.dtype == "float32":
-        precision.bf16_linear_weights(reference)
+    for frozen in (reference, teacher):
+        if frozen is not None and not sharded and cfg.model.dtype == "float32":
+            precision.bf16_linear_weights(frozen)
     if dist.device().type == "cpu":
-        for m in (model, reference):
+        for m in (model, reference, teacher):
             if m is not None:
                 precision.use_fp32_attention(m)
 
@@ -153,9 +174,11 @@ def shared_prefix(cfg: Config, model: torch.nn.Module) -> tuple[bool, str | None
     return False, f"train.shared_prefix is off for this model: {problem}"
 
 
-def _engine_and_layout(cfg: Config, model, reference, tokenizer, bf16: bool):
-    """The rollout engine and the training layout. A sharded policy's forward is collective,
-    so its engine samples from a whole copy that each weight sync refreshes."""
+def _engine_and_layout(cfg: Config, model, frozen, tokenizer, bf16: bool):
+    """The rollout engine and the training layout (`frozen`: the reference and the teacher, each
+    or None). A sharded policy's forward is collective, so its engine samples from a whole copy
+    that each weight sync refreshes."""
+    reference, teacher = frozen
     sharded = cfg.train.parallel == "fsdp" and dist.world_size() > 1
     if sharded and cfg.model.lora.enabled:
         raise ConfigError("train.parallel: 'fsdp' does not take LoRA here (its adapter-only "
@@ -164,5 +187,5 @@ def _engine_and_layout(cfg: Config, model, reference, tokenizer, bf16: bool):
     engine = make_engine(cfg.rollout.engine, model if copy is None else copy.module, tokenizer,
                          bf16, cfg.rollout)
     share, note = shared_prefix(cfg, model)
-    layout = lay_out(model, reference, cfg.train.parallel, bf16, share)
+    layout = lay_out(model, reference, cfg.train.parallel, bf16, share, teacher)
     return (engine if copy is None else SyncedEngine(engine, copy, model)), layout, note

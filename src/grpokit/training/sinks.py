@@ -26,7 +26,7 @@ from grpokit.runtime import distributed as dist
 CONSOLE_KEYS = (
     ("reward/mean", "reward"), ("reward/std", "±"), ("groups/tied_frac", "tied"),
     ("completion/len_mean", "len"), ("completion/truncated_frac", "trunc"), ("loss/kl", "kl"),
-    ("loss/entropy", "ent"), ("loss/clip_frac", "clip"), ("loss/sft", "loss"),
+    ("distill/reverse_kl", "teacher kl"), ("loss/entropy", "ent"), ("loss/clip_frac", "clip"), ("loss/sft", "loss"),
     ("eval/loss", "eval loss"),
     ("optim/grad_norm", "gnorm"),
     ("perf/gen_tokens_per_s", "gen tok/s"), ("perf/step_time_s", "s/step"),

@@ -10,7 +10,6 @@ old / reference / sampler log-probs held fixed) and compares each number b with
 |a − b| ≤ min(tolerance, ATOL + RTOL·|b|): the vector's absolute `tolerance` is a ceiling, and the
 relative bound keeps small numbers (KL-only gradients of about 3e-5) from passing at any value.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -30,13 +29,12 @@ from grpokit.algo import (
     process_advantages,
     rollout_correction_weights,
 )
-from grpokit.algo.advantages import BUILT_IN_ESTIMATORS, SCALES, outcome_advantages
-from grpokit.algo.correction import CORRECTION_LEVELS, CORRECTIONS, MISMATCH_METRICS
-from grpokit.algo.losses import AGGREGATIONS, KL_ESTIMATORS, RATIO_LEVELS
+from grpokit.algo.advantages import distill_advantages, outcome_advantages
+from grpokit.algo.correction import MISMATCH_METRICS
+from grpokit.algo.covariance import cov_selection
 from grpokit.algo.selective import logprobs_from_logits
-from grpokit.algo.support import SAMPLING_SUPPORTS, Truncation
-from grpokit.algo.surrogates import BUILT_IN_LOSSES
-from grpokit.errors import UserError, read_json
+from grpokit.algo.support import Truncation
+from grpokit.conformance.vectors import VectorError, load_case, vector_files
 from grpokit.rewards.base import StepRewards
 
 EXPECTED_FIELDS = ("advantages", "per_token_loss", "loss", "grad_logprobs")
@@ -45,18 +43,8 @@ RTOL, ATOL = 1e-5, 1e-7
 float32 math lands within 6e-7 absolute and 1e-5 + 4e-8 of the suite's numbers (cancellation in
 ref − logp costs relative precision on the small KL terms), so this leaves some room and still
 fails a 1% error on a 2.7e-5 gradient, which an absolute 1e-5 alone lets through."""
-_CHOICES = {"estimator": BUILT_IN_ESTIMATORS, "scale": SCALES, "ratio": RATIO_LEVELS, "kl": KL_ESTIMATORS,
-            "aggregation": AGGREGATIONS}
-_NUMBERS = ("clip_low", "clip_high", "beta", "max_completion_length")
-_OPTIONAL_CHOICES = {"loss": BUILT_IN_LOSSES, "rollout_correction": CORRECTIONS,
-                     "rollout_correction_level": CORRECTION_LEVELS,
-                     "sampling_support": SAMPLING_SUPPORTS}
 LOGITS_FIELDS = ("logprobs", "grad_logits")
 """What a vector that gives `inputs.logits` also pins."""
-
-
-class VectorError(UserError):
-    """A vector file that does not follow the format; the message names the file and field."""
 
 
 @dataclass
@@ -75,138 +63,6 @@ class CaseResult:
     """Largest absolute difference per expected field."""
     path: str = ""
     """The file the vector came from."""
-
-
-def _shape(value: Any, where: str) -> tuple[int, ...]:
-    """Shape of a rectangular nested list of numbers; raises naming `where` otherwise."""
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"{where}: expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return ()
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{where}: expected a non-empty list of numbers, got {value!r}")
-    shapes = {_shape(item, f"{where}[{i}]") for i, item in enumerate(value)}
-    if len(shapes) != 1:
-        raise ValueError(f"{where}: rows have different lengths")
-    return (len(value), *shapes.pop())
-
-
-def _check_knobs(knobs: Any) -> None:
-    if not isinstance(knobs, dict):
-        raise ValueError("knobs: expected an object")
-    for name, choices in _CHOICES.items():
-        if knobs.get(name) not in choices:
-            raise ValueError(f"knobs.{name}: expected one of {choices}, got {knobs.get(name)!r}")
-    for name in _NUMBERS:
-        _shape(knobs.get(name), f"knobs.{name}")
-    for name, choices in _OPTIONAL_CHOICES.items():  # absent: no rollout correction
-        if name in knobs and knobs[name] not in choices:
-            raise ValueError(f"knobs.{name}: expected one of {choices}, got {knobs[name]!r}")
-    for name in ("adv_eps", "dual_clip", "rollout_correction_threshold", "temperature", "top_k",
-                 "top_p", "sapo_tau_pos", "sapo_tau_neg"):
-        if knobs.get(name) is not None:
-            _shape(knobs[name], f"knobs.{name}")
-
-
-def _check_rewards(inputs: dict[str, Any], num: int) -> None:
-    if "step_rewards" in inputs:
-        steps = inputs["step_rewards"]
-        if not isinstance(steps, list) or len(steps) != num:
-            raise ValueError(f"inputs.step_rewards: expected a list of {num} entries (or null)")
-        for i, row in enumerate(steps):
-            if row is not None and _shape(row, f"inputs.step_rewards[{i}]")[1:] != (2,):
-                raise ValueError(f"inputs.step_rewards[{i}]: expected [[reward, end_index], ...]")
-        return
-    for key in ("rewards", "reward_weights"):
-        if key not in inputs:
-            raise ValueError(f"inputs.{key}: missing (or give inputs.step_rewards)")
-    num_weights = _shape(inputs["reward_weights"], "inputs.reward_weights")[0]
-    rows = inputs["rewards"]
-    if not isinstance(rows, list) or len(rows) != num:
-        raise ValueError(f"inputs.rewards: expected {num} rows")
-    for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != num_weights:
-            raise ValueError(f"inputs.rewards[{i}]: expected {num_weights} values (number or null)")
-        for k, value in enumerate(row):
-            if value is not None:
-                _shape(value, f"inputs.rewards[{i}][{k}]")
-
-
-def _check_inputs(inputs: Any, knobs: dict[str, Any]) -> tuple[int, int]:
-    if not isinstance(inputs, dict):
-        raise ValueError("inputs: expected an object")
-    source = "logits" if "logits" in inputs else "logprobs"
-    names = [source, "old_logprobs", "completion_mask"]
-    if knobs["beta"] != 0:
-        names.append("ref_logprobs")
-    if knobs.get("rollout_correction", "none") != "none" or "sampler_logprobs" in inputs:
-        names.append("sampler_logprobs")
-    if source == "logits":
-        names.append("completion_ids")
-    for name in names:
-        if name not in inputs:
-            raise ValueError(f"inputs.{name}: missing")
-    shape = _shape(inputs[source], f"inputs.{source}")
-    if len(shape) != (3 if source == "logits" else 2):
-        raise ValueError(f"inputs.{source}: expected an (N, T{', V' * (source == 'logits')}) "
-                         f"array, got shape {shape}")
-    shape = shape[:2]
-    for name in names[1:]:
-        if _shape(inputs[name], f"inputs.{name}") != shape:
-            raise ValueError(f"inputs.{name}: expected shape {shape} like inputs.{source}")
-    group_size = inputs.get("group_size")
-    if not isinstance(group_size, int) or group_size < 1 or shape[0] % group_size:
-        raise ValueError(f"inputs.group_size: expected a positive divisor of N={shape[0]}, "
-                         f"got {group_size!r}")
-    _check_rewards(inputs, shape[0])
-    return shape
-
-
-def _check_expected(case: dict[str, Any], shape: tuple[int, int]) -> None:
-    expected = case.get("expected")
-    if not isinstance(expected, dict):
-        raise ValueError("expected: missing or not an object")
-    adv_shape = shape if "step_rewards" in case["inputs"] else shape[:1]
-    shapes = {"advantages": adv_shape, "per_token_loss": shape, "loss": (), "grad_logprobs": shape}
-    if "logits" in case["inputs"]:
-        shapes.update(logprobs=shape, grad_logits=tuple(_shape(case["inputs"]["logits"], "")))
-    for name, want in shapes.items():
-        if name not in expected:
-            raise ValueError(f"expected.{name}: missing")
-        if _shape(expected[name], f"expected.{name}") != want:
-            raise ValueError(f"expected.{name}: expected shape {want}")
-    metrics = expected.get("metrics", {})
-    if not isinstance(metrics, dict) or not set(metrics) <= set(MISMATCH_METRICS):
-        raise ValueError(f"expected.metrics: expected an object with keys among {MISMATCH_METRICS}")
-    for name, value in metrics.items():
-        _shape(value, f"expected.metrics.{name}")
-    if metrics and "sampler_logprobs" not in case["inputs"]:
-        raise ValueError("expected.metrics: needs inputs.sampler_logprobs")
-
-
-def validate_case(case: Any) -> None:
-    """Raise ValueError naming the first missing or invalid field of a vector."""
-    if not isinstance(case, dict):
-        raise ValueError("expected a JSON object at the top level")
-    if not isinstance(case.get("name"), str) or not case["name"]:
-        raise ValueError("name: missing or not a string")
-    tolerance = case.get("tolerance")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-        raise ValueError(f"tolerance: expected a non-negative number, got {tolerance!r}")
-    _check_knobs(case.get("knobs"))
-    shape = _check_inputs(case.get("inputs"), case["knobs"])
-    _check_expected(case, shape)
-
-
-def load_case(path: str | Path) -> dict[str, Any]:
-    """Read and validate one vector file; VectorError names the file and the bad field."""
-    path = Path(path)
-    case = read_json(path, VectorError)
-    try:
-        validate_case(case)
-    except ValueError as err:
-        raise VectorError(f"{path}: {err}") from err
-    return case
 
 
 def _advantages(case: dict[str, Any]) -> torch.Tensor:
@@ -243,15 +99,15 @@ def compute(case: dict[str, Any]) -> dict[str, Any]:
     mask = torch.tensor(inputs["completion_mask"]).bool()  # (N, T)
     ref = _tensor(inputs, "ref_logprobs", knobs.beta != 0.0)  # (N, T) or None
     sampler = _tensor(inputs, "sampler_logprobs", "sampler_logprobs" in inputs)  # (N, T) or None
-    advantages = _advantages(case)  # (N,) or (N, T)
+    advantages, selected = _advantages_and_selection(case, old, mask, knobs)
     weights, _ = rollout_correction_weights(
         old, sampler, mask, knobs.rollout_correction, knobs.rollout_correction_level,
         knobs.rollout_correction_threshold)  # (N, T) or None
     with torch.no_grad():
         per_token = per_token_loss(logprobs, old, advantages, mask, knobs, ref_logprobs=ref,
-                                   correction=weights)
+                                   correction=weights, selected=selected)
     loss, metrics = policy_loss(logprobs, old, advantages, mask, knobs, ref_logprobs=ref,
-                                sampler_logprobs=sampler)
+                                sampler_logprobs=sampler, selected=selected)
     loss.backward()
     got = {"advantages": advantages.tolist(), "per_token_loss": per_token.tolist(),
            "loss": loss.item(), "grad_logprobs": logprobs.grad.tolist(),
@@ -259,6 +115,26 @@ def compute(case: dict[str, Any]) -> dict[str, Any]:
     if logits is not None:
         got.update(logprobs=logprobs.detach().tolist(), grad_logits=logits.grad.tolist())
     return got
+
+
+def _advantages_and_selection(case: dict[str, Any], old: torch.Tensor, mask: torch.Tensor,
+                              knobs: LossKnobs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The advantages, with the teacher's per-token term when the inputs give teacher_logprobs,
+    and the tokens of knobs.cov_control (N, T), chosen from the old log-probs as the trainer
+    chooses them at a step's start (clip_cov's draw seeded with 0), or None."""
+    advantages = _advantages(case)  # (N,) or (N, T)
+    if "teacher_logprobs" in case["inputs"]:
+        advantages = distill_advantages(advantages, _tensor(case["inputs"], "teacher_logprobs"),
+                                        old, mask, float(case["knobs"].get("teacher_coef", 1.0)))
+    if knobs.cov_control == "none":
+        return advantages, None
+    adv = advantages if advantages.ndim == 2 else advantages.unsqueeze(1).expand_as(mask)
+    chosen = cov_selection(adv[mask], old[mask], mode=knobs.cov_control, ratio=knobs.cov_ratio,
+                           low=knobs.clip_cov_low, high=knobs.clip_cov_high,
+                           generator=torch.Generator().manual_seed(0))
+    selected = torch.zeros_like(mask)
+    selected[mask] = chosen
+    return advantages, selected
 
 
 def _policy_logprobs(case: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -325,23 +201,6 @@ def run_case(case: dict[str, Any], path: str = "") -> CaseResult:
     passed = excess[worst] <= 0
     return CaseResult(name=case["name"], passed=passed, max_deviation=max(deviations.values()),
                       failed_field=None if passed else worst, deviations=deviations, path=path)
-
-
-def vector_files(paths: list[str | Path]) -> list[Path]:
-    """The *.json files named, or found under the folders named (recursively), in order."""
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(path.rglob("*.json"))
-            if not found:
-                raise VectorError(f"{path}: no *.json vector files in this folder")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise VectorError(f"{path}: no such file or folder")
-    return files
-
 
 def run_paths(paths: list[str | Path]) -> list[CaseResult]:
     """Run every vector of the given files and folders; VectorError on a malformed file."""
