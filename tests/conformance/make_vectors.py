@@ -440,6 +440,22 @@ CASES: list[dict[str, Any]] = [
                 "old_max": -0.01, "shift": 0.0005, "seed": 66,
                 "step_rewards": [[[0.0, 1], [1.0, 4]], [[1.0, 2], [0.5, 3]], [[0.0, 0], [0.0, 2]],
                                  [[1.0, 1], [0.0, 3], [1.0, 4]], None, [[0.5, 3]]]}},
+    {"name": "adv_reinforce_pp_kl_in_reward",
+     "description": "REINFORCE++ with a k1 KL folded into the reward, beta 0.05: G_t = r - "
+                    "beta * sum_{s>=t} (old_s - ref_s) over the loss tokens, whitened over all "
+                    "tokens of the batch (Bessel std); the loss has no KL term.",
+     "knobs": {"estimator": "reinforce_pp", "scale": "batch", "kl_in_reward": True,
+               "beta": 0.05, "kl": "k1", "aggregation": "token_mean"},
+     "inputs": {**AGG_INPUTS, "old_max": -0.01, "shift": 0.3, "seed": 69}},
+    {"name": "adv_reinforce_pp_kl_in_reward_k3_unscorable",
+     "description": "REINFORCE++ KL-in-reward with k3 and beta 0.1, a tied group (kept: no "
+                    "group baseline) and an unscorable completion (advantage 0, out of the "
+                    "statistics), seq_mean_token_mean.",
+     "knobs": {"estimator": "reinforce_pp", "scale": "batch", "kl_in_reward": True,
+               "beta": 0.1, "kl": "k3"},
+     "inputs": {"group_size": 4, "mask": UNEVEN_MASK_8x5, "old_max": -0.01, "shift": 0.3,
+                "seed": 70,
+                **outcome([[1.0], [0.0], [None], [1.0], [0.5], [0.5], [0.5], [0.5]], [1.0])}},
     {"name": "distill_pure_reverse_kl",
      "description": "On-policy distillation alone (estimator none, teacher_coef 1, token_mean): "
                     "A_t = teacher_t - old_t on each loss token, through the clipped surrogate.",

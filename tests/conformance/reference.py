@@ -290,7 +290,7 @@ def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix,
     num_tokens = int(sum(sum(row) for row in mask))
     weights = aggregation_weights(mask, knobs["aggregation"], num_seq, num_tokens,
                                   knobs["max_completion_length"])
-    beta = knobs["beta"]
+    beta = 0.0 if knobs.get("kl_in_reward") else knobs["beta"]  # in the reward instead
     correction = correction_weights(knobs, inputs)
     cov = knobs.get("cov_control", "none")
     if knobs.get("loss", "clip") == "gmpo":
@@ -321,9 +321,16 @@ def loss_terms(case: dict[str, Any], advantages: list[float] | Matrix,
 
 
 def advantages_for(case: dict[str, Any]) -> list[float] | Matrix:
-    """The advantages of `rewards_advantages`, plus with `teacher_logprobs` the distillation
-    term teacher_coef·(teacher − old) on each loss token (reference_family.py)."""
-    advantages, inputs = rewards_advantages(case), case["inputs"]
+    """The advantages of `rewards_advantages` (REINFORCE++'s KL-in-reward returns with
+    knobs.kl_in_reward), plus with `teacher_logprobs` the distillation term
+    teacher_coef·(teacher − old) on each loss token (reference_family.py)."""
+    advantages, inputs, knobs = rewards_advantages(case), case["inputs"], case["knobs"]
+    if knobs.get("kl_in_reward"):  # REINFORCE++: KL(old ‖ ref) per token in the returns
+        kl = [[kl_estimator(o, r, knobs["kl"])[0] for o, r in zip(o_row, r_row)]
+              for o_row, r_row in zip(inputs["old_logprobs"], inputs["ref_logprobs"])]
+        reward = combine_rewards(inputs["rewards"], inputs["reward_weights"])
+        advantages = family.kl_reward_advantages(reward, kl, inputs["completion_mask"],
+                                                 knobs["beta"], knobs.get("adv_eps", 1e-6))
     if "teacher_logprobs" not in inputs:
         return advantages
     adv = token_advantages(advantages, len(inputs["old_logprobs"][0]))

@@ -352,3 +352,25 @@ def cov_adjust(knobs: dict[str, Any], logprobs: Matrix, old: Matrix, selected: M
             values[i][t] += correction[i][t] * coef * abs(d)
             direct[i][t] += correction[i][t] * coef * sign
     return values, slopes, direct
+
+
+def kl_reward_advantages(reward: list[float | None], kl: Matrix, mask: Matrix, beta: float,
+                         eps: float) -> Matrix:
+    """REINFORCE++ with the KL in the reward: G_t = r − β·Σ_{s≥t, m_s} kl_s on the mask of a
+    scorable completion; A_t = (G_t − mean G)/(std G + eps) over every such token (Bessel std);
+    0 elsewhere, and for an unscorable completion (r None)."""
+    returns, values = [], []
+    for i, row in enumerate(mask):
+        out: list[float | None] = [None] * len(row)
+        if reward[i] is not None:
+            for t, m in enumerate(row):
+                if m:
+                    tail = 0.0
+                    for s in range(t, len(row)):
+                        if row[s]:
+                            tail += kl[i][s]
+                    out[t] = reward[i] - beta * tail
+                    values.append(out[t])
+        returns.append(out)
+    centre, spread = mean(values), std0(values)
+    return [[0.0 if g is None else (g - centre) / (spread + eps) for g in row] for row in returns]

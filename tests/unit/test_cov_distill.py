@@ -202,3 +202,56 @@ def test_distillation_lowers_the_reverse_kl_to_the_teacher_over_a_run(tiny_model
                  "style: short}"]) == 0
     kl = [json.loads(x)["distill/reverse_kl"] for x in (out / "metrics.jsonl").open()]
     assert sum(kl[-2:]) / 2 < 0.8 * sum(kl[:2]) / 2, kl
+
+
+def test_kl_in_reward_returns_are_whitened_over_the_tokens():
+    """β = 0.5, k = [[0.2, 0.1, ·], [0.0, 0.3, −0.1]], r = (1, 0), row 0's last token off the
+    mask and row 2 unscorable. Returns G_t = r − β·Σ_{s≥t} k_s: row 0: 1 − 0.5·0.3 = 0.85,
+    1 − 0.5·0.1 = 0.95; row 1: −0.1, −0.1, 0.05. Mean 1.65/5 = 0.33, deviations 0.52, 0.62,
+    −0.43, −0.43, −0.28, Σ² = 1.103, Bessel std √(1.103/4) = √0.27575."""
+    from grpokit.algo.advantages import kl_reward_advantages
+
+    reward = torch.tensor([1.0, 0.0, float("nan")])
+    kl = torch.tensor([[0.2, 0.1, 9.0], [0.0, 0.3, -0.1], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True], [True, True, True]])
+    got = kl_reward_advantages(reward, kl, mask, beta=0.5, eps=0.0)
+    std = math.sqrt(0.27575)
+    want = torch.tensor([[0.52, 0.62, 0.0], [-0.43, -0.43, -0.28], [0.0, 0.0, 0.0]]) / std
+    want[0, 2] = want[2] = 0.0
+    torch.testing.assert_close(got, want)
+
+
+def test_kl_in_reward_takes_the_kl_out_of_the_loss():
+    """With kl_in_reward the per-token loss has no β·KL term, whatever β."""
+    lp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    adv = torch.tensor([1.0])
+    with_kl = per_token_loss(lp, lp, adv, mask, LossKnobs(beta=0.5), ref_logprobs=ref)
+    folded = per_token_loss(lp, lp, adv, mask, LossKnobs(beta=0.5, kl_in_reward=True),
+                            ref_logprobs=ref)
+    torch.testing.assert_close(folded, torch.tensor([[-1.0, -1.0]]))
+    assert not torch.allclose(with_kl, folded)
+
+
+def test_kl_in_reward_needs_reinforce_pp_and_a_beta():
+    with pytest.raises(ConfigError, match="algo.kl_in_reward folds"):
+        load_config(overrides=["algo.kl_in_reward=true", "algo.beta=0.01"])
+    with pytest.raises(ConfigError, match="algo.kl_in_reward folds"):
+        load_config(overrides=["algo.preset=reinforce_pp", "algo.beta=0"])
+    assert load_config(overrides=["algo.preset=reinforce_pp"]).algo.kl_in_reward is True
+
+
+@pytest.mark.parametrize("loss, clip_low, clip_high, frac", [
+    ("clip", 0.2, 0.2, 0.5),   # ρ = 1.3 with A > 0 is outside 1.2; ρ = 0.85 with A < 0 inside 0.8
+    ("gmpo", 0.2, 0.2, 0.5),   # log-space band (e^−0.2, e^0.2) = (0.819, 1.221): the same here
+    ("gmpo", 0.2, 0.3, 0.0),   # e^0.3 = 1.35 > 1.3: nothing clipped
+    ("pg", 0.2, 0.2, 0.0),     # no clip at all
+    ("sapo", 0.2, 0.2, 0.0),
+])
+def test_clip_fraction_follows_each_losses_own_band(loss, clip_low, clip_high, frac):
+    lp = torch.log(torch.tensor([[1.3], [0.85]]))
+    knobs = LossKnobs(loss=loss, clip_low=clip_low, clip_high=clip_high)
+    _, metrics = policy_loss(lp, torch.zeros(2, 1), torch.tensor([1.0, -1.0]),
+                             torch.ones(2, 1, dtype=torch.bool), knobs)
+    assert metrics["clip_frac"] == pytest.approx(frac)

@@ -175,11 +175,14 @@ STEP_INPUTS = {
     "kl_cov": ["algo.loss=pg", "algo.cov_control=kl_cov", "algo.cov_ratio=0.2",
                "train.minibatches=2", "algo.beta=0", "train.lr=0.002"],
     "distill": ["algo.teacher={teacher}", "algo.beta=0.04"],
+    "kl_in_reward": ["algo.estimator=reinforce_pp", "algo.scale=batch", "algo.kl_in_reward=true",
+                     "algo.kl=k1", "algo.beta=0.5"],
 }
 """Inputs a step fixes over the whole batch before its updates: the Clip-Cov / KL-Cov tokens
-(drawn or ranked over every rank's tokens) and the teacher's per-token advantages."""
+(drawn or ranked over every rank's tokens), the teacher's per-token advantages, and REINFORCE++'s
+KL-in-reward returns whitened over every rank's tokens."""
 WITHOUT = {"clip_cov": "algo.cov_control=none", "kl_cov": "algo.cov_control=none",
-           "distill": "algo.teacher=null"}
+           "distill": "algo.teacher=null", "kl_in_reward": "algo.kl_in_reward=false"}
 
 
 @pytest.mark.parametrize("method", sorted(STEP_INPUTS))

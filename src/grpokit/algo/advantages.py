@@ -251,3 +251,26 @@ def distill_advantages(advantages: torch.Tensor, teacher_logprobs: torch.Tensor,
     outcome = advantages if advantages.ndim == 2 else advantages.unsqueeze(1)  # (N, T) or (N, 1)
     gap = teacher_logprobs.float() - student_logprobs.float()  # (N, T)
     return torch.where(mask.bool(), outcome.float() + coef * gap, 0.0).detach()
+
+
+def kl_reward_advantages(reward: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, *,
+                         beta: float, eps: float,
+                         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                         ) -> torch.Tensor:
+    """REINFORCE++ with the KL folded into the reward (arXiv 2501.03262): each token's reward is
+    −β·kl_t, the completion's outcome reward r is added at its end, and the return of token t is
+    G_t = r − β·Σ_{s≥t} kl_s over the loss tokens `mask` (N, T); the returns are whitened over
+    every loss token of the step, A_t = (G_t − mean G) / (std G + eps), Bessel std. An
+    unscorable completion (r NaN) gets 0 and takes no part. `reduce` sums a tensor over ranks
+    (None: one process), so the statistics are the whole step's. Returns (N, T) float32."""
+    reduce = reduce or (lambda t: t)
+    scored = mask.bool() & ~torch.isnan(reward).unsqueeze(1)  # (N, T)
+    kl = torch.where(scored, kl.double(), 0.0)  # (N, T)
+    tail = kl.flip(1).cumsum(1).flip(1)  # Σ_{s≥t} kl_s
+    outcome = torch.nan_to_num(reward.double(), nan=0.0).unsqueeze(1)  # (N, 1)
+    returns = torch.where(scored, outcome - beta * tail, 0.0)  # (N, T)
+    total = reduce(torch.stack([returns.sum(), scored.sum().double()]))
+    mean = total[0] / total[1].clamp(min=1)
+    squares = reduce(torch.where(scored, (returns - mean) ** 2, 0.0).sum().reshape(1))[0]
+    std = torch.sqrt(squares / (total[1] - 1).clamp(min=1))
+    return torch.where(scored, (returns - mean) / (std + eps), 0.0).to(torch.float32)

@@ -5,6 +5,7 @@ Everything here is computed in fp32 whatever dtype the model ran in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -41,6 +42,9 @@ class LossKnobs:
     """KL estimator to the reference policy: k1, k2 or k3."""
     beta: float = 0.0
     """KL coefficient β; 0 means no reference model is used."""
+    kl_in_reward: bool = False
+    """REINFORCE++: β·KL is folded into the rewards (advantages.kl_reward_advantages), so the
+    loss has no KL term."""
     aggregation: str = "seq_mean_token_mean"
     """How per-token losses become one number: seq_mean_token_mean, token_mean, seq_sum_norm."""
     max_completion_length: int = 0
@@ -136,7 +140,7 @@ def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
     loss = cov_adjusted(loss, logprobs, old_logprobs, selected, knobs)
     if correction is not None:
         loss = loss * correction  # (N, T) TIS / MIS weight on the policy term only
-    if knobs.beta != 0.0:
+    if knobs.beta != 0.0 and not knobs.kl_in_reward:
         if ref_logprobs is None:
             raise ValueError("beta != 0 needs ref_logprobs")
         loss = loss + knobs.beta * kl_penalty(logprobs, ref_logprobs, kind=knobs.kl)
@@ -183,6 +187,17 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     return loss, {**metrics, **mismatch}
 
 
+def clip_band(knobs: LossKnobs) -> tuple[float, float]:
+    """The ratio band outside which `knobs.loss` clips (the clip_frac metrics): 1 ∓ ε for clip
+    and cispo (and a user's loss), (e^−ε_low, e^ε_high) for gmpo's log-space band, none for pg
+    and sapo, which clip nothing."""
+    if knobs.loss in ("pg", "sapo"):
+        return 0.0, float("inf")
+    if knobs.loss == "gmpo":
+        return math.exp(-knobs.clip_low), math.exp(knobs.clip_high)
+    return 1.0 - knobs.clip_low, 1.0 + knobs.clip_high
+
+
 def loss_metrics(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs, *,
                  ref_logprobs=None, entropy=None, sequence_mask=None) -> dict[str, float]:
     """Token-mean diagnostics of one micro-batch; `tokens` is the weight for averaging them."""
@@ -192,8 +207,9 @@ def loss_metrics(logprobs, old_logprobs, advantages, mask, knobs: LossKnobs, *,
     ratio = importance_ratio(logprobs, old_logprobs, mask, level=knobs.ratio,
                              sequence_mask=sequence_mask)[mask]  # (M,)
     adv = (advantages if advantages.ndim == 2 else advantages.unsqueeze(1).expand_as(mask))[mask]
-    low = (ratio < 1.0 - knobs.clip_low) & (adv < 0)
-    high = (ratio > 1.0 + knobs.clip_high) & (adv > 0)
+    lower, upper = clip_band(knobs)
+    low = (ratio < lower) & (adv < 0)
+    high = (ratio > upper) & (adv > 0)
     metrics = {
         "tokens": float(tokens),
         "clip_frac_low": low.float().mean().item(),

@@ -12,7 +12,7 @@ _COMMON = dict(estimator="grpo", scale="group", loss="clip", ratio="token", clip
                clip_high=0.2, aggregation="seq_mean_token_mean", beta=0.0, kl="k3",
                dynamic_sampling=False, exclude_tied=False, mask_truncated=False,
                overlong_penalty=False, sapo_tau_pos=1.0, sapo_tau_neg=1.05, cov_control="none",
-               cov_ratio=2e-4)
+               cov_ratio=2e-4, kl_in_reward=False)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # DeepSeekMath (Shao et al., 2024), eq. 3 with the k3 KL of eq. 4.
@@ -34,9 +34,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sapo": dict(_COMMON, loss="sapo", aggregation="token_mean"),
     # GMPO (Zhao et al., 2025): geometric mean of the token ratios, log-space band (−0.4, 0.4).
     "gmpo": dict(_COMMON, loss="gmpo", clip_low=0.4, clip_high=0.4),
-    # REINFORCE++ (Hu et al., 2025): the batch mean as baseline, normalized over the batch (the
-    # paper's KL-in-reward is not built: a KL term goes through algo.beta).
-    "reinforce_pp": dict(_COMMON, estimator="reinforce_pp", scale="batch"),
+    # REINFORCE++ (Hu et al., 2025): a k1 KL folded into each token's reward, the returns
+    # whitened over the batch's tokens; β = 0.01 (the paper tunes it).
+    "reinforce_pp": dict(_COMMON, estimator="reinforce_pp", scale="batch", kl_in_reward=True,
+                         beta=0.01, kl="k1"),
     # REINFORCE++-baseline: the group mean as baseline, then whitened over the batch.
     "reinforce_pp_baseline": dict(_COMMON, scale="whiten"),
     # GDPO (Liu et al., 2026): each reward function normalized in its group, summed, whitened.

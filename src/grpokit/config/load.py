@@ -122,6 +122,9 @@ def _teacher_and_cov_checks(a: Any) -> list[tuple[bool, str]]:
         (a.estimator != "none" or a.teacher is not None,
          "algo.estimator=none trains on nothing without algo.teacher (preset distill): set "
          "algo.teacher to the teacher model's folder or hub name"),
+        (not a.kl_in_reward or (a.estimator == "reinforce_pp" and a.beta > 0),
+         "algo.kl_in_reward folds β·KL into REINFORCE++'s returns: it needs algo.estimator="
+         f"reinforce_pp and algo.beta > 0 (got {a.estimator!r}, {a.beta})"),
         (a.teacher is None or a.loss != "gmpo",
          "algo.loss=gmpo takes one advantage per completion; algo.teacher makes them per token"),
     ]

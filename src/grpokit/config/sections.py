@@ -166,6 +166,9 @@ class AlgoConfig:
     """Preset. KL coefficient; 0 loads no reference model."""
     kl: str = preset_knob("k1", "k2", "k3")
     """Preset. KL estimator."""
+    kl_in_reward: bool = preset_knob()
+    """Preset. REINFORCE++: fold β·KL into each token's reward instead of the loss (returns
+    whitened over the step's tokens; estimator reinforce_pp, β > 0)."""
     aggregation: str = preset_knob("seq_mean_token_mean", "token_mean", "seq_sum_norm")
     """Preset. How per-token losses are averaged over an optimizer step."""
     entropy_coef: float = 0.0

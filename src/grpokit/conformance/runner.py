@@ -29,9 +29,15 @@ from grpokit.algo import (
     process_advantages,
     rollout_correction_weights,
 )
-from grpokit.algo.advantages import distill_advantages, outcome_advantages
+from grpokit.algo.advantages import (
+    combine_rewards,
+    distill_advantages,
+    kl_reward_advantages,
+    outcome_advantages,
+)
 from grpokit.algo.correction import MISMATCH_METRICS
 from grpokit.algo.covariance import cov_selection
+from grpokit.algo.losses import kl_penalty
 from grpokit.algo.selective import logprobs_from_logits
 from grpokit.algo.support import Truncation
 from grpokit.conformance.vectors import VectorError, load_case, vector_files
@@ -119,10 +125,18 @@ def compute(case: dict[str, Any]) -> dict[str, Any]:
 
 def _advantages_and_selection(case: dict[str, Any], old: torch.Tensor, mask: torch.Tensor,
                               knobs: LossKnobs) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The advantages, with the teacher's per-token term when the inputs give teacher_logprobs,
-    and the tokens of knobs.cov_control (N, T), chosen from the old log-probs as the trainer
-    chooses them at a step's start (clip_cov's draw seeded with 0), or None."""
+    """The advantages (REINFORCE++'s KL-in-reward returns with knobs.kl_in_reward), with the
+    teacher's per-token term when the inputs give teacher_logprobs, and the tokens of
+    knobs.cov_control (N, T), chosen from the old log-probs as the trainer chooses them at a
+    step's start (clip_cov's draw seeded with 0), or None."""
     advantages = _advantages(case)  # (N,) or (N, T)
+    if knobs.kl_in_reward:  # REINFORCE++: KL(π_old ‖ π_ref) in the returns, whitened
+        inputs = case["inputs"]
+        rows = [[math.nan if r is None else float(r) for r in row] for row in inputs["rewards"]]
+        reward = combine_rewards(torch.tensor(rows, dtype=torch.float64), inputs["reward_weights"])
+        kl = kl_penalty(old, _tensor(inputs, "ref_logprobs"), kind=knobs.kl)
+        advantages = kl_reward_advantages(reward, kl, mask, beta=knobs.beta,
+                                          eps=float(case["knobs"].get("adv_eps", 1e-6)))
     if "teacher_logprobs" in case["inputs"]:
         advantages = distill_advantages(advantages, _tensor(case["inputs"], "teacher_logprobs"),
                                         old, mask, float(case["knobs"].get("teacher_coef", 1.0)))

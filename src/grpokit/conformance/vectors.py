@@ -48,6 +48,8 @@ def _check_knobs(knobs: Any) -> None:
             raise ValueError(f"knobs.{name}: expected one of {choices}, got {knobs.get(name)!r}")
     for name in _NUMBERS:
         _shape(knobs.get(name), f"knobs.{name}")
+    if not isinstance(knobs.get("kl_in_reward", False), bool):
+        raise ValueError(f"knobs.kl_in_reward: expected true or false, got {knobs['kl_in_reward']!r}")
     for name, choices in _OPTIONAL_CHOICES.items():  # absent: no rollout correction
         if name in knobs and knobs[name] not in choices:
             raise ValueError(f"knobs.{name}: expected one of {choices}, got {knobs[name]!r}")
@@ -117,7 +119,8 @@ def _check_expected(case: dict[str, Any], shape: tuple[int, int]) -> None:
     expected = case.get("expected")
     if not isinstance(expected, dict):
         raise ValueError("expected: missing or not an object")
-    per_token = {"step_rewards", "teacher_logprobs"} & set(case["inputs"])
+    per_token = {"step_rewards", "teacher_logprobs"} & set(case["inputs"]) \
+        or case["knobs"].get("kl_in_reward")
     adv_shape = shape if per_token else shape[:1]
     shapes = {"advantages": adv_shape, "per_token_loss": shape, "loss": (), "grad_logprobs": shape}
     if "logits" in case["inputs"]:

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from grpokit.algo.advantages import distill_advantages
+from grpokit.algo.advantages import distill_advantages, kl_reward_advantages
 from grpokit.algo.covariance import cov_selection
-from grpokit.algo.losses import LossKnobs, policy_loss
+from grpokit.algo.losses import LossKnobs, kl_penalty, policy_loss
 from grpokit.algo.masks import top_entropy_mask
-from grpokit.config import Config, to_dict
+from grpokit.config import Config, ConfigError, to_dict
 from grpokit.rl.metrics import reduce_metrics
 from grpokit.rollout.base import sampling_seed
 from grpokit.runtime import distributed as dist
@@ -40,8 +40,7 @@ def update_policy(session: Session, state: RunState, batch: TrainingBatch) -> di
     cfg, t = session.cfg, session.cfg.train
     knobs = loss_knobs(cfg)
     session.model.train()
-    batch, old, step_metrics = _step_inputs(session, batch, state.step + 1)
-    ref = _reference_logprobs(session, batch, state.step + 1)
+    batch, old, ref, step_metrics = _step_inputs(session, batch, state.step + 1)
     r, parts, optim = batch.rollout, [], []
     rows = 0 if batch.scored.ghost else len(r.completion_ids)  # a stand-in holds no row of the step
     for epoch in range(t.epochs_per_batch):
@@ -89,17 +88,22 @@ def _logprob_args(session: Session, step: int, phase: str) -> dict[str, Any]:
 
 
 def _step_inputs(session: Session, batch: TrainingBatch, step: int
-                 ) -> tuple[TrainingBatch, torch.Tensor | None, dict[str, float]]:
-    """What the step's updates hold fixed beyond the rollout: the old log-probs (None on-policy),
-    the batch with the teacher's per-token advantages (algo.teacher) and the tokens of
-    algo.cov_control, and the metrics of these."""
+                 ) -> tuple[TrainingBatch, torch.Tensor | None, torch.Tensor | None,
+                            dict[str, float]]:
+    """What the step's updates hold fixed beyond the rollout: the old log-probs (None on-policy)
+    and the reference's (None at β = 0); the batch with REINFORCE++'s KL-in-reward advantages
+    (algo.kl_in_reward), the teacher's per-token term (algo.teacher) and the tokens of
+    algo.cov_control; and the metrics of these."""
     batch, start, old = _old_logprobs(session, batch, step)
+    ref = _reference_logprobs(session, batch, step)
     metrics: dict[str, float] = {}
+    if session.cfg.algo.kl_in_reward:
+        batch = _kl_in_reward(session, batch, start, ref)
     if session.layout.teacher is not None:
         batch, metrics["distill/reverse_kl"] = _distilled(session, batch, start, step)
     if session.cfg.algo.cov_control != "none":
         batch = dataclasses.replace(batch, cov_mask=_cov_selected(session, batch, start, step))
-    return batch, old, metrics
+    return batch, old, ref, metrics
 
 
 def _old_logprobs(session: Session, batch: TrainingBatch, step: int
@@ -108,11 +112,13 @@ def _old_logprobs(session: Session, batch: TrainingBatch, step: int
     needs them before the first update), and the old log-probs of the ratio. These are None
     on-policy (μ = 1, one minibatch), where the loss uses logp.detach() and no extra forward
     pass runs (DESIGN.md §3). Top-entropy selection needs the batch's entropies, and narrows
-    the loss mask; distillation and Clip-Cov / KL-Cov need the step-start log-probs."""
+    the loss mask; KL-in-reward, distillation and Clip-Cov / KL-Cov need the step-start
+    log-probs."""
     a, t = session.cfg.algo, session.cfg.train
     on_policy = t.epochs_per_batch == 1 and t.minibatches == 1
     select = a.top_entropy_fraction < 1.0
-    if on_policy and not select and a.teacher is None and a.cov_control == "none":
+    if on_policy and not select and a.teacher is None and a.cov_control == "none" \
+            and not a.kl_in_reward:
         return batch, None, None
     start, entropy = batched_logprobs(session.layout.scorer, batch.rollout, with_entropy=select,
                                       truncation=sampling_truncation(session.cfg),
@@ -121,6 +127,21 @@ def _old_logprobs(session: Session, batch: TrainingBatch, step: int
         batch = dataclasses.replace(batch, loss_mask=top_entropy_mask(
             entropy, batch.loss_mask, a.top_entropy_fraction))
     return batch, start, None if on_policy else start
+
+
+def _kl_in_reward(session: Session, batch: TrainingBatch, start: torch.Tensor,
+                  ref: torch.Tensor) -> TrainingBatch:
+    """The batch with REINFORCE++'s per-token advantages: the returns of the combined reward
+    and −β·KL(π_old ‖ π_ref) per token (algo.kl), whitened over every rank's loss tokens."""
+    a = session.cfg.algo
+    if batch.scored.step_rewards is not None:
+        raise ConfigError("algo.kl_in_reward folds the KL into the outcome reward, and a reward "
+                          "function returned step rewards; set algo.kl_in_reward=false")
+    kl = kl_penalty(start, ref, kind=a.kl)  # (N, T)
+    mask = batch.loss_mask.bool()
+    advantages = kl_reward_advantages(batch.reward.to(mask.device), kl, mask, beta=a.beta,
+                                      eps=a.adv_eps, reduce=dist.all_reduce_sum)
+    return dataclasses.replace(batch, advantages=advantages)
 
 
 def _distilled(session: Session, batch: TrainingBatch, student: torch.Tensor, step: int
