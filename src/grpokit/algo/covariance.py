@@ -19,11 +19,53 @@ on the later minibatches and epochs of a step (train.minibatches, train.epochs_p
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
-COV_CONTROLS = ("none", "clip_cov", "kl_cov")
+
+
+def _draw_in_band(cov: torch.Tensor, count: int, low: float, high: float,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """Clip-Cov: `count` positions drawn at random among those with low < c < high."""
+    candidates = torch.nonzero((cov > low) & (cov < high)).flatten()  # (K,)
+    order = torch.randperm(candidates.numel(), generator=generator)
+    return candidates[order[:count]]
+
+
+def _largest(cov: torch.Tensor, count: int, low: float, high: float,
+             generator: torch.Generator | None) -> torch.Tensor:
+    """KL-Cov: the `count` positions of largest c, ties in position order."""
+    return torch.sort(-cov, stable=True).indices[:count]
+
+
+def _detached(term: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+              selected: torch.Tensor, coef: float) -> torch.Tensor:
+    """Clip-Cov: the selected tokens' policy term is 0, value and gradient."""
+    return torch.where(selected, 0.0, term)
+
+
+def _kl_penalized(term: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                  selected: torch.Tensor, coef: float) -> torch.Tensor:
+    """KL-Cov: coef·|log π − log π_old| added on the selected tokens."""
+    penalty = coef * (logprobs.float() - old_logprobs.float()).abs()  # (N, T)
+    return term + torch.where(selected, penalty, 0.0)
+
+
+@dataclass(frozen=True)
+class CovMethod:
+    """One value of algo.cov_control: which tokens it takes, and what it does to them."""
+
+    select: Callable[..., torch.Tensor]
+    """(c (M,), n, low, high, generator) -> the positions (≤ n) it acts on."""
+    adjust: Callable[..., torch.Tensor]
+    """(term, logprobs, old_logprobs, selected, kl_cov_coef) -> the adjusted term (N, T)."""
+
+
+COV_METHODS = {"clip_cov": CovMethod(_draw_in_band, _detached),
+               "kl_cov": CovMethod(_largest, _kl_penalized)}
+COV_CONTROLS = ("none", *COV_METHODS)
 
 
 def token_covariance(advantages: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
@@ -32,27 +74,23 @@ def token_covariance(advantages: torch.Tensor, logprobs: torch.Tensor) -> torch.
     return (adv - adv.mean()) * (logp - logp.mean())
 
 
+def _method(mode: str) -> CovMethod | None:
+    if mode not in COV_CONTROLS:
+        raise ValueError(f"cov_control must be one of {COV_CONTROLS}, got {mode!r}")
+    return COV_METHODS.get(mode)
+
+
 def cov_selection(advantages: torch.Tensor, logprobs: torch.Tensor, *, mode: str, ratio: float,
                   low: float, high: float, generator: torch.Generator | None = None
                   ) -> torch.Tensor:
     """(M,) bool: the tokens `mode` acts on, from the advantages and step-start log-probs of the
-    step's M loss tokens (flattened in the batch's row order). clip_cov draws its tokens with
-    `generator` (a permutation of the candidates); kl_cov's largest covariances break ties by
-    position."""
-    if mode not in COV_CONTROLS:
-        raise ValueError(f"cov_control must be one of {COV_CONTROLS}, got {mode!r}")
-    selected = torch.zeros(advantages.numel(), dtype=torch.bool)
-    if mode == "none" or advantages.numel() == 0:
+    step's M loss tokens (flattened in the batch's row order): n = max(⌊ratio·M⌋, 1) of them,
+    clip_cov's drawn with `generator`."""
+    method, selected = _method(mode), torch.zeros(advantages.numel(), dtype=torch.bool)
+    if method is None or advantages.numel() == 0:
         return selected
     cov = token_covariance(advantages.flatten(), logprobs.flatten())  # (M,)
-    count = max(int(ratio * cov.numel()), 1)
-    if mode == "clip_cov":
-        candidates = torch.nonzero((cov > low) & (cov < high)).flatten()  # (K,)
-        order = torch.randperm(candidates.numel(), generator=generator)
-        selected[candidates[order[:count]]] = True
-    else:
-        order = torch.sort(-cov, stable=True).indices  # descending, ties in position order
-        selected[order[:count]] = True
+    selected[method.select(cov, max(int(ratio * cov.numel()), 1), low, high, generator)] = True
     return selected
 
 
@@ -60,11 +98,7 @@ def cov_adjusted(term: torch.Tensor, logprobs: torch.Tensor, old_logprobs: torch
                  selected: torch.Tensor | None, knobs: Any) -> torch.Tensor:
     """The policy term (N, T) with `knobs.cov_control` applied on the `selected` tokens (N, T):
     clip_cov → 0 there; kl_cov → + kl_cov_coef·|log π − log π_old| there."""
-    if knobs.cov_control == "none" or selected is None:
+    method = _method(knobs.cov_control)
+    if method is None or selected is None:
         return term
-    if knobs.cov_control == "clip_cov":
-        return torch.where(selected, 0.0, term)
-    if knobs.cov_control == "kl_cov":
-        penalty = knobs.kl_cov_coef * (logprobs.float() - old_logprobs.float()).abs()  # (N, T)
-        return term + torch.where(selected, penalty, 0.0)
-    raise ValueError(f"cov_control must be one of {COV_CONTROLS}, got {knobs.cov_control!r}")
+    return method.adjust(term, logprobs, old_logprobs, selected, knobs.kl_cov_coef)
