@@ -41,7 +41,7 @@ class Task:
 
 _TASKS: dict[str, Callable[..., Task]] = {}
 _BUILTIN_MODULES = ("grpokit.data.arithmetic", "grpokit.data.countdown", "grpokit.data.humaneval",
-                    "grpokit.data.multiply")
+                    "grpokit.data.multiply", "grpokit.data.reasoning_gym")
 _loaded = False
 
 

@@ -35,6 +35,7 @@ _BUILTIN_MODULES = (
     "grpokit.rewards.format",
     "grpokit.rewards.code",
     "grpokit.rewards.json_reward",
+    "grpokit.rewards.reasoning_gym",
     "grpokit.rewards.language",
     "grpokit.rewards.overlong",
     "grpokit.rewards.model",
