@@ -14,8 +14,9 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "train": "grpokit.api", "ppo": "grpokit.api", "sft": "grpokit.api", "dpo": "grpokit.api",
     "evaluate": "grpokit.api", "load_config": "grpokit.api", "RunResult": "grpokit.api",
-    "reward": "grpokit.api", "Config": "grpokit.config", "per_item": "grpokit.rewards.registry",
-    "Sample": "grpokit.rewards.base", "RewardFailure": "grpokit.rewards.base",
+    "reward": "grpokit.api", "plan": "grpokit.api", "Config": "grpokit.config",
+    "per_item": "grpokit.rewards.registry", "Sample": "grpokit.rewards.base",
+    "RewardFailure": "grpokit.rewards.base",
 }
 __all__ = [*_PUBLIC, "__version__"]
 

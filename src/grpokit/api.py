@@ -1,4 +1,5 @@
-"""The public Python API (docs/api.md): `grpokit.train`, `ppo`, `sft`, `dpo` and `evaluate`.
+"""The public Python API (docs/api.md): `grpokit.train`, `ppo`, `sft`, `dpo`, `evaluate` and
+`plan`.
 
 Each takes a `Config`, or a YAML path (or nothing: the defaults) plus dotted overrides, exactly
 as the command line does, and Python objects may stand in for config entries: reward functions
@@ -106,6 +107,22 @@ def evaluate(config: ConfigLike = None, *overrides: str, rewards: Sequence[Any] 
 
     cfg = load_config(config, *overrides, rewards=rewards, data=data, eval_data=eval_data)
     return run_eval(cfg, _console(console), jsonl)
+
+
+def plan(config: ConfigLike = None, *overrides: str, world_size: int = 1,
+         device: str | None = None, memory: int | str | None = None) -> Any:
+    """`grpokit plan`: the run's predicted peak memory per rank, phase by phase, from the config
+    and the model's config.json alone (docs/plan.md). Returns a `Plan`: `.peak_bytes`,
+    `.fits(bytes)`, `.table()`, `.phases`. `device` is "cpu" or "cuda" (default: cuda where a
+    GPU is present); `memory` (bytes, or a size such as "80GB") sizes vLLM's KV cache where
+    rollout.vllm.kv_cache_gib is null."""
+    from grpokit.runtime.plan import plan as predict
+    from grpokit.runtime.plan_report import default_device, parse_memory
+
+    cfg = load_config(config, *overrides)
+    if isinstance(memory, str):
+        memory = parse_memory(memory)
+    return predict(cfg, world_size, device or default_device(), memory)
 
 
 def reward(fn: Callable | None = None, *, name: str | None = None) -> Any:

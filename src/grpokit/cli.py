@@ -1,4 +1,5 @@
-"""The `grpokit` command line: train, eval, sft, dpo, ppo, report, conformance, sandbox, score."""
+"""The `grpokit` command line: train, eval, sft, dpo, ppo, plan, report, conformance, sandbox,
+score."""
 
 from __future__ import annotations
 
@@ -83,6 +84,15 @@ def cmd_ppo(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from grpokit.runtime.plan_report import parse_memory, report
+    if args.device_memory is not None:
+        parse_memory(args.device_memory)  # bad input before anything is read
+    text, fits = report(_load(args), args.world_size, args.device, args.device_memory)
+    print(text)
+    return 0 if fits else 1
+
+
 def add_conformance(subparsers, full: bool) -> None:
     """`grpokit conformance PATH...`. Its module needs torch even to declare its arguments, so
     `grpokit --help` lists it from here, and the module declares them when the command is named."""
@@ -124,6 +134,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume", metavar="DIR", help="continue the PPO run in DIR")
     p.set_defaults(func=cmd_ppo)
+    p = sub.add_parser("plan", help="predict a run's peak memory per rank from its config, before "
+                                    "loading any weight, and whether it fits (docs/plan.md)")
+    _config_args(p)
+    p.add_argument("--world-size", type=int, default=1, metavar="N",
+                   help="ranks the run will have (default 1)")
+    p.add_argument("--device-memory", metavar="SIZE",
+                   help="memory per rank, e.g. 80GB or 24GiB (default: the GPU's, else this "
+                        "machine's RAM divided among the ranks)")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="the device the run trains on (default: cuda where a GPU is present)")
+    p.set_defaults(func=cmd_plan)
     add_conformance(sub, full=command == "conformance")
     add_sandbox(sub)
     add_score(sub)
@@ -141,7 +162,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
-    if args.command in ("train", "eval", "sft", "dpo", "ppo"):
+    if args.command in ("train", "eval", "sft", "dpo", "ppo", "plan"):
         _quiet_libraries()
     try:
         return args.func(args)
