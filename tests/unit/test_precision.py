@@ -144,3 +144,19 @@ def test_one_autocast_region_over_micro_batches_gives_the_same_gradients():
 
     separate, shared = grads(False), grads(True)
     assert all(torch.equal(separate[n], shared[n]) for n in separate)
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_bf16_with_gradient_checkpointing_trains_on_the_cpu(tiny_model_dir, tmp_path,
+                                                            shared_prefix):
+    """Checkpointing replays each layer's forward in backward: the replay must run attention in
+    fp32 as the forward did (precision.use_fp32_attention), or its saved tensors differ in dtype
+    and the backward stops with a CheckpointError."""
+    from grpokit.cli import main
+
+    assert main(["train", f"model.path={tiny_model_dir}", f"log.output_dir={tmp_path / 'run'}",
+                 "model.autocast=bf16", "model.gradient_checkpointing=true",
+                 f"train.shared_prefix={str(shared_prefix).lower()}", "train.steps=1",
+                 "rollout.prompts_per_step=2", "rollout.group_size=2",
+                 "rollout.max_new_tokens=4", "eval.num_prompts=0", "log.report_to=[]",
+                 "log.report=false", "data.max_prompt_length=1024"]) == 0

@@ -18,7 +18,7 @@ from grpokit.rl.metrics import reduce_metrics
 from grpokit.rollout.base import sampling_seed
 from grpokit.runtime import distributed as dist
 from grpokit.runtime.models import disabled_adapter, memory_named
-from grpokit.runtime.precision import autocast_paused
+from grpokit.runtime.precision import autocast_paused, fp32_attention
 from grpokit.training.batch import TrainingBatch, batch_device
 from grpokit.training.logprobs import (
     batched_logprobs,
@@ -234,7 +234,9 @@ def _micro_step(session, batch, idx, old, ref, knobs, counts, padding=False
     if not torch.isfinite(loss):
         raise NonFiniteError(f"non-finite loss {loss.item()} in a micro-batch of sequences "
                              f"{idx.tolist()[:8]}...")
-    with autocast_paused(batch_device(batch.scored)):  # backward runs in the forward's dtypes
+    # Backward runs in the forward's dtypes; a checkpointed layer's replay runs attention in fp32
+    # as its forward did (precision.use_fp32_attention).
+    with autocast_paused(batch_device(batch.scored)), fp32_attention():
         (loss * (0.0 if padding else layout.loss_scale)).backward()
     if padding:
         return None
